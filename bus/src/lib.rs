@@ -1,0 +1,67 @@
+//! RabbitMQ for Switchboard: topology, the confirmed batching [`Publisher`], consumer helpers.
+//!
+//! Every role opens its own connection through [`connect`] and declares what it uses with
+//! [`declare_durable`] (idempotent), so roles can start in any order.
+
+mod publisher;
+mod topology;
+
+pub use publisher::{PublishError, Publisher, PublisherConfig};
+pub use topology::{declare_durable, declare_live_queue, QueueType, Topology, EVENT_ROUTING_KEY};
+
+use std::time::Duration;
+
+use lapin::{Connection, ConnectionProperties};
+use thiserror::Error;
+
+/// How long one connection attempt may take before it counts as failed.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Error)]
+pub enum BusError {
+    #[error("cannot reach RabbitMQ at {endpoint}: {source}")]
+    Connect {
+        endpoint: String,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("timed out connecting to RabbitMQ at {endpoint}")]
+    ConnectTimeout { endpoint: String },
+    #[error("RabbitMQ refused a topology declaration: {0}")]
+    Declare(#[source] lapin::Error),
+}
+
+/// The URL without credentials, for messages and logs.
+pub fn redacted_endpoint(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("amqp", url));
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    format!("{scheme}://{host}")
+}
+
+/// Opens a connection on the current tokio runtime, bounded by [`CONNECT_TIMEOUT`].
+pub async fn connect(url: &str, name: &str) -> Result<Connection, BusError> {
+    let endpoint = redacted_endpoint(url);
+    let props = ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio)
+        .with_connection_name(name.into());
+    match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, props)).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(source)) => Err(BusError::Connect { endpoint, source }),
+        Err(_) => Err(BusError::ConnectTimeout { endpoint }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_never_shows_credentials() {
+        assert_eq!(
+            redacted_endpoint("amqp://guest:secret@127.0.0.1:5672/%2f"),
+            "amqp://127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redacted_endpoint("amqp://host:5672"), "amqp://host:5672");
+    }
+}

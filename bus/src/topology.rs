@@ -1,0 +1,141 @@
+//! Exchange and queue names and declarations (DESIGN.md, "RabbitMQ topology").
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, ExchangeKind};
+
+use crate::BusError;
+
+/// Routing key of event batches; persist and live queues bind to it.
+pub const EVENT_ROUTING_KEY: &str = "event";
+
+/// The persist queue's type: quorum (replicated, the default) or classic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueueType {
+    #[default]
+    Quorum,
+    Classic,
+}
+
+/// Names of everything Switchboard declares, all under one prefix so deployments (and tests)
+/// sharing a broker stay apart.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub prefix: String,
+}
+
+impl Topology {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Topology {
+            prefix: prefix.into(),
+        }
+    }
+    /// Topic exchange every accepted event batch is published to.
+    pub fn events_exchange(&self) -> String {
+        format!("{}.events", self.prefix)
+    }
+    /// Durable queue the workers persist from.
+    pub fn persist_queue(&self) -> String {
+        format!("{}.persist", self.prefix)
+    }
+    /// Durable queue of messages the workers could not persist, with the reason in a header.
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dead", self.prefix)
+    }
+    /// One gateway node's live queue.
+    pub fn live_queue(&self, node: u32) -> String {
+        format!("{}.live.{node}", self.prefix)
+    }
+}
+
+/// Declares the durable part of the topology: events exchange, persist queue bound to it, and
+/// the dead-letter queue. Idempotent; gateways and workers both call it at connect time, so an
+/// event accepted before any worker runs waits in the persist queue.
+pub async fn declare_durable(
+    channel: &Channel,
+    topology: &Topology,
+    persist_queue_type: QueueType,
+) -> Result<(), BusError> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .exchange_declare(
+            &topology.events_exchange(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(BusError::Declare)?;
+    let mut args = FieldTable::default();
+    if persist_queue_type == QueueType::Quorum {
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+    }
+    channel
+        .queue_declare(&topology.persist_queue(), durable, args.clone())
+        .await
+        .map_err(BusError::Declare)?;
+    channel
+        .queue_bind(
+            &topology.persist_queue(),
+            &topology.events_exchange(),
+            EVENT_ROUTING_KEY,
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(BusError::Declare)?;
+    channel
+        .queue_declare(&topology.dead_letter_queue(), durable, args)
+        .await
+        .map_err(BusError::Declare)?;
+    Ok(())
+}
+
+/// Declares and binds a node's live queue: exclusive to its connection, deleted with it, and
+/// bounded to `max_len` messages (the oldest dropped first) so a stalled node cannot fill the broker.
+pub async fn declare_live_queue(
+    channel: &Channel,
+    topology: &Topology,
+    node: u32,
+    max_len: u32,
+) -> Result<String, BusError> {
+    let name = topology.live_queue(node);
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongUInt(max_len));
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("drop-head".into()),
+    );
+    channel
+        .queue_declare(
+            &name,
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            args,
+        )
+        .await
+        .map_err(BusError::Declare)?;
+    channel
+        .queue_bind(
+            &name,
+            &topology.events_exchange(),
+            EVENT_ROUTING_KEY,
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(BusError::Declare)?;
+    Ok(name)
+}
