@@ -1,1 +1,170 @@
+//! The gateway: the only component that speaks HTTP and WebSocket to clients.
+//!
+//! It authenticates and validates what clients send, turns accepted events into envelopes,
+//! publishes them through the confirmed [`bus::Publisher`] and answers only after the confirm.
+//! WebSocket sessions register their subscriptions in the dispatcher's [`Registry`].
 
+pub mod apps;
+pub mod error;
+pub mod http_api;
+pub mod websocket;
+
+use std::convert::Infallible;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bus::Publisher;
+use dispatcher::Registry;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use warp::Filter;
+
+pub use apps::{App, Apps, AppsError};
+
+/// Gateway limits and timings.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Advertised in `connection_established`; the server pings a client silent this long.
+    pub activity_timeout: Duration,
+    /// How long the server waits for any frame after its ping before closing with 4201.
+    pub pong_timeout: Duration,
+    /// Frames queued per socket before it is closed as a slow consumer (4100).
+    pub socket_queue_len: usize,
+    /// Largest WebSocket frame/message accepted from a client.
+    pub max_frame_bytes: usize,
+    /// Largest event `data` (Pusher: 10 KB).
+    pub max_event_data_bytes: usize,
+    pub max_channels_per_trigger: usize,
+    /// Largest HTTP request body.
+    pub max_body_bytes: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            activity_timeout: Duration::from_secs(120),
+            pong_timeout: Duration::from_secs(30),
+            socket_queue_len: 1024,
+            max_frame_bytes: 64 * 1024,
+            max_event_data_bytes: 10 * 1024,
+            max_channels_per_trigger: 100,
+            max_body_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// Everything a request or session needs, shared.
+pub struct Gateway {
+    pub apps: Apps,
+    pub config: GatewayConfig,
+    pub publisher: Publisher,
+    pub registry: Arc<Registry>,
+    /// This node's id: the first half of every socket id it hands out.
+    pub node: u32,
+    next_socket: AtomicU64,
+    shutdown: CancellationToken,
+    sessions: TaskTracker,
+}
+
+impl Gateway {
+    pub fn new(
+        apps: Apps,
+        config: GatewayConfig,
+        publisher: Publisher,
+        registry: Arc<Registry>,
+        node: u32,
+        shutdown: CancellationToken,
+    ) -> Gateway {
+        Gateway {
+            apps,
+            config,
+            publisher,
+            registry,
+            node,
+            next_socket: AtomicU64::new(1),
+            shutdown,
+            sessions: TaskTracker::new(),
+        }
+    }
+}
+
+fn with_gateway(
+    gateway: Arc<Gateway>,
+) -> impl Filter<Extract = (Arc<Gateway>,), Error = Infallible> + Clone {
+    warp::any().map(move || gateway.clone())
+}
+
+/// The raw query string, empty when there is none.
+fn raw_query() -> impl Filter<Extract = (String,), Error = Infallible> + Clone {
+    warp::query::raw().or(warp::any().map(String::new)).unify()
+}
+
+fn query_param(raw_query: &str, name: &str) -> Option<String> {
+    serde_urlencoded::from_str::<Vec<(String, String)>>(raw_query)
+        .ok()?
+        .into_iter()
+        .find_map(|(k, v)| (k == name).then_some(v))
+}
+
+/// Every client-facing route, with errors rendered by [`error::recover`].
+pub fn routes(
+    gateway: Arc<Gateway>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Infallible> + Clone {
+    let websocket = warp::path!("app" / String)
+        .and(warp::ws())
+        .and(raw_query())
+        .and(with_gateway(gateway.clone()))
+        .map(
+            |key: String, ws: warp::ws::Ws, query: String, gateway: Arc<Gateway>| {
+                let handshake = websocket::Handshake {
+                    key,
+                    protocol: query_param(&query, "protocol"),
+                };
+                let limit = gateway.config.max_frame_bytes;
+                let sessions = gateway.sessions.clone();
+                ws.max_frame_size(limit)
+                    .max_message_size(limit)
+                    .on_upgrade(move |socket| {
+                        sessions.track_future(websocket::run(gateway, handshake, socket))
+                    })
+            },
+        )
+        .map(warp::Reply::into_response);
+
+    let trigger = warp::post()
+        .and(with_gateway(gateway.clone()))
+        .and(warp::path!("apps" / String / "events"))
+        .and(warp::path::full().map(|p: warp::path::FullPath| p.as_str().to_owned()))
+        .and(raw_query())
+        .and(warp::body::content_length_limit(
+            gateway.config.max_body_bytes,
+        ))
+        .and(warp::body::bytes())
+        .then(http_api::trigger);
+
+    websocket
+        .or(trigger)
+        .unify()
+        .recover(error::recover)
+        .unify()
+}
+
+/// Serves the gateway on `listener` until the gateway's shutdown token fires, then closes every
+/// WebSocket with 4200 and waits for the sessions (and in-flight requests) to end.
+pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>) {
+    let shutdown = gateway.shutdown.clone();
+    let incoming = TcpListenerStream::new(listener).map(|stream| {
+        let stream = stream?;
+        stream.set_nodelay(true)?;
+        Ok::<_, std::io::Error>(stream)
+    });
+    warp::serve(routes(gateway.clone()))
+        .serve_incoming_with_graceful_shutdown(incoming, shutdown.cancelled_owned())
+        .await;
+    gateway.sessions.close();
+    gateway.sessions.wait().await;
+}

@@ -1,0 +1,110 @@
+//! HTTP API errors and the one place that maps them to a status and a JSON body.
+
+use bus::PublishError;
+use protocol::signature::HttpAuthError;
+use protocol::ChannelError;
+use thiserror::Error;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::Reply;
+
+/// Seconds a client is told to wait when the broker cannot take events.
+pub const RETRY_AFTER_SECS: u32 = 1;
+
+#[derive(Debug, Error)]
+pub enum ApiError {
+    #[error("unknown app id")]
+    UnknownApp,
+    #[error("app is disabled")]
+    AppDisabled,
+    #[error(transparent)]
+    Unauthorized(#[from] HttpAuthError),
+    #[error("query string is not valid: {0}")]
+    BadQuery(#[source] serde_urlencoded::de::Error),
+    #[error("body is not a valid trigger: {0}")]
+    BadBody(#[source] serde_json::Error),
+    #[error("invalid channel {name:?}: {source}")]
+    InvalidChannel {
+        name: String,
+        #[source]
+        source: ChannelError,
+    },
+    #[error("give `channel` or `channels` (at least one)")]
+    NoChannels,
+    #[error("{count} channels given; at most {max} per trigger")]
+    TooManyChannels { count: usize, max: usize },
+    #[error("event name must be 1 to {max} characters")]
+    InvalidEventName { max: usize },
+    #[error("socket_id {0:?} is not of the form 123.456")]
+    InvalidSocketId(String),
+    #[error("event data is {size} bytes; the limit is {max}")]
+    DataTooLarge { size: usize, max: usize },
+    #[error("request body is larger than {max} bytes")]
+    BodyTooLarge { max: u64 },
+    #[error("events could not be accepted: {0}; retry later")]
+    Unavailable(#[source] PublishError),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::UnknownApp => StatusCode::NOT_FOUND,
+            ApiError::AppDisabled => StatusCode::FORBIDDEN,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::BadQuery(_)
+            | ApiError::BadBody(_)
+            | ApiError::InvalidChannel { .. }
+            | ApiError::NoChannels
+            | ApiError::TooManyChannels { .. }
+            | ApiError::InvalidEventName { .. }
+            | ApiError::InvalidSocketId(_) => StatusCode::BAD_REQUEST,
+            ApiError::DataTooLarge { .. } | ApiError::BodyTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// Renders any error as `{"error": "..."}` with its status (and `Retry-After` for 503).
+pub fn error_response(status: StatusCode, message: &str) -> Response {
+    let body = warp::reply::json(&serde_json::json!({ "error": message }));
+    let mut response = warp::reply::with_status(body, status).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert("retry-after", RETRY_AFTER_SECS.into());
+    }
+    response
+}
+
+impl Reply for ApiError {
+    fn into_response(self) -> Response {
+        error_response(self.status(), &self.to_string())
+    }
+}
+
+/// Renders warp's own rejections (unknown route, wrong method, body limits) in the same shape.
+pub async fn recover(rejection: warp::Rejection) -> Result<Response, std::convert::Infallible> {
+    let (status, message) = if rejection.is_not_found() {
+        (StatusCode::NOT_FOUND, "not found".to_owned())
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body is too large".to_owned(),
+        )
+    } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
+        (
+            StatusCode::LENGTH_REQUIRED,
+            "Content-Length is required".to_owned(),
+        )
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed".to_owned(),
+        )
+    } else {
+        (StatusCode::BAD_REQUEST, format!("{rejection:?}"))
+    };
+    Ok(error_response(status, &message))
+}

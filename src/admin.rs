@@ -1,0 +1,83 @@
+//! The admin listener: `/health`, `/ready` and Prometheus `/metrics`.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use warp::http::StatusCode;
+use warp::Filter;
+
+/// Installs the process-wide Prometheus recorder once and returns its handle.
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let seconds = [
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ];
+            let sizes = [
+                1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 5000.0,
+            ];
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("_envelopes".into()), &sizes)
+                })
+                .expect("bucket lists are not empty")
+                .install_recorder()
+                .expect("the metrics recorder is installed once per process")
+        })
+        .clone()
+}
+
+/// One dependency `/ready` reports on.
+pub struct Check {
+    pub name: &'static str,
+    pub ok: Arc<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl Check {
+    pub fn flag(name: &'static str, flag: Arc<AtomicBool>) -> Check {
+        Check {
+            name,
+            ok: Arc::new(move || flag.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+pub async fn serve(listener: TcpListener, checks: Vec<Check>, shutdown: CancellationToken) {
+    let handle = metrics_handle();
+    let checks = Arc::new(checks);
+    let health = warp::path!("health").map(|| "ok");
+    let ready = warp::path!("ready").map(move || {
+        let states: serde_json::Map<String, serde_json::Value> = checks
+            .iter()
+            .map(|c| (c.name.to_owned(), ((c.ok)()).into()))
+            .collect();
+        let all_ok = states.values().all(|v| v == &serde_json::Value::Bool(true));
+        let status = if all_ok {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        warp::reply::with_status(warp::reply::json(&states), status)
+    });
+    let metrics = warp::path!("metrics").map(move || handle.render());
+    let routes = warp::get().and(
+        health
+            .map(|r| Box::new(r) as Box<dyn warp::Reply>)
+            .or(ready.map(|r| Box::new(r) as Box<dyn warp::Reply>))
+            .unify()
+            .or(metrics.map(|r| Box::new(r) as Box<dyn warp::Reply>))
+            .unify(),
+    );
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    warp::serve(routes.recover(|_| async {
+        Ok::<_, Infallible>(warp::reply::with_status("not found", StatusCode::NOT_FOUND))
+    }))
+    .serve_incoming_with_graceful_shutdown(incoming, shutdown.cancelled_owned())
+    .await;
+}

@@ -1,0 +1,413 @@
+//! Typed configuration: built-in defaults → TOML file (`--config`) → environment, validated once
+//! at start. Nothing falls back silently: a wrong value is an error that names it.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use ingest::{App, Apps, AppsError, GatewayConfig};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// The customary development credentials; a loud warning is logged when they are used on a
+/// non-loopback bind.
+pub const DEV_APP: (&str, &str, &str) = ("app-id", "app-key", "app-secret");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PersistQueueType {
+    Quorum,
+    Classic,
+}
+
+impl From<PersistQueueType> for bus::QueueType {
+    fn from(value: PersistQueueType) -> Self {
+        match value {
+            PersistQueueType::Quorum => bus::QueueType::Quorum,
+            PersistQueueType::Classic => bus::QueueType::Classic,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Client-facing listener (WebSocket, Pusher HTTP API).
+    pub bind: SocketAddr,
+    /// Admin listener: `/metrics`, `/health`, `/ready`.
+    pub admin_bind: SocketAddr,
+    pub database_url: String,
+    pub amqp_url: String,
+    /// Prefix of every exchange and queue name.
+    pub amqp_prefix: String,
+    pub persist_queue_type: PersistQueueType,
+    /// Gateway node id (first half of socket ids, live queue name); random when unset.
+    pub node_id: Option<u32>,
+    /// Seconds to finish in-flight work after SIGTERM/SIGINT.
+    pub shutdown_timeout_secs: u64,
+    pub apps: Vec<App>,
+    pub gateway: GatewaySection,
+    pub publisher: PublisherSection,
+    pub worker: WorkerSection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewaySection {
+    pub activity_timeout_secs: u64,
+    pub pong_timeout_secs: u64,
+    pub socket_queue_len: usize,
+    pub max_frame_bytes: usize,
+    pub max_event_data_bytes: usize,
+    pub max_channels_per_trigger: usize,
+    pub max_body_bytes: u64,
+    /// Messages the node's live queue holds before dropping the oldest.
+    pub live_queue_max_len: u32,
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        let g = GatewayConfig::default();
+        GatewaySection {
+            activity_timeout_secs: g.activity_timeout.as_secs(),
+            pong_timeout_secs: g.pong_timeout.as_secs(),
+            socket_queue_len: g.socket_queue_len,
+            max_frame_bytes: g.max_frame_bytes,
+            max_event_data_bytes: g.max_event_data_bytes,
+            max_channels_per_trigger: g.max_channels_per_trigger,
+            max_body_bytes: g.max_body_bytes,
+            live_queue_max_len: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublisherSection {
+    pub max_batch_envelopes: usize,
+    pub max_in_flight: usize,
+    pub confirm_timeout_ms: u64,
+}
+
+impl Default for PublisherSection {
+    fn default() -> Self {
+        PublisherSection {
+            max_batch_envelopes: 1000,
+            max_in_flight: 64,
+            confirm_timeout_ms: 5000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerSection {
+    pub prefetch: u16,
+    pub max_batch: usize,
+    pub batch_linger_ms: u64,
+    pub partition_days_ahead: u32,
+}
+
+impl Default for WorkerSection {
+    fn default() -> Self {
+        WorkerSection {
+            prefetch: 2000,
+            max_batch: 5000,
+            batch_linger_ms: 5,
+            partition_days_ahead: 3,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let (id, key, secret) = DEV_APP;
+        Config {
+            bind: ([127, 0, 0, 1], 6001).into(),
+            admin_bind: ([127, 0, 0, 1], 9601).into(),
+            database_url: "postgres://postgres@127.0.0.1:5432/switchboard".into(),
+            amqp_url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            amqp_prefix: "switchboard".into(),
+            persist_queue_type: PersistQueueType::Quorum,
+            node_id: None,
+            shutdown_timeout_secs: 10,
+            apps: vec![App {
+                id: id.into(),
+                key: key.into(),
+                secret: secret.into(),
+                enabled: true,
+            }],
+            gateway: GatewaySection::default(),
+            publisher: PublisherSection::default(),
+            worker: WorkerSection::default(),
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    MissingFile(String),
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] Box<figment::Error>),
+    #[error("invalid apps: {0}")]
+    Apps(#[from] AppsError),
+    #[error("{field} must be {expected}")]
+    OutOfRange {
+        field: &'static str,
+        expected: &'static str,
+    },
+    #[error("amqp_prefix {0:?} must be 1-64 characters of A-Z a-z 0-9 _ - .")]
+    BadPrefix(String),
+    #[error("{field} {value:?} is not a {scheme}:// URL")]
+    BadUrl {
+        field: &'static str,
+        value: String,
+        scheme: &'static str,
+    },
+}
+
+impl Config {
+    /// Loads defaults, then the file (if given), then the environment: `DATABASE_URL`,
+    /// `AMQP_URL` and `SWITCHBOARD_*` (nested keys with `__`, e.g. `SWITCHBOARD_GATEWAY__SOCKET_QUEUE_LEN`).
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::MissingFile(path.display().to_string()));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        let config: Config = figment
+            .merge(Env::prefixed("SWITCHBOARD_").split("__"))
+            .merge(Env::raw().only(&["DATABASE_URL", "AMQP_URL"]))
+            .extract()
+            .map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.apps()?;
+        let prefix_ok = !self.amqp_prefix.is_empty()
+            && self.amqp_prefix.len() <= 64
+            && self
+                .amqp_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !prefix_ok {
+            return Err(ConfigError::BadPrefix(self.amqp_prefix.clone()));
+        }
+        check_url(
+            "database_url",
+            &self.database_url,
+            &["postgres", "postgresql"],
+        )?;
+        check_url("amqp_url", &self.amqp_url, &["amqp"])?;
+        let g = &self.gateway;
+        let checks: [(&'static str, bool, &'static str); 8] = [
+            (
+                "gateway.activity_timeout_secs",
+                g.activity_timeout_secs > 0,
+                "at least 1",
+            ),
+            (
+                "gateway.pong_timeout_secs",
+                g.pong_timeout_secs > 0,
+                "at least 1",
+            ),
+            (
+                "gateway.socket_queue_len",
+                g.socket_queue_len > 0,
+                "at least 1",
+            ),
+            (
+                "gateway.max_frame_bytes",
+                g.max_frame_bytes >= 1024,
+                "at least 1024",
+            ),
+            (
+                "gateway.live_queue_max_len",
+                g.live_queue_max_len > 0,
+                "at least 1",
+            ),
+            (
+                "publisher.max_batch_envelopes",
+                self.publisher.max_batch_envelopes > 0,
+                "at least 1",
+            ),
+            (
+                "publisher.max_in_flight",
+                self.publisher.max_in_flight > 0,
+                "at least 1",
+            ),
+            (
+                "worker.max_batch",
+                self.worker.max_batch > 0 && self.worker.prefetch > 0,
+                "at least 1 (and prefetch too)",
+            ),
+        ];
+        for (field, ok, expected) in checks {
+            if !ok {
+                return Err(ConfigError::OutOfRange { field, expected });
+            }
+        }
+        Ok(())
+    }
+
+    pub fn apps(&self) -> Result<Apps, AppsError> {
+        Apps::new(self.apps.clone())
+    }
+
+    /// True when the development credentials are served on an address others can reach.
+    pub fn dev_credentials_exposed(&self) -> bool {
+        !self.bind.ip().is_loopback()
+            && self
+                .apps
+                .iter()
+                .any(|app| app.secret == DEV_APP.2 || app.key == DEV_APP.1)
+    }
+
+    pub fn gateway_config(&self) -> GatewayConfig {
+        let g = &self.gateway;
+        GatewayConfig {
+            activity_timeout: Duration::from_secs(g.activity_timeout_secs),
+            pong_timeout: Duration::from_secs(g.pong_timeout_secs),
+            socket_queue_len: g.socket_queue_len,
+            max_frame_bytes: g.max_frame_bytes,
+            max_event_data_bytes: g.max_event_data_bytes,
+            max_channels_per_trigger: g.max_channels_per_trigger,
+            max_body_bytes: g.max_body_bytes,
+        }
+    }
+}
+
+fn check_url(
+    field: &'static str,
+    value: &str,
+    schemes: &[&'static str],
+) -> Result<(), ConfigError> {
+    let ok = value
+        .split_once("://")
+        .is_some_and(|(scheme, rest)| schemes.contains(&scheme) && !rest.is_empty());
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::BadUrl {
+            field,
+            value: value.to_owned(),
+            scheme: schemes[0],
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_local() {
+        let config = Config::default();
+        config.validate().unwrap();
+        assert_eq!(config.bind.to_string(), "127.0.0.1:6001");
+        assert_eq!(config.admin_bind.to_string(), "127.0.0.1:9601");
+        assert!(!config.dev_credentials_exposed());
+    }
+
+    #[test]
+    fn dev_credentials_on_public_bind_are_flagged() {
+        let config = Config {
+            bind: "0.0.0.0:6001".parse().unwrap(),
+            ..Config::default()
+        };
+        assert!(config.dev_credentials_exposed());
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        let bad_prefix = Config {
+            amqp_prefix: "has space".into(),
+            ..Config::default()
+        };
+        assert!(matches!(
+            bad_prefix.validate(),
+            Err(ConfigError::BadPrefix(_))
+        ));
+        let bad_url = Config {
+            database_url: "mysql://x".into(),
+            ..Config::default()
+        };
+        assert!(matches!(
+            bad_url.validate(),
+            Err(ConfigError::BadUrl {
+                field: "database_url",
+                ..
+            })
+        ));
+        let mut zero_queue = Config::default();
+        zero_queue.gateway.socket_queue_len = 0;
+        assert!(matches!(
+            zero_queue.validate(),
+            Err(ConfigError::OutOfRange {
+                field: "gateway.socket_queue_len",
+                ..
+            })
+        ));
+        let no_apps = Config {
+            apps: vec![],
+            ..Config::default()
+        };
+        assert!(matches!(
+            no_apps.validate(),
+            Err(ConfigError::Apps(AppsError::Empty))
+        ));
+    }
+
+    #[test]
+    fn file_then_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "switchboard.toml",
+                r#"
+                amqp_prefix = "fromfile"
+                bind = "127.0.0.1:7001"
+                [gateway]
+                socket_queue_len = 7
+                [[apps]]
+                id = "1"
+                key = "k"
+                secret = "s"
+                "#,
+            )?;
+            jail.set_env("SWITCHBOARD_AMQP_PREFIX", "fromenv");
+            jail.set_env("SWITCHBOARD_GATEWAY__MAX_FRAME_BYTES", "4096");
+            jail.set_env("DATABASE_URL", "postgres://db.example/x");
+            let config = Config::load(Some(Path::new("switchboard.toml"))).unwrap();
+            assert_eq!(config.amqp_prefix, "fromenv");
+            assert_eq!(config.bind.port(), 7001);
+            assert_eq!(config.gateway.socket_queue_len, 7);
+            assert_eq!(config.gateway.max_frame_bytes, 4096);
+            assert_eq!(config.database_url, "postgres://db.example/x");
+            assert_eq!(config.apps.len(), 1);
+            assert_eq!(config.apps[0].id, "1");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_and_missing_files_fail() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("bad.toml", "bindd = \"127.0.0.1:1\"\n")?;
+            let err = Config::load(Some(Path::new("bad.toml"))).unwrap_err();
+            assert!(err.to_string().contains("bindd"), "{err}");
+            let err = Config::load(Some(Path::new("nope.toml"))).unwrap_err();
+            assert!(matches!(err, ConfigError::MissingFile(_)));
+            jail.set_env("SWITCHBOARD_BIND", "not an address");
+            let err = Config::load(None).unwrap_err();
+            assert!(err.to_string().contains("bind"), "{err}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,231 @@
+//! Wires Switchboard's roles together. `main` parses the command line and calls [`start`];
+//! tests call the same [`start`] on port 0.
+
+pub mod admin;
+pub mod config;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use admin::Check;
+use bus::{Publisher, PublisherConfig, Topology};
+use config::Config;
+use consumer_worker::WorkerConfig;
+use dispatcher::{LiveConfig, Registry};
+use ingest::Gateway;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+/// Which parts of Switchboard this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Gateway + dispatcher + worker in one process.
+    Serve,
+    /// Gateway + dispatcher.
+    Gateway,
+    /// Consumer worker only.
+    Worker,
+}
+
+impl Role {
+    fn has_gateway(self) -> bool {
+        matches!(self, Role::Serve | Role::Gateway)
+    }
+    fn has_worker(self) -> bool {
+        matches!(self, Role::Serve | Role::Worker)
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Broker(#[from] bus::BusError),
+    #[error(transparent)]
+    Database(#[from] consumer_worker::StorageError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the live queue was not ready within {0:?}")]
+    LiveNotReady(Duration),
+}
+
+/// A started process: its bound addresses and the tasks to wait for after shutdown.
+pub struct Running {
+    pub gateway_addr: Option<SocketAddr>,
+    pub admin_addr: SocketAddr,
+    tracker: TaskTracker,
+    shutdown_timeout: Duration,
+}
+
+impl Running {
+    /// Waits until every task has finished after the shutdown token fired, at most the
+    /// configured shutdown timeout. Returns false if the deadline passed first.
+    pub async fn finished(self) -> bool {
+        self.tracker.close();
+        tokio::time::timeout(self.shutdown_timeout, self.tracker.wait())
+            .await
+            .is_ok()
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+const LIVE_READY_TIMEOUT: Duration = Duration::from_secs(10);
+const DATABASE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Checks the dependencies, binds the listeners and starts the role's tasks. Everything stops
+/// when `shutdown` is cancelled; then await [`Running::finished`].
+pub async fn start(
+    role: Role,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<Running, StartError> {
+    config.validate()?;
+    let apps = config.apps().map_err(config::ConfigError::from)?;
+    if config.dev_credentials_exposed() {
+        warn!(bind = %config.bind, "the development app credentials (app-key/app-secret) are served on a non-loopback address: configure your own apps");
+    }
+    // Fail fast, with one clear line, when RabbitMQ is unreachable.
+    bus::connect(&config.amqp_url, "switchboard-startup-check")
+        .await?
+        .close(200, "startup check")
+        .await
+        .ok();
+
+    let tracker = TaskTracker::new();
+    let topology = Topology::new(config.amqp_prefix.clone());
+    let queue_type: bus::QueueType = config.persist_queue_type.into();
+    let mut checks = Vec::new();
+
+    if role.has_worker() {
+        let pool = consumer_worker::prepare_database(
+            &config.database_url,
+            config.worker.partition_days_ahead,
+        )
+        .await?;
+        let database_ok = Arc::new(AtomicBool::new(true));
+        checks.push(Check::flag("database", database_ok.clone()));
+        tracker.spawn(watch_database(pool.clone(), database_ok, shutdown.clone()));
+        let worker_config = WorkerConfig {
+            amqp_url: config.amqp_url.clone(),
+            topology: topology.clone(),
+            persist_queue_type: queue_type,
+            prefetch: config.worker.prefetch,
+            max_batch: config.worker.max_batch,
+            batch_linger: Duration::from_millis(config.worker.batch_linger_ms),
+            partition_days_ahead: config.worker.partition_days_ahead,
+        };
+        tracker.spawn(consumer_worker::run(worker_config, pool, shutdown.clone()));
+    }
+
+    let mut gateway_addr = None;
+    if role.has_gateway() {
+        let listener = bind(config.bind).await?;
+        gateway_addr = listener.local_addr().ok();
+        let node = config.node_id.unwrap_or_else(rand::random);
+        let registry = Arc::new(Registry::default());
+        let live_ready = Arc::new(AtomicBool::new(false));
+        tracker.spawn(dispatcher::run_live(
+            LiveConfig {
+                url: config.amqp_url.clone(),
+                topology: topology.clone(),
+                persist_queue_type: queue_type,
+                node,
+                max_queue_len: config.gateway.live_queue_max_len,
+                prefetch: 1000,
+            },
+            registry.clone(),
+            live_ready.clone(),
+            shutdown.clone(),
+        ));
+        // Events accepted before the live queue exists would not reach this node's sockets.
+        wait_for(&live_ready, LIVE_READY_TIMEOUT)
+            .await
+            .then_some(())
+            .ok_or(StartError::LiveNotReady(LIVE_READY_TIMEOUT))?;
+        checks.push(Check::flag("live_queue", live_ready));
+        let publisher = Publisher::spawn(
+            PublisherConfig {
+                url: config.amqp_url.clone(),
+                topology: topology.clone(),
+                persist_queue_type: queue_type,
+                max_batch_envelopes: config.publisher.max_batch_envelopes,
+                max_in_flight: config.publisher.max_in_flight,
+                confirm_timeout: Duration::from_millis(config.publisher.confirm_timeout_ms),
+            },
+            &tracker,
+        );
+        let connected = publisher.clone();
+        checks.push(Check {
+            name: "publisher",
+            ok: Arc::new(move || connected.is_connected()),
+        });
+        let gateway = Arc::new(Gateway::new(
+            apps,
+            config.gateway_config(),
+            publisher,
+            registry,
+            node,
+            shutdown.clone(),
+        ));
+        info!(addr = ?gateway_addr, node, "gateway listening");
+        tracker.spawn(ingest::serve(listener, gateway));
+    }
+
+    let admin_listener = bind(config.admin_bind).await?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            addr: config.admin_bind,
+            source,
+        })?;
+    info!(%admin_addr, "admin listening");
+    tracker.spawn(admin::serve(admin_listener, checks, shutdown.clone()));
+    Ok(Running {
+        gateway_addr,
+        admin_addr,
+        tracker,
+        shutdown_timeout: Duration::from_secs(config.shutdown_timeout_secs),
+    })
+}
+
+async fn wait_for(flag: &AtomicBool, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !flag.load(Ordering::Relaxed) {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+async fn watch_database(pool: sqlx::PgPool, ok: Arc<AtomicBool>, shutdown: CancellationToken) {
+    loop {
+        let reachable = tokio::time::timeout(
+            DATABASE_CHECK_INTERVAL,
+            sqlx::query("SELECT 1").execute(&pool),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        ok.store(reachable, Ordering::Relaxed);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(DATABASE_CHECK_INTERVAL) => {}
+        }
+    }
+}
