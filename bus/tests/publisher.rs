@@ -1,0 +1,175 @@
+//! The publisher against the real RabbitMQ: confirms, returns, outages and batching.
+
+use std::time::Duration;
+
+use bus::{PublishError, Publisher, PublisherConfig, QueueType, Topology};
+use futures_util::StreamExt;
+use lapin::options::{BasicConsumeOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use protocol::envelope::decode_batch;
+use protocol::{Envelope, Source};
+use tokio_util::task::TaskTracker;
+
+const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+fn config(url: &str) -> PublisherConfig {
+    PublisherConfig {
+        url: url.into(),
+        topology: Topology::new(format!("bustest{:x}", rand::random::<u64>())),
+        persist_queue_type: QueueType::Classic,
+        max_batch_envelopes: 1000,
+        max_in_flight: 16,
+        confirm_timeout: Duration::from_secs(5),
+    }
+}
+
+fn envelope(i: usize) -> Envelope {
+    Envelope::new("app", Source::Api, "chan", "ev", i.to_string())
+}
+
+async fn connected(publisher: &Publisher) {
+    for _ in 0..100 {
+        if publisher.is_connected() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("publisher did not connect");
+}
+
+/// Drains the persist queue: (messages, envelopes in order).
+async fn drain(topology: &Topology, expected_envelopes: usize) -> (usize, Vec<Envelope>) {
+    let connection = bus::connect(AMQP, "test-drain").await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let mut consumer = channel
+        .basic_consume(
+            &topology.persist_queue(),
+            "drain",
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let (mut messages, mut envelopes) = (0, Vec::new());
+    while envelopes.len() < expected_envelopes {
+        let delivery = tokio::time::timeout(Duration::from_secs(5), consumer.next())
+            .await
+            .expect("messages arrive")
+            .unwrap()
+            .unwrap();
+        messages += 1;
+        envelopes.extend(decode_batch(&delivery.data).unwrap());
+    }
+    for queue in [topology.persist_queue(), topology.dead_letter_queue()] {
+        let _ = channel.queue_delete(&queue, QueueDeleteOptions::default()).await;
+    }
+    let _ = channel
+        .exchange_delete(&topology.events_exchange(), Default::default())
+        .await;
+    (messages, envelopes)
+}
+
+#[tokio::test]
+async fn confirmed_envelopes_are_in_the_persist_queue() {
+    let config = config(AMQP);
+    let tracker = TaskTracker::new();
+    let publisher = Publisher::spawn(config.clone(), &tracker);
+    connected(&publisher).await;
+    let sent: Vec<Envelope> = (0..3).map(envelope).collect();
+    assert_eq!(publisher.publish(sent.clone()).await, Ok(()));
+    let (_, received) = drain(&config.topology, 3).await;
+    assert_eq!(received, sent);
+}
+
+#[tokio::test]
+async fn concurrent_requests_are_batched_and_each_sender_keeps_its_order() {
+    let config = config(AMQP);
+    let tracker = TaskTracker::new();
+    let publisher = Publisher::spawn(config.clone(), &tracker);
+    connected(&publisher).await;
+    let (concurrent, sequential) = (400, 100);
+    let ordered = {
+        let publisher = publisher.clone();
+        tokio::spawn(async move {
+            for i in 0..sequential {
+                let mut e = envelope(i);
+                e.channel = "ordered".into();
+                publisher.publish(vec![e]).await.unwrap();
+            }
+        })
+    };
+    let results = futures_util::future::join_all(
+        (0..concurrent).map(|i| publisher.publish(vec![envelope(i)])),
+    )
+    .await;
+    assert!(results.iter().all(Result::is_ok));
+    ordered.await.unwrap();
+    let (messages, received) = drain(&config.topology, concurrent + sequential).await;
+    assert!(
+        messages < concurrent,
+        "{messages} messages for {concurrent} concurrent requests"
+    );
+    let in_order: Vec<String> = received
+        .iter()
+        .filter(|e| e.channel == "ordered")
+        .map(|e| e.data.clone())
+        .collect();
+    let expected: Vec<String> = (0..sequential).map(|i| i.to_string()).collect();
+    assert_eq!(in_order, expected);
+    let mut rest: Vec<usize> = received
+        .iter()
+        .filter(|e| e.channel != "ordered")
+        .map(|e| e.data.parse().unwrap())
+        .collect();
+    rest.sort_unstable();
+    assert_eq!(rest, (0..concurrent).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn unroutable_message_is_a_failure() {
+    let config = config(AMQP);
+    let tracker = TaskTracker::new();
+    let publisher = Publisher::spawn(config.clone(), &tracker);
+    connected(&publisher).await;
+    let connection = bus::connect(AMQP, "test").await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .queue_delete(&config.topology.persist_queue(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        publisher.publish(vec![envelope(1)]).await,
+        Err(PublishError::Returned)
+    );
+    channel
+        .queue_declare(
+            &config.topology.persist_queue(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    drain(&config.topology, 0).await;
+}
+
+#[tokio::test]
+async fn unreachable_broker_fails_fast() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let tracker = TaskTracker::new();
+    let publisher = Publisher::spawn(config(&format!("amqp://guest:guest@127.0.0.1:{port}/%2f")), &tracker);
+    let started = std::time::Instant::now();
+    assert_eq!(
+        publisher.publish(vec![envelope(1)]).await,
+        Err(PublishError::Unavailable)
+    );
+    assert!(started.elapsed() < Duration::from_secs(6));
+    assert!(!publisher.is_connected());
+}
