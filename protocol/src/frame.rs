@@ -197,6 +197,64 @@ pub fn encode_subscription_error(
     encode("pusher:subscription_error", Some(channel), &data, None)
 }
 
+/// `pusher_internal:subscription_succeeded` for a presence channel: unique members.
+pub fn encode_presence_succeeded(channel: &str, members: &[crate::presence::Member]) -> String {
+    let ids: Vec<&str> = members.iter().map(|m| m.user_id.as_str()).collect();
+    let hash: serde_json::Map<String, serde_json::Value> = members
+        .iter()
+        .map(|m| (m.user_id.clone(), user_info_value(m.user_info.as_deref())))
+        .collect();
+    let data = json(serde_json::json!({
+        "presence": { "ids": ids, "hash": hash, "count": members.len() }
+    }));
+    encode_subscription_succeeded(channel, &data)
+}
+
+fn user_info_value(info: Option<&str>) -> serde_json::Value {
+    info.and_then(|text| serde_json::from_str(text).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+pub fn encode_member_added(channel: &str, member: &crate::presence::Member) -> String {
+    let data = json(serde_json::json!({
+        "user_id": member.user_id,
+        "user_info": user_info_value(member.user_info.as_deref()),
+    }));
+    encode("pusher_internal:member_added", Some(channel), &data, None)
+}
+
+pub fn encode_member_removed(channel: &str, user_id: &str) -> String {
+    let data = json(serde_json::json!({ "user_id": user_id }));
+    encode("pusher_internal:member_removed", Some(channel), &data, None)
+}
+
+pub fn encode_cache_miss(channel: &str) -> String {
+    encode("pusher:cache_miss", Some(channel), "{}", None)
+}
+
+pub fn encode_subscription_count(channel: &str, count: usize) -> String {
+    let data = json(serde_json::json!({ "subscription_count": count }));
+    encode("pusher_internal:subscription_count", Some(channel), &data, None)
+}
+
+pub fn encode_signin_success(user_data: &str) -> String {
+    let data = json(serde_json::json!({ "user_data": user_data }));
+    encode("pusher:signin_success", None, &data, None)
+}
+
+/// `pusher_internal:watchlist_events`: `online` / `offline` user ids.
+pub fn encode_watchlist_events(online: &[String], offline: &[String]) -> String {
+    let mut events = Vec::new();
+    if !online.is_empty() {
+        events.push(serde_json::json!({ "name": "online", "user_ids": online }));
+    }
+    if !offline.is_empty() {
+        events.push(serde_json::json!({ "name": "offline", "user_ids": offline }));
+    }
+    let data = json(serde_json::json!({ "events": events }));
+    encode("pusher_internal:watchlist_events", None, &data, None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,6 +341,43 @@ mod tests {
             Err(FrameError::BadData {
                 event: "pusher:subscribe".into(),
             }),
+        );
+    }
+
+    #[test]
+    fn golden_presence_and_user_frames() {
+        use crate::presence::Member;
+        let members = [
+            Member { user_id: "1".into(), user_info: Some(r#"{"name":"Ann"}"#.into()) },
+            Member { user_id: "2".into(), user_info: None },
+        ];
+        assert_eq!(
+            encode_presence_succeeded("presence-a", &members),
+            r#"{"event":"pusher_internal:subscription_succeeded","channel":"presence-a","data":"{\"presence\":{\"count\":2,\"hash\":{\"1\":{\"name\":\"Ann\"},\"2\":null},\"ids\":[\"1\",\"2\"]}}"}"#
+        );
+        assert_eq!(
+            encode_member_added("presence-a", &members[0]),
+            r#"{"event":"pusher_internal:member_added","channel":"presence-a","data":"{\"user_id\":\"1\",\"user_info\":{\"name\":\"Ann\"}}"}"#
+        );
+        assert_eq!(
+            encode_member_removed("presence-a", "1"),
+            r#"{"event":"pusher_internal:member_removed","channel":"presence-a","data":"{\"user_id\":\"1\"}"}"#
+        );
+        assert_eq!(
+            encode_cache_miss("cache-a"),
+            r#"{"event":"pusher:cache_miss","channel":"cache-a","data":"{}"}"#
+        );
+        assert_eq!(
+            encode_subscription_count("a", 3),
+            r#"{"event":"pusher_internal:subscription_count","channel":"a","data":"{\"subscription_count\":3}"}"#
+        );
+        assert_eq!(
+            encode_signin_success(r#"{"id":"1"}"#),
+            r#"{"event":"pusher:signin_success","data":"{\"user_data\":\"{\\\"id\\\":\\\"1\\\"}\"}"}"#
+        );
+        assert_eq!(
+            encode_watchlist_events(&["1".into()], &[]),
+            r#"{"event":"pusher_internal:watchlist_events","data":"{\"events\":[{\"name\":\"online\",\"user_ids\":[\"1\"]}]}"}"#
         );
     }
 

@@ -6,6 +6,7 @@
 pub mod channel;
 pub mod envelope;
 pub mod frame;
+pub mod presence;
 pub mod signature;
 pub mod socket_id;
 
