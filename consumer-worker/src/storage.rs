@@ -1,0 +1,373 @@
+//! Postgres: database preparation, daily partitions, the batched idempotent insert, and the
+//! classification of write errors into "retry" and "the data was refused".
+
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashSet};
+use std::time::Duration;
+
+use chrono::{Days, NaiveDate};
+use protocol::Envelope;
+use serde_json::value::RawValue;
+use sqlx::migrate::{MigrateDatabase, MigrateError};
+use sqlx::postgres::{PgDatabaseError, PgPool, PgPoolOptions};
+use sqlx::Postgres;
+use thiserror::Error;
+use tracing::info;
+
+/// How long taking a connection from the pool may take, reconnects included, before the write
+/// attempt fails (and is retried). Also bounds how long shutdown waits during an outage.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Error)]
+pub enum StorageError {
+    #[error("invalid database URL {endpoint}: {source}")]
+    Url {
+        endpoint: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot reach Postgres at {endpoint}: {source}")]
+    Connect {
+        endpoint: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot create the database {endpoint}: {source}")]
+    CreateDatabase {
+        endpoint: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot apply the migrations to {endpoint}: {source}")]
+    Migrate {
+        endpoint: String,
+        #[source]
+        source: MigrateError,
+    },
+    #[error("cannot create the events partitions in {endpoint}: {source}")]
+    Partitions {
+        endpoint: String,
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+/// Creates the database named in `database_url` if it does not exist, connects a pool, applies
+/// the embedded migrations and creates the partitions of today and the next
+/// `partition_days_ahead` days (UTC).
+pub async fn prepare_database(
+    database_url: &str,
+    partition_days_ahead: u32,
+) -> Result<PgPool, StorageError> {
+    let endpoint = redacted_url(database_url);
+    let unreachable = |source: sqlx::Error| match source {
+        sqlx::Error::Configuration(_) => StorageError::Url {
+            endpoint: endpoint.clone(),
+            source,
+        },
+        source => StorageError::Connect {
+            endpoint: endpoint.clone(),
+            source,
+        },
+    };
+    if !Postgres::database_exists(database_url)
+        .await
+        .map_err(unreachable)?
+    {
+        match Postgres::create_database(database_url).await {
+            Ok(()) => info!(%endpoint, "created the database"),
+            // Another process created it between our check and our attempt.
+            Err(error) if sqlstate(&error).as_deref() == Some("42P04") => {}
+            Err(source) => {
+                return Err(StorageError::CreateDatabase {
+                    endpoint: endpoint.clone(),
+                    source,
+                })
+            }
+        }
+    }
+    let pool = PgPoolOptions::new()
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect(database_url)
+        .await
+        .map_err(unreachable)?;
+    sqlx::migrate!("../migrations")
+        .run(&pool)
+        .await
+        .map_err(|source| StorageError::Migrate {
+            endpoint: endpoint.clone(),
+            source,
+        })?;
+    ensure_partitions(&pool, &days_ahead(today(), partition_days_ahead))
+        .await
+        .map_err(|source| StorageError::Partitions {
+            endpoint: endpoint.clone(),
+            source,
+        })?;
+    Ok(pool)
+}
+
+/// The URL without credentials or query parameters (which may carry a password).
+fn redacted_url(url: &str) -> String {
+    let without_query = url.split_once('?').map_or(url, |(base, _)| base);
+    bus::redacted_endpoint(without_query)
+}
+
+pub(crate) fn today() -> NaiveDate {
+    chrono::Utc::now().date_naive()
+}
+
+/// Makes sure the partitions of `days` exist (one `switchboard_ensure_partition` call per day).
+pub(crate) async fn ensure_partitions(
+    pool: &PgPool,
+    days: &[NaiveDate],
+) -> Result<(), sqlx::Error> {
+    let created: Vec<NaiveDate> = sqlx::query_scalar(
+        "SELECT day FROM unnest($1::date[]) AS day WHERE switchboard_ensure_partition(day)",
+    )
+    .bind(days)
+    .fetch_all(pool)
+    .await?;
+    for day in &created {
+        info!(%day, "created the events partition");
+    }
+    Ok(())
+}
+
+/// `today` and the `count` days that follow it.
+pub(crate) fn days_ahead(today: NaiveDate, count: u32) -> Vec<NaiveDate> {
+    (0..=u64::from(count))
+        .map_while(|ahead| today.checked_add_days(Days::new(ahead)))
+        .collect()
+}
+
+/// The days (UTC) of the envelopes' `received_at` that are not in `known`, in order.
+pub(crate) fn missing_days(envelopes: &[Envelope], known: &HashSet<NaiveDate>) -> Vec<NaiveDate> {
+    envelopes
+        .iter()
+        .map(|envelope| envelope.received_at.date_naive())
+        .filter(|day| !known.contains(day))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+/// One statement per batch; a row whose `(id, received_at)` exists already is skipped, which
+/// makes redeliveries harmless. `occurred_at` is `received_at` until skew correction lands.
+const INSERT_EVENTS: &str = "\
+INSERT INTO events
+    (id, app_id, source, channel, name, data, user_id, socket_id, occurred_at, received_at)
+SELECT id, app_id, source, channel, name, data::jsonb, user_id, socket_id, received_at, received_at
+FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+            $8::text[], $9::timestamptz[])
+    AS batch (id, app_id, source, channel, name, data, user_id, socket_id, received_at)
+ON CONFLICT DO NOTHING";
+
+/// Inserts `envelopes` in one transaction; returns how many rows were new.
+pub(crate) async fn insert_events(
+    pool: &PgPool,
+    envelopes: &[Envelope],
+) -> Result<u64, sqlx::Error> {
+    let column = |f: fn(&Envelope) -> &str| envelopes.iter().map(f).collect::<Vec<_>>();
+    let optional = |f: fn(&Envelope) -> Option<&str>| envelopes.iter().map(f).collect::<Vec<_>>();
+    let query = sqlx::query(INSERT_EVENTS)
+        .bind(envelopes.iter().map(|e| e.id).collect::<Vec<_>>())
+        .bind(column(|e| &e.app_id))
+        .bind(column(|e| e.source.as_str()))
+        .bind(column(|e| &e.channel))
+        .bind(column(|e| &e.name))
+        .bind(
+            envelopes
+                .iter()
+                .map(|e| data_json(&e.data))
+                .collect::<Vec<_>>(),
+        )
+        .bind(optional(|e| e.user_id.as_deref()))
+        .bind(optional(|e| e.socket_id.as_deref()))
+        .bind(envelopes.iter().map(|e| e.received_at).collect::<Vec<_>>());
+    let mut transaction = pool.begin().await?;
+    let inserted = query.execute(&mut *transaction).await?.rows_affected();
+    transaction.commit().await?;
+    Ok(inserted)
+}
+
+/// The JSON text stored in `data`: the payload itself when it is JSON, else the payload as a
+/// JSON string. (Postgres may still refuse JSON that serde accepts, e.g. `"\u0000"` in jsonb.)
+pub(crate) fn data_json(data: &str) -> Cow<'_, str> {
+    if serde_json::from_str::<&RawValue>(data).is_ok() {
+        Cow::Borrowed(data)
+    } else {
+        Cow::Owned(serde_json::Value::from(data).to_string())
+    }
+}
+
+/// What to do about a failed write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Disposition {
+    /// The database, or the way to it, failed: keep the deliveries and try again later.
+    Retry,
+    /// Postgres refused the data itself: retrying the same rows cannot succeed.
+    Reject,
+}
+
+/// Only errors that blame the data reject it; everything else is retried, including errors
+/// nobody expected (a missing table, a revoked privilege): those are the operator's to fix, and
+/// dead-lettering every event meanwhile would not help.
+pub(crate) fn disposition(error: &sqlx::Error) -> Disposition {
+    match error {
+        sqlx::Error::Database(_) => sqlstate(error)
+            .as_deref()
+            .map_or(Disposition::Retry, sqlstate_disposition),
+        sqlx::Error::Encode(_) => Disposition::Reject,
+        _ => Disposition::Retry,
+    }
+}
+
+/// SQLSTATE classes that blame the data: 22 data exception (e.g. `\u0000` in jsonb, a NUL byte
+/// in text), 23 integrity constraint violation, 54 program limit exceeded (e.g. an index row
+/// too large). Connection (08), insufficient resources (53), operator intervention (57P…) and
+/// transaction rollback (40001, 40P01) are the transient ones; anything else is retried too.
+fn sqlstate_disposition(code: &str) -> Disposition {
+    match code.get(..2) {
+        Some("22" | "23" | "54") => Disposition::Reject,
+        _ => Disposition::Retry,
+    }
+}
+
+fn sqlstate(error: &sqlx::Error) -> Option<String> {
+    match error {
+        sqlx::Error::Database(database) => database.code().map(Cow::into_owned),
+        _ => None,
+    }
+}
+
+/// The reason recorded with a rejected envelope: SQLSTATE, message and detail. It goes into the
+/// dead-letter header only (never into logs), as Postgres may quote the offending value.
+pub(crate) fn rejection_reason(error: &sqlx::Error) -> String {
+    let sqlx::Error::Database(database) = error else {
+        return error.to_string();
+    };
+    let code = database.code().unwrap_or_default();
+    let mut reason = format!("{code}: {}", database.message());
+    if let Some(detail) = database
+        .try_downcast_ref::<PgDatabaseError>()
+        .and_then(PgDatabaseError::detail)
+    {
+        reason.push_str(" (");
+        reason.push_str(detail);
+        reason.push(')');
+    }
+    reason
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+    use protocol::Source;
+
+    #[test]
+    fn data_is_json_when_it_parses_else_a_json_string() {
+        let check =
+            |input: &str, expected: &str| assert_eq!(data_json(input), expected, "{input:?}");
+        check(r#"{"a":1,"b":[true,null]}"#, r#"{"a":1,"b":[true,null]}"#);
+        check(r#" { "spaced" : 1 } "#, r#" { "spaced" : 1 } "#);
+        check("42", "42");
+        check(r#""already a string""#, r#""already a string""#);
+        check("null", "null");
+        check(r#"{"a":"\u0000"}"#, r#"{"a":"\u0000"}"#);
+        check("hello world", r#""hello world""#);
+        check("", r#""""#);
+        check(r#"{"a":1"#, r#""{\"a\":1""#);
+        check("{\"a\":1} trailing", r#""{\"a\":1} trailing""#);
+        check("tab\there \u{1F600}", r#""tab\there 😀""#);
+        check("nul\u{0}byte", r#""nul\u0000byte""#);
+    }
+
+    #[test]
+    fn only_data_errors_reject() {
+        let check = |code: &str, expected: Disposition| {
+            assert_eq!(sqlstate_disposition(code), expected, "{code}")
+        };
+        check("22P05", Disposition::Reject); // untranslatable character (\u0000 in jsonb)
+        check("22021", Disposition::Reject); // NUL byte in text
+        check("22P02", Disposition::Reject); // invalid text representation
+        check("23514", Disposition::Reject); // check violation
+        check("23502", Disposition::Reject); // not null violation
+        check("54000", Disposition::Reject); // index row too large
+        check("08006", Disposition::Retry); // connection failure
+        check("08001", Disposition::Retry);
+        check("57P01", Disposition::Retry); // admin shutdown
+        check("57P03", Disposition::Retry); // cannot connect now
+        check("40001", Disposition::Retry); // serialization failure
+        check("40P01", Disposition::Retry); // deadlock
+        check("53300", Disposition::Retry); // too many connections
+        check("53100", Disposition::Retry); // disk full
+        check("42P01", Disposition::Retry); // undefined table: the operator's problem
+        check("", Disposition::Retry);
+    }
+
+    #[test]
+    fn client_side_errors_are_classified_by_kind() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert_eq!(disposition(&sqlx::Error::Io(io)), Disposition::Retry);
+        assert_eq!(disposition(&sqlx::Error::PoolTimedOut), Disposition::Retry);
+        assert_eq!(disposition(&sqlx::Error::PoolClosed), Disposition::Retry);
+        assert_eq!(
+            disposition(&sqlx::Error::Protocol("unexpected message".into())),
+            Disposition::Retry
+        );
+        assert_eq!(
+            disposition(&sqlx::Error::Encode("out of range".into())),
+            Disposition::Reject
+        );
+    }
+
+    #[test]
+    fn urls_lose_credentials_and_query() {
+        let check = |url: &str, expected: &str| assert_eq!(redacted_url(url), expected);
+        check(
+            "postgres://user:secret@127.0.0.1:5432/switchboard",
+            "postgres://127.0.0.1:5432/switchboard",
+        );
+        check(
+            "postgres://127.0.0.1/switchboard?password=secret&sslmode=disable",
+            "postgres://127.0.0.1/switchboard",
+        );
+        check("postgres://db/switchboard", "postgres://db/switchboard");
+    }
+
+    #[test]
+    fn days_ahead_include_today() {
+        let day = |d: u32| NaiveDate::from_ymd_opt(2024, 12, d).unwrap();
+        assert_eq!(days_ahead(day(30), 0), vec![day(30)]);
+        assert_eq!(
+            days_ahead(day(30), 3),
+            vec![
+                day(30),
+                day(31),
+                NaiveDate::from_ymd_opt(2025, 1, 1).unwrap(),
+                NaiveDate::from_ymd_opt(2025, 1, 2).unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_days_are_distinct_sorted_utc_days() {
+        let at = |d: u32, h: u32| {
+            let mut e = Envelope::new("1", Source::Api, "c", "e", String::new());
+            e.received_at = Utc.with_ymd_and_hms(2025, 3, d, h, 59, 59).unwrap();
+            e
+        };
+        let day = |d: u32| NaiveDate::from_ymd_opt(2025, 3, d).unwrap();
+        let batch = [at(3, 23), at(1, 0), at(3, 0), at(2, 12), at(1, 23)];
+        assert_eq!(
+            missing_days(&batch, &HashSet::new()),
+            vec![day(1), day(2), day(3)]
+        );
+        assert_eq!(
+            missing_days(&batch, &HashSet::from([day(1), day(3)])),
+            vec![day(2)]
+        );
+    }
+}
