@@ -8,7 +8,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use warp::http::StatusCode;
-use warp::Filter;
+use warp::{Filter, Reply};
 
 /// Installs the process-wide Prometheus recorder once and returns its handle.
 pub fn metrics_handle() -> PrometheusHandle {
@@ -51,7 +51,7 @@ impl Check {
 pub async fn serve(listener: TcpListener, checks: Vec<Check>, shutdown: CancellationToken) {
     let handle = metrics_handle();
     let checks = Arc::new(checks);
-    let health = warp::path!("health").map(|| "ok");
+    let health = warp::path!("health").map(|| "ok".into_response());
     let ready = warp::path!("ready").map(move || {
         let states: serde_json::Map<String, serde_json::Value> = checks
             .iter()
@@ -63,17 +63,10 @@ pub async fn serve(listener: TcpListener, checks: Vec<Check>, shutdown: Cancella
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         };
-        warp::reply::with_status(warp::reply::json(&states), status)
+        warp::reply::with_status(warp::reply::json(&states), status).into_response()
     });
-    let metrics = warp::path!("metrics").map(move || handle.render());
-    let routes = warp::get().and(
-        health
-            .map(|r| Box::new(r) as Box<dyn warp::Reply>)
-            .or(ready.map(|r| Box::new(r) as Box<dyn warp::Reply>))
-            .unify()
-            .or(metrics.map(|r| Box::new(r) as Box<dyn warp::Reply>))
-            .unify(),
-    );
+    let metrics = warp::path!("metrics").map(move || handle.render().into_response());
+    let routes = warp::get().and(health.or(ready).unify().or(metrics).unify());
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     warp::serve(routes.recover(|_| async {
         Ok::<_, Infallible>(warp::reply::with_status("not found", StatusCode::NOT_FOUND))

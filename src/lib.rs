@@ -137,18 +137,22 @@ pub async fn start(
         let listener = bind(config.bind).await?;
         gateway_addr = listener.local_addr().ok();
         let node = config.node_id.unwrap_or_else(rand::random);
-        let registry = Arc::new(Registry::default());
+        let gateway_config = config.gateway_config();
+        let (registry, outbox) = Registry::new(node, gateway_config.cache_ttl);
+        let registry = Arc::new(registry);
         let live_ready = Arc::new(AtomicBool::new(false));
         tracker.spawn(dispatcher::run_live(
             LiveConfig {
                 url: config.amqp_url.clone(),
                 topology: topology.clone(),
                 persist_queue_type: queue_type,
-                node,
                 max_queue_len: config.gateway.live_queue_max_len,
                 prefetch: 1000,
+                heartbeat: Duration::from_millis(config.gateway.cluster_heartbeat_ms),
+                node_timeout: Duration::from_millis(config.gateway.cluster_node_timeout_ms),
             },
             registry.clone(),
+            outbox,
             live_ready.clone(),
             shutdown.clone(),
         ));
@@ -176,7 +180,7 @@ pub async fn start(
         });
         let gateway = Arc::new(Gateway::new(
             apps,
-            config.gateway_config(),
+            gateway_config,
             publisher,
             registry,
             node,

@@ -6,8 +6,11 @@
 mod publisher;
 mod topology;
 
-pub use publisher::{PublishError, Publisher, PublisherConfig};
-pub use topology::{declare_durable, declare_live_queue, QueueType, Topology, EVENT_ROUTING_KEY};
+pub use publisher::{Pending, PublishError, Publisher, PublisherConfig};
+pub use topology::{
+    declare_durable, declare_live_queue, QueueType, Topology, CONTROL_ROUTING_KEY,
+    EVENT_ROUTING_KEY,
+};
 
 use std::time::Duration;
 

@@ -84,20 +84,36 @@ impl Publisher {
 
     /// Publishes `envelopes` and resolves once RabbitMQ confirmed all of them.
     pub async fn publish(&self, envelopes: Vec<Envelope>) -> Result<(), PublishError> {
-        if envelopes.is_empty() {
-            return Ok(());
-        }
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(Request { envelopes, reply })
             .await
             .map_err(|_| PublishError::Unavailable)?;
-        answer.await.unwrap_or(Err(PublishError::Unavailable))
+        Pending(answer).confirmed().await
+    }
+
+    /// Queues `envelopes` now, without waiting: calls made one after the other are published in
+    /// that order. Fails at once when the queue to the publishing task is full.
+    pub fn enqueue(&self, envelopes: Vec<Envelope>) -> Result<Pending, PublishError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .try_send(Request { envelopes, reply })
+            .map_err(|_| PublishError::Unavailable)?;
+        Ok(Pending(answer))
     }
 
     /// Whether the task currently holds an open channel to RabbitMQ.
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
+    }
+}
+
+/// The broker's answer to an [`Publisher::enqueue`], to await later.
+pub struct Pending(oneshot::Receiver<Result<(), PublishError>>);
+
+impl Pending {
+    pub async fn confirmed(self) -> Result<(), PublishError> {
+        self.0.await.unwrap_or(Err(PublishError::Unavailable))
     }
 }
 

@@ -8,6 +8,8 @@ use crate::BusError;
 
 /// Routing key of event batches; persist and live queues bind to it.
 pub const EVENT_ROUTING_KEY: &str = "event";
+/// Routing key of the gateway nodes' control messages; only live queues bind to it.
+pub const CONTROL_ROUTING_KEY: &str = "ctl";
 
 /// The persist queue's type: quorum (replicated, the default) or classic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -100,8 +102,9 @@ pub async fn declare_durable(
     Ok(())
 }
 
-/// Declares and binds a node's live queue: exclusive to its connection, deleted with it, and
-/// bounded to `max_len` messages (the oldest dropped first) so a stalled node cannot fill the broker.
+/// Declares a node's live queue, bound to events and control messages: exclusive to its
+/// connection, deleted with it, and bounded to `max_len` messages (the oldest dropped first) so a
+/// stalled node cannot fill the broker.
 pub async fn declare_live_queue(
     channel: &Channel,
     topology: &Topology,
@@ -127,15 +130,17 @@ pub async fn declare_live_queue(
         )
         .await
         .map_err(BusError::Declare)?;
-    channel
-        .queue_bind(
-            &name,
-            &topology.events_exchange(),
-            EVENT_ROUTING_KEY,
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(BusError::Declare)?;
+    for key in [EVENT_ROUTING_KEY, CONTROL_ROUTING_KEY] {
+        channel
+            .queue_bind(
+                &name,
+                &topology.events_exchange(),
+                key,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(BusError::Declare)?;
+    }
     Ok(name)
 }

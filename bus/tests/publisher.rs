@@ -64,7 +64,9 @@ async fn drain(topology: &Topology, expected_envelopes: usize) -> (usize, Vec<En
         envelopes.extend(decode_batch(&delivery.data).unwrap());
     }
     for queue in [topology.persist_queue(), topology.dead_letter_queue()] {
-        let _ = channel.queue_delete(&queue, QueueDeleteOptions::default()).await;
+        let _ = channel
+            .queue_delete(&queue, QueueDeleteOptions::default())
+            .await;
     }
     let _ = channel
         .exchange_delete(&topology.events_exchange(), Default::default())
@@ -137,7 +139,10 @@ async fn unroutable_message_is_a_failure() {
     let connection = bus::connect(AMQP, "test").await.unwrap();
     let channel = connection.create_channel().await.unwrap();
     channel
-        .queue_delete(&config.topology.persist_queue(), QueueDeleteOptions::default())
+        .queue_delete(
+            &config.topology.persist_queue(),
+            QueueDeleteOptions::default(),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -164,7 +169,10 @@ async fn unreachable_broker_fails_fast() {
     let port = listener.local_addr().unwrap().port();
     drop(listener);
     let tracker = TaskTracker::new();
-    let publisher = Publisher::spawn(config(&format!("amqp://guest:guest@127.0.0.1:{port}/%2f")), &tracker);
+    let publisher = Publisher::spawn(
+        config(&format!("amqp://guest:guest@127.0.0.1:{port}/%2f")),
+        &tracker,
+    );
     let started = std::time::Instant::now();
     assert_eq!(
         publisher.publish(vec![envelope(1)]).await,

@@ -1,5 +1,6 @@
-//! The live path: which local sockets listen on which channel, and the fan-out of events
-//! consumed from this node's live queue into each socket's bounded outbound queue.
+//! The live path: which local sockets listen on which channel, what the other gateway nodes
+//! report, and the fan-out of events consumed from this node's live queue into each socket's
+//! bounded outbound queue.
 //!
 //! The dispatcher never parses client JSON and never waits on a socket: a frame is encoded once
 //! per event and offered to every subscriber with `try_send`; a subscriber whose queue is full is
@@ -9,7 +10,10 @@ mod live;
 mod registry;
 
 pub use live::{run_live, LiveConfig};
-pub use registry::{CloseSignal, Frame, Registry, SocketHandle};
+pub use registry::{
+    AppOptions, CachedEvent, CloseSignal, Frame, Occupancy, Registry, SocketHandle, SubscribeError,
+    CLOSE_TERMINATED,
+};
 
 /// Pusher close code for a socket that could not keep up (4100–4199: client backs off, reconnects).
 pub const CLOSE_SLOW_CONSUMER: u16 = 4100;

@@ -1,14 +1,20 @@
-//! Consumes this node's live queue and fans every event out to local subscribers.
+//! This node's link to the bus for the live path: consumes the live queue (event batches and the
+//! other nodes' control messages), fans events out, and publishes this node's snapshots and
+//! control messages. Reconnects on its own.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus::{QueueType, Topology};
+use bus::{QueueType, Topology, CONTROL_ROUTING_KEY};
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
 use lapin::types::FieldTable;
+use lapin::BasicProperties;
+use protocol::control::Control;
 use protocol::envelope::decode_batch;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -19,26 +25,42 @@ pub struct LiveConfig {
     pub url: String,
     pub topology: Topology,
     pub persist_queue_type: QueueType,
-    /// This gateway node's id; names its live queue.
-    pub node: u32,
     /// Most messages the live queue holds before dropping the oldest.
     pub max_queue_len: u32,
     pub prefetch: u16,
+    /// How often this node publishes its snapshot even when nothing changed.
+    pub heartbeat: Duration,
+    /// How long without a snapshot before another node is considered dead.
+    pub node_timeout: Duration,
 }
 
-/// Runs until `shutdown`: (re)connects, declares the live queue and fans out what arrives.
-/// `ready` is true while the live queue is being consumed.
+/// A change is announced to the other nodes within this time.
+const SNAPSHOT_DEBOUNCE: Duration = Duration::from_millis(50);
+
+#[derive(Debug, thiserror::Error)]
+enum LiveError {
+    #[error(transparent)]
+    Bus(#[from] bus::BusError),
+    #[error("RabbitMQ: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("the broker cancelled the live queue consumer")]
+    Cancelled,
+}
+
+/// Runs until `shutdown`: (re)connects, declares the live queue and serves it. `ready` is true
+/// while the live queue is being consumed.
 pub async fn run_live(
     config: LiveConfig,
     registry: Arc<Registry>,
+    mut outbox: mpsc::Receiver<Control>,
     ready: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
     let mut delay = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
-        match consume(&config, &registry, &ready, &shutdown).await {
+        match serve(&config, &registry, &mut outbox, &ready, &shutdown).await {
             Ok(()) => delay = Duration::from_millis(100),
-            Err(error) => warn!(%error, "live queue consumer failed; reconnecting"),
+            Err(error) => warn!(%error, "live queue link failed; reconnecting"),
         }
         ready.store(false, Ordering::Relaxed);
         tokio::select! {
@@ -49,19 +71,20 @@ pub async fn run_live(
     }
 }
 
-async fn consume(
+async fn serve(
     config: &LiveConfig,
     registry: &Registry,
+    outbox: &mut mpsc::Receiver<Control>,
     ready: &AtomicBool,
     shutdown: &CancellationToken,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<(), LiveError> {
     let connection = bus::connect(&config.url, "switchboard-live").await?;
     let channel = connection.create_channel().await?;
     bus::declare_durable(&channel, &config.topology, config.persist_queue_type).await?;
     let queue = bus::declare_live_queue(
         &channel,
         &config.topology,
-        config.node,
+        registry.node(),
         config.max_queue_len,
     )
     .await?;
@@ -78,25 +101,75 @@ async fn consume(
         .await?;
     info!(queue, "consuming live queue");
     ready.store(true, Ordering::Relaxed);
+    let exchange = config.topology.events_exchange();
+    let publish = |message: Control| {
+        let body = message.encode();
+        let channel = channel.clone();
+        let exchange = exchange.clone();
+        async move {
+            channel
+                .basic_publish(
+                    &exchange,
+                    CONTROL_ROUTING_KEY,
+                    BasicPublishOptions::default(),
+                    &body,
+                    BasicProperties::default().with_content_type("application/json".into()),
+                )
+                .await
+                .map(drop)
+        }
+    };
+    publish(Control::Snapshot(registry.snapshot())).await?;
+    let mut last_snapshot = Instant::now();
+    let mut tick = tokio::time::interval(SNAPSHOT_DEBOUNCE);
     loop {
-        let delivery = tokio::select! {
+        tokio::select! {
             _ = shutdown.cancelled() => break,
-            next = deliveries.next() => match next {
-                Some(delivery) => delivery?,
-                None => return Err("live queue consumer was cancelled by the broker".into()),
-            },
-        };
-        match decode_batch(&delivery.data) {
-            Ok(envelopes) => {
-                for envelope in &envelopes {
-                    registry.fan_out(envelope);
+            message = outbox.recv() => {
+                if let Some(message) = message {
+                    publish(message).await?;
                 }
             }
-            // The worker dead-letters its own copy of such a message; live has nothing to show.
-            Err(error) => warn!(%error, "undecodable message on the live queue"),
+            _ = tick.tick() => {
+                if registry.take_dirty() || last_snapshot.elapsed() >= config.heartbeat {
+                    publish(Control::Snapshot(registry.snapshot())).await?;
+                    last_snapshot = Instant::now();
+                }
+                for node in registry.stale_nodes(config.node_timeout) {
+                    registry.forget_node(node);
+                }
+            }
+            next = deliveries.next() => {
+                let delivery = next.ok_or(LiveError::Cancelled)??;
+                if delivery.routing_key.as_str() == CONTROL_ROUTING_KEY {
+                    match Control::decode(&delivery.data) {
+                        Ok(Control::Snapshot(snapshot)) => registry.apply_remote(snapshot),
+                        Ok(Control::Goodbye { node }) if node != registry.node() => registry.forget_node(node),
+                        Ok(Control::Goodbye { .. }) => {}
+                        Ok(Control::Terminate { app_id, user_id }) => {
+                            registry.terminate_local(&app_id, &user_id);
+                        }
+                        Err(error) => warn!(%error, "undecodable control message"),
+                    }
+                } else {
+                    match decode_batch(&delivery.data) {
+                        Ok(envelopes) => {
+                            for envelope in &envelopes {
+                                registry.fan_out(envelope);
+                            }
+                        }
+                        // The worker dead-letters its own copy; live has nothing to show.
+                        Err(error) => warn!(%error, "undecodable message on the live queue"),
+                    }
+                }
+                delivery.ack(BasicAckOptions::default()).await?;
+            }
         }
-        delivery.ack(BasicAckOptions::default()).await?;
     }
+    let _ = publish(Control::Goodbye {
+        node: registry.node(),
+    })
+    .await;
     let _ = connection.close(200, "shutting down").await;
     Ok(())
 }

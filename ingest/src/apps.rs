@@ -6,19 +6,71 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-/// One tenant: credentials and switches. Its secret never appears in `Debug` output or logs.
+/// One tenant: credentials, switches and limits. Its secret never appears in `Debug` output or
+/// logs.
 #[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct App {
     pub id: String,
     pub key: String,
     pub secret: String,
-    #[serde(default = "enabled_by_default")]
+    /// A disabled app's connections are refused with 4003 and its API calls with 403.
+    #[serde(default = "yes")]
     pub enabled: bool,
+    /// Accept `client-*` events from connections (off unless enabled, as on Pusher).
+    #[serde(default)]
+    pub client_events: bool,
+    /// Send `pusher_internal:subscription_count` on non-presence channels.
+    #[serde(default)]
+    pub subscription_count: bool,
+    /// Most concurrent connections across the cluster (4004 beyond); unlimited when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    #[serde(default)]
+    pub limits: Limits,
 }
 
-fn enabled_by_default() -> bool {
+fn yes() -> bool {
     true
+}
+
+/// Per-app limits; the defaults are Pusher's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_event_data_bytes: usize,
+    pub max_channels_per_trigger: usize,
+    pub max_batch_events: usize,
+    pub max_presence_members: usize,
+    pub client_events_per_second: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_event_data_bytes: 10 * 1024,
+            max_channels_per_trigger: 100,
+            max_batch_events: 10,
+            max_presence_members: 100,
+            client_events_per_second: 10,
+        }
+    }
+}
+
+impl App {
+    /// An enabled app with the given credentials and default switches and limits.
+    pub fn new(id: &str, key: &str, secret: &str) -> App {
+        App {
+            id: id.into(),
+            key: key.into(),
+            secret: secret.into(),
+            enabled: true,
+            client_events: false,
+            subscription_count: false,
+            max_connections: None,
+            limits: Limits::default(),
+        }
+    }
 }
 
 impl fmt::Debug for App {
@@ -28,6 +80,10 @@ impl fmt::Debug for App {
             .field("key", &self.key)
             .field("secret", &"<redacted>")
             .field("enabled", &self.enabled)
+            .field("client_events", &self.client_events)
+            .field("subscription_count", &self.subscription_count)
+            .field("max_connections", &self.max_connections)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -85,12 +141,7 @@ mod tests {
     use super::*;
 
     fn app(id: &str, key: &str) -> App {
-        App {
-            id: id.into(),
-            key: key.into(),
-            secret: "s3cr3t".into(),
-            enabled: true,
-        }
+        App::new(id, key, "s3cr3t")
     }
 
     #[test]

@@ -41,6 +41,19 @@ pub enum ApiError {
     DataTooLarge { size: usize, max: usize },
     #[error("request body is larger than {max} bytes")]
     BodyTooLarge { max: u64 },
+    #[error("a trigger to several channels cannot include the encrypted channel {0:?}")]
+    EncryptedMultiChannel(String),
+    #[error("{count} events in the batch; at most {max}")]
+    BatchTooLarge { count: usize, max: usize },
+    #[error("info attribute {attribute:?} {reason}")]
+    InvalidInfo {
+        attribute: String,
+        reason: &'static str,
+    },
+    #[error("{0:?} is not a presence channel")]
+    NotPresence(String),
+    #[error("user id must be 1 to 128 characters")]
+    InvalidUserId,
     #[error("events could not be accepted: {0}; retry later")]
     Unavailable(#[source] PublishError),
 }
@@ -57,7 +70,12 @@ impl ApiError {
             | ApiError::NoChannels
             | ApiError::TooManyChannels { .. }
             | ApiError::InvalidEventName { .. }
-            | ApiError::InvalidSocketId(_) => StatusCode::BAD_REQUEST,
+            | ApiError::InvalidSocketId(_)
+            | ApiError::EncryptedMultiChannel(_)
+            | ApiError::BatchTooLarge { .. }
+            | ApiError::InvalidInfo { .. }
+            | ApiError::NotPresence(_)
+            | ApiError::InvalidUserId => StatusCode::BAD_REQUEST,
             ApiError::DataTooLarge { .. } | ApiError::BodyTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }

@@ -3,10 +3,13 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use dispatcher::Occupancy;
+use protocol::control::Control;
 use protocol::signature::{verify_http_request, HttpRequestToVerify};
-use protocol::{Channel, Envelope, SocketId, Source};
+use protocol::{Channel, ChannelKind, Envelope, SocketId, Source};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use serde_json::{json, Map, Value};
 use warp::reply::Response;
 use warp::Reply;
 
@@ -17,34 +20,289 @@ use crate::Gateway;
 /// Longest event name accepted, in characters.
 pub const MAX_EVENT_NAME_LEN: usize = 200;
 
-/// Finds the app and checks the request's signature.
+/// Which API call a request is.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    Trigger,
+    BatchTrigger,
+    Channels,
+    Channel(String),
+    Users(String),
+    TerminateConnections(String),
+}
+
+/// One signed API request as it arrived.
+pub struct ApiRequest {
+    pub app_id: String,
+    pub method: &'static str,
+    pub path: String,
+    pub query: String,
+    pub body: Bytes,
+}
+
+/// Answers an API request: authenticate, then the endpoint's own work.
+pub async fn handle(gateway: Arc<Gateway>, endpoint: Endpoint, request: ApiRequest) -> Response {
+    match handle_inner(&gateway, endpoint, &request).await {
+        Ok(body) => warp::reply::json(&body).into_response(),
+        Err(error) => {
+            tracing::debug!(%error, app_id = request.app_id, "API request rejected");
+            error.into_response()
+        }
+    }
+}
+
+async fn handle_inner(
+    gateway: &Gateway,
+    endpoint: Endpoint,
+    request: &ApiRequest,
+) -> Result<Value, ApiError> {
+    let (app, params) = authenticate(gateway, request)?;
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    match endpoint {
+        Endpoint::Trigger => {
+            let trigger: TriggerRequest =
+                serde_json::from_slice(&request.body).map_err(ApiError::BadBody)?;
+            let info = trigger.info.clone();
+            let envelopes = trigger.into_envelopes(app)?;
+            let channels: Vec<String> = envelopes.iter().map(|e| e.channel.clone()).collect();
+            publish(gateway, envelopes).await?;
+            match info {
+                Some(info) => {
+                    let attributes = parse_info(&info)?;
+                    let described: Map<String, Value> = channels
+                        .iter()
+                        .map(|c| (c.clone(), describe(gateway, app, c, &attributes)))
+                        .collect();
+                    Ok(json!({ "channels": described }))
+                }
+                None => Ok(json!({})),
+            }
+        }
+        Endpoint::BatchTrigger => {
+            let batch: BatchRequest =
+                serde_json::from_slice(&request.body).map_err(ApiError::BadBody)?;
+            if batch.batch.len() > app.limits.max_batch_events {
+                return Err(ApiError::BatchTooLarge {
+                    count: batch.batch.len(),
+                    max: app.limits.max_batch_events,
+                });
+            }
+            let mut envelopes = Vec::with_capacity(batch.batch.len());
+            let mut infos = Vec::with_capacity(batch.batch.len());
+            for item in batch.batch {
+                infos.push(item.info.as_deref().map(parse_info).transpose()?);
+                envelopes.extend(item.into_envelopes(app)?);
+            }
+            let channels: Vec<String> = envelopes.iter().map(|e| e.channel.clone()).collect();
+            publish(gateway, envelopes).await?;
+            if infos.iter().all(Option::is_none) {
+                return Ok(json!({}));
+            }
+            let described: Vec<Value> = channels
+                .iter()
+                .zip(&infos)
+                .map(|(channel, info)| match info {
+                    Some(attributes) => describe(gateway, app, channel, attributes),
+                    None => json!({}),
+                })
+                .collect();
+            Ok(json!({ "batch": described }))
+        }
+        Endpoint::Channels => {
+            let prefix = param("filter_by_prefix").unwrap_or("");
+            let attributes = param("info")
+                .map(parse_info)
+                .transpose()?
+                .unwrap_or_default();
+            if attributes.iter().any(|a| a == "user_count") && !prefix.starts_with("presence-") {
+                return Err(ApiError::InvalidInfo {
+                    attribute: "user_count".into(),
+                    reason: "needs filter_by_prefix=presence-",
+                });
+            }
+            for attribute in &attributes {
+                if attribute != "user_count" && attribute != "subscription_count" {
+                    return Err(ApiError::InvalidInfo {
+                        attribute: attribute.clone(),
+                        reason: "is not available here",
+                    });
+                }
+            }
+            let channels: Map<String, Value> = gateway
+                .registry
+                .occupied(&app.id, prefix)
+                .into_iter()
+                .map(|(name, occupancy)| {
+                    let info = attributes_of(occupancy, &attributes);
+                    (name, Value::Object(info))
+                })
+                .collect();
+            Ok(json!({ "channels": channels }))
+        }
+        Endpoint::Channel(name) => {
+            validate_channel(&name)?;
+            let attributes = param("info")
+                .map(parse_info)
+                .transpose()?
+                .unwrap_or_default();
+            Ok(describe_checked(gateway, app, &name, &attributes)?)
+        }
+        Endpoint::Users(name) => {
+            let channel = validate_channel(&name)?;
+            if channel.kind != ChannelKind::Presence {
+                return Err(ApiError::NotPresence(name));
+            }
+            let users: Vec<Value> = gateway
+                .registry
+                .members(&app.id, &name)
+                .into_iter()
+                .map(|m| json!({ "id": m.user_id }))
+                .collect();
+            Ok(json!({ "users": users }))
+        }
+        Endpoint::TerminateConnections(user_id) => {
+            let len = user_id.chars().count();
+            if len == 0 || len > protocol::presence::MAX_USER_ID_LEN {
+                return Err(ApiError::InvalidUserId);
+            }
+            gateway.registry.terminate_local(&app.id, &user_id);
+            gateway.registry.broadcast(Control::Terminate {
+                app_id: app.id.clone(),
+                user_id,
+            });
+            Ok(json!({}))
+        }
+    }
+}
+
+/// Finds the app, checks the request's signature, and returns the app and the query parameters.
 fn authenticate<'g>(
     gateway: &'g Gateway,
-    app_id: &str,
-    method: &str,
-    path: &str,
-    raw_query: &str,
-    body: &[u8],
-) -> Result<&'g Arc<App>, ApiError> {
-    let app = gateway.apps.by_id(app_id).ok_or(ApiError::UnknownApp)?;
+    request: &ApiRequest,
+) -> Result<(&'g Arc<App>, Vec<(String, String)>), ApiError> {
+    let app = gateway
+        .apps
+        .by_id(&request.app_id)
+        .ok_or(ApiError::UnknownApp)?;
     let params: Vec<(String, String)> =
-        serde_urlencoded::from_str(raw_query).map_err(ApiError::BadQuery)?;
-    let request = HttpRequestToVerify {
-        method,
-        path,
+        serde_urlencoded::from_str(&request.query).map_err(ApiError::BadQuery)?;
+    let to_verify = HttpRequestToVerify {
+        method: request.method,
+        path: &request.path,
         params: &params,
-        body,
+        body: &request.body,
     };
     verify_http_request(
         &app.key,
         &app.secret,
-        &request,
+        &to_verify,
         chrono::Utc::now().timestamp(),
     )?;
     if !app.enabled {
         return Err(ApiError::AppDisabled);
     }
-    Ok(app)
+    Ok((app, params))
+}
+
+async fn publish(gateway: &Gateway, envelopes: Vec<Envelope>) -> Result<(), ApiError> {
+    let count = envelopes.len() as u64;
+    gateway
+        .publisher
+        .publish(envelopes)
+        .await
+        .map_err(ApiError::Unavailable)?;
+    metrics::counter!("switchboard_events_in_total", "source" => Source::Api.as_str())
+        .increment(count);
+    Ok(())
+}
+
+fn validate_channel(name: &str) -> Result<Channel<'_>, ApiError> {
+    Channel::parse(name).map_err(|source| ApiError::InvalidChannel {
+        name: name.to_owned(),
+        source,
+    })
+}
+
+fn parse_info(info: &str) -> Result<Vec<String>, ApiError> {
+    Ok(info
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_owned)
+        .collect())
+}
+
+fn attributes_of(occupancy: Occupancy, attributes: &[String]) -> Map<String, Value> {
+    let mut info = Map::new();
+    for attribute in attributes {
+        match attribute.as_str() {
+            "user_count" => info.insert(attribute.clone(), occupancy.users.into()),
+            "subscription_count" => info.insert(attribute.clone(), occupancy.subscriptions.into()),
+            _ => None,
+        };
+    }
+    info
+}
+
+/// The requested attributes of one channel; those that do not apply to its type are left out
+/// (trigger replies) rather than refused.
+fn describe(gateway: &Gateway, app: &App, channel: &str, attributes: &[String]) -> Value {
+    let is_presence = Channel::parse(channel).is_ok_and(|c| c.kind == ChannelKind::Presence);
+    let applicable: Vec<String> = attributes
+        .iter()
+        .filter(|a| a.as_str() != "user_count" || is_presence)
+        .cloned()
+        .collect();
+    Value::Object(attributes_of(
+        gateway.registry.occupancy(&app.id, channel),
+        &applicable,
+    ))
+}
+
+/// `GET /channels/{name}`: `occupied` plus the requested attributes, refusing those that do not
+/// apply to the channel's type.
+fn describe_checked(
+    gateway: &Gateway,
+    app: &App,
+    name: &str,
+    attributes: &[String],
+) -> Result<Value, ApiError> {
+    let channel = validate_channel(name)?;
+    let occupancy = gateway.registry.occupancy(&app.id, name);
+    let mut body = Map::new();
+    body.insert("occupied".into(), (occupancy.subscriptions > 0).into());
+    for attribute in attributes {
+        let invalid = |reason| ApiError::InvalidInfo {
+            attribute: attribute.clone(),
+            reason,
+        };
+        match attribute.as_str() {
+            "user_count" if channel.kind != ChannelKind::Presence => {
+                return Err(invalid("is only available for presence channels"))
+            }
+            "user_count" => body.insert(attribute.clone(), occupancy.users.into()),
+            "subscription_count" => body.insert(attribute.clone(), occupancy.subscriptions.into()),
+            "cache" if !channel.cache => {
+                return Err(invalid("is only available for cache channels"))
+            }
+            "cache" => {
+                if let Some(cached) = gateway.registry.cached(&app.id, name) {
+                    body.insert(
+                        "cache".into(),
+                        json!({ "event": cached.event, "data": cached.data, "ttl": cached.ttl.as_secs() }),
+                    );
+                }
+                None
+            }
+            _ => return Err(invalid("is not a channel attribute")),
+        };
+    }
+    Ok(Value::Object(body))
 }
 
 #[derive(Deserialize)]
@@ -54,6 +312,12 @@ struct TriggerRequest {
     channel: Option<String>,
     channels: Option<Vec<String>>,
     socket_id: Option<String>,
+    info: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct BatchRequest {
+    batch: Vec<TriggerRequest>,
 }
 
 /// `data` is a string on the wire; an SDK that sends a JSON value instead gets its JSON text kept.
@@ -67,9 +331,9 @@ fn data_text(raw: &RawValue) -> Result<String, ApiError> {
 }
 
 impl TriggerRequest {
-    /// Validates the trigger and turns it into one envelope per channel.
-    fn into_envelopes(self, app: &App, gateway: &Gateway) -> Result<Vec<Envelope>, ApiError> {
-        let limits = &gateway.config;
+    /// Validates the trigger against the app's limits and turns it into one envelope per channel.
+    fn into_envelopes(self, app: &App) -> Result<Vec<Envelope>, ApiError> {
+        let limits = &app.limits;
         let channels: Vec<String> = match (self.channels, self.channel) {
             (Some(channels), _) if !channels.is_empty() => channels,
             (_, Some(channel)) => vec![channel],
@@ -82,10 +346,10 @@ impl TriggerRequest {
             });
         }
         for name in &channels {
-            Channel::parse(name).map_err(|source| ApiError::InvalidChannel {
-                name: name.clone(),
-                source,
-            })?;
+            let channel = validate_channel(name)?;
+            if channel.kind == ChannelKind::PrivateEncrypted && channels.len() > 1 {
+                return Err(ApiError::EncryptedMultiChannel(name.clone()));
+            }
         }
         let name_len = self.name.chars().count();
         if name_len == 0 || name_len > MAX_EVENT_NAME_LEN {
@@ -115,44 +379,4 @@ impl TriggerRequest {
             })
             .collect())
     }
-}
-
-/// `POST /apps/{app_id}/events`: answers exactly `200 {}` once RabbitMQ confirmed every event.
-pub async fn trigger(
-    gateway: Arc<Gateway>,
-    app_id: String,
-    path: String,
-    raw_query: String,
-    body: Bytes,
-) -> Response {
-    match trigger_inner(&gateway, &app_id, &path, &raw_query, &body).await {
-        Ok(()) => {
-            warp::reply::with_header("{}", "content-type", "application/json").into_response()
-        }
-        Err(error) => {
-            tracing::debug!(%error, app_id, "trigger rejected");
-            error.into_response()
-        }
-    }
-}
-
-async fn trigger_inner(
-    gateway: &Gateway,
-    app_id: &str,
-    path: &str,
-    raw_query: &str,
-    body: &[u8],
-) -> Result<(), ApiError> {
-    let app = authenticate(gateway, app_id, "POST", path, raw_query, body)?;
-    let request: TriggerRequest = serde_json::from_slice(body).map_err(ApiError::BadBody)?;
-    let envelopes = request.into_envelopes(app, gateway)?;
-    let count = envelopes.len() as u64;
-    gateway
-        .publisher
-        .publish(envelopes)
-        .await
-        .map_err(ApiError::Unavailable)?;
-    metrics::counter!("switchboard_events_in_total", "source" => Source::Api.as_str())
-        .increment(count);
-    Ok(())
 }

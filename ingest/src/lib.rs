@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bus::Publisher;
+use bytes::Bytes;
 use dispatcher::Registry;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -23,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use warp::Filter;
 
-pub use apps::{App, Apps, AppsError};
+pub use apps::{App, Apps, AppsError, Limits};
 
 /// Gateway limits and timings.
 #[derive(Debug, Clone)]
@@ -36,11 +37,10 @@ pub struct GatewayConfig {
     pub socket_queue_len: usize,
     /// Largest WebSocket frame/message accepted from a client.
     pub max_frame_bytes: usize,
-    /// Largest event `data` (Pusher: 10 KB).
-    pub max_event_data_bytes: usize,
-    pub max_channels_per_trigger: usize,
     /// Largest HTTP request body.
     pub max_body_bytes: u64,
+    /// How long a cache channel keeps its last event.
+    pub cache_ttl: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -50,9 +50,8 @@ impl Default for GatewayConfig {
             pong_timeout: Duration::from_secs(30),
             socket_queue_len: 1024,
             max_frame_bytes: 64 * 1024,
-            max_event_data_bytes: 10 * 1024,
-            max_channels_per_trigger: 100,
             max_body_bytes: 256 * 1024,
+            cache_ttl: Duration::from_secs(30 * 60),
         }
     }
 }
@@ -135,19 +134,74 @@ pub fn routes(
         )
         .map(warp::Reply::into_response);
 
+    let api = |method: &'static str| {
+        warp::path::full()
+            .map(|p: warp::path::FullPath| p.as_str().to_owned())
+            .and(raw_query())
+            .map(move |path, query| (method, path, query))
+    };
+    let limit = gateway.config.max_body_bytes;
+    let body = move || warp::body::content_length_limit(limit).and(warp::body::bytes());
     let trigger = warp::post()
-        .and(with_gateway(gateway.clone()))
         .and(warp::path!("apps" / String / "events"))
-        .and(warp::path::full().map(|p: warp::path::FullPath| p.as_str().to_owned()))
-        .and(raw_query())
-        .and(warp::body::content_length_limit(
-            gateway.config.max_body_bytes,
+        .map(|app: String| (app, http_api::Endpoint::Trigger))
+        .and(api("POST"))
+        .and(body());
+    let batch = warp::post()
+        .and(warp::path!("apps" / String / "batch_events"))
+        .map(|app: String| (app, http_api::Endpoint::BatchTrigger))
+        .and(api("POST"))
+        .and(body());
+    let terminate = warp::post()
+        .and(warp::path!(
+            "apps" / String / "users" / String / "terminate_connections"
         ))
-        .and(warp::body::bytes())
-        .then(http_api::trigger);
+        .map(|app: String, user: String| (app, http_api::Endpoint::TerminateConnections(user)))
+        .and(api("POST"))
+        .and(body());
+    let no_body = || warp::any().map(Bytes::new);
+    let channels = warp::get()
+        .and(warp::path!("apps" / String / "channels"))
+        .map(|app: String| (app, http_api::Endpoint::Channels))
+        .and(api("GET"))
+        .and(no_body());
+    let channel = warp::get()
+        .and(warp::path!("apps" / String / "channels" / String))
+        .map(|app: String, name: String| (app, http_api::Endpoint::Channel(name)))
+        .and(api("GET"))
+        .and(no_body());
+    let users = warp::get()
+        .and(warp::path!("apps" / String / "channels" / String / "users"))
+        .map(|app: String, name: String| (app, http_api::Endpoint::Users(name)))
+        .and(api("GET"))
+        .and(no_body());
+    let api_routes = trigger
+        .or(batch)
+        .unify()
+        .or(terminate)
+        .unify()
+        .or(channels)
+        .unify()
+        .or(channel)
+        .unify()
+        .or(users)
+        .unify()
+        .and(with_gateway(gateway.clone()))
+        .then(
+            |(app_id, endpoint), (method, path, query), body: Bytes, gateway: Arc<Gateway>| {
+                let request = http_api::ApiRequest {
+                    app_id,
+                    method,
+                    path,
+                    query,
+                    body,
+                };
+                http_api::handle(gateway, endpoint, request)
+            },
+        );
 
     websocket
-        .or(trigger)
+        .or(api_routes)
         .unify()
         .recover(error::recover)
         .unify()

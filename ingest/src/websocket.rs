@@ -4,20 +4,21 @@
 //! activity timer and applies them to the registry; the writer drains the socket's bounded
 //! outbound queue into the socket and sends the close frame when the [`CloseSignal`] fires.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dispatcher::{Frame, SocketHandle};
+use dispatcher::{AppOptions, Frame, SocketHandle, SubscribeError};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use protocol::frame::{self, ClientMessage};
-use protocol::signature::{channel_string_to_sign, verify_client_auth};
-use protocol::{Channel, ChannelKind, SocketId};
+use protocol::presence::{Member, SignedInUser, SigninError};
+use protocol::signature::{channel_string_to_sign, signin_string_to_sign, verify_client_auth};
+use protocol::{Channel, ChannelKind, Envelope, SocketId, Source};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::{debug, Instrument};
+use tracing::{debug, warn, Instrument};
 use warp::ws::{Message, WebSocket};
 
 use crate::apps::App;
@@ -27,10 +28,14 @@ use crate::Gateway;
 pub mod code {
     pub const APP_NOT_FOUND: u16 = 4001;
     pub const APP_DISABLED: u16 = 4003;
+    pub const OVER_CONNECTION_QUOTA: u16 = 4004;
     pub const UNSUPPORTED_PROTOCOL: u16 = 4007;
     pub const NO_PROTOCOL: u16 = 4008;
+    pub const UNAUTHORIZED: u16 = 4009;
     pub const SHUTTING_DOWN: u16 = 4200;
     pub const PONG_TIMEOUT: u16 = 4201;
+    pub const CLIENT_EVENT_RATE_LIMIT: u16 = 4301;
+    pub const WATCHLIST_LIMIT: u16 = 4302;
     pub const NORMAL: u16 = 1000;
 }
 
@@ -39,6 +44,9 @@ const PROTOCOLS: std::ops::RangeInclusive<u32> = 5..=7;
 
 /// How long one frame may take to write before the socket counts as dead.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest client event name, in characters.
+const MAX_EVENT_NAME_LEN: usize = 200;
 
 /// What the upgrade request said: the app key from the path and the `protocol` query parameter.
 pub struct Handshake {
@@ -62,9 +70,16 @@ fn check_handshake(
         .as_deref()
         .ok_or((code::NO_PROTOCOL, "No protocol version given"))?;
     match protocol.parse::<u32>() {
-        Ok(version) if PROTOCOLS.contains(&version) => Ok(app.clone()),
-        _ => Err((code::UNSUPPORTED_PROTOCOL, "Unsupported protocol version")),
+        Ok(version) if PROTOCOLS.contains(&version) => {}
+        _ => return Err((code::UNSUPPORTED_PROTOCOL, "Unsupported protocol version")),
     }
+    if app
+        .max_connections
+        .is_some_and(|max| gateway.registry.connections(&app.id) >= max)
+    {
+        return Err((code::OVER_CONNECTION_QUOTA, "Over connection quota"));
+    }
+    Ok(app.clone())
 }
 
 /// Runs one WebSocket connection to its end.
@@ -97,14 +112,25 @@ pub async fn run(gateway: Arc<Gateway>, handshake: Handshake, socket: WebSocket)
             )
             .into(),
         );
+        let options = AppOptions {
+            subscription_count: app.subscription_count,
+            max_presence_members: app.limits.max_presence_members,
+        };
+        gateway.registry.connect(&app.id, options, &handle);
         let mut session = Session {
             gateway,
             app,
             handle,
-            subscriptions: HashSet::new(),
+            subscriptions: HashMap::new(),
+            user: None,
+            rate: RateWindow::new(),
         };
         session.read_loop(stream).await;
-        session.leave_all();
+        let channels: Vec<String> = session.subscriptions.drain().map(|(c, _)| c).collect();
+        session
+            .gateway
+            .registry
+            .disconnect(&session.app.id, &session.handle.socket_id, &channels);
         session.handle.close_signal().close(code::NORMAL);
         let _ = writer.await;
         metrics::gauge!("switchboard_connections").decrement(1.0);
@@ -142,9 +168,55 @@ async fn write_loop(
 fn close_reason(code: u16) -> &'static str {
     match code {
         dispatcher::CLOSE_SLOW_CONSUMER => "Slow consumer: too many undelivered messages",
+        code::UNAUTHORIZED => "Unauthorized",
         code::SHUTTING_DOWN => "Server shutting down",
         code::PONG_TIMEOUT => "Pong reply not received",
         _ => "",
+    }
+}
+
+/// Counts client events in the current one-second window.
+struct RateWindow {
+    started: Instant,
+    count: u32,
+}
+
+impl RateWindow {
+    fn new() -> Self {
+        RateWindow {
+            started: Instant::now(),
+            count: 0,
+        }
+    }
+
+    /// Counts one event; false when over `per_second` in the current window.
+    fn allow(&mut self, per_second: u32) -> bool {
+        let now = Instant::now();
+        if now.duration_since(self.started) >= Duration::from_secs(1) {
+            self.started = now;
+            self.count = 0;
+        }
+        self.count += 1;
+        self.count <= per_second
+    }
+}
+
+/// Why a subscription was refused: a `pusher:error` (bad request) or a channel-scoped
+/// `pusher:subscription_error` (authorization or limits).
+enum Refusal {
+    Invalid(String),
+    Subscription {
+        kind: &'static str,
+        error: String,
+        status: u16,
+    },
+}
+
+fn auth_error(error: impl ToString) -> Refusal {
+    Refusal::Subscription {
+        kind: "AuthError",
+        error: error.to_string(),
+        status: 401,
     }
 }
 
@@ -152,12 +224,19 @@ struct Session {
     gateway: Arc<Gateway>,
     app: Arc<App>,
     handle: SocketHandle,
-    subscriptions: HashSet<String>,
+    /// Subscribed channels, with this socket's presence user id where there is one.
+    subscriptions: HashMap<String, Option<String>>,
+    user: Option<SignedInUser>,
+    rate: RateWindow,
 }
 
 impl Session {
     fn send(&self, frame: String) {
         self.handle.send(frame.into());
+    }
+
+    fn error(&self, message: &str, code: Option<u16>) {
+        self.send(frame::encode_error(message, code));
     }
 
     async fn read_loop(&mut self, mut stream: SplitStream<WebSocket>) {
@@ -203,11 +282,13 @@ impl Session {
         match ClientMessage::parse(text) {
             Ok(ClientMessage::Ping) => self.send(frame::encode_pong()),
             Ok(ClientMessage::Pong | ClientMessage::Other { .. }) => {}
-            Ok(ClientMessage::Subscribe { channel, auth, .. }) => {
-                self.subscribe(channel, auth.as_deref())
-            }
+            Ok(ClientMessage::Subscribe {
+                channel,
+                auth,
+                channel_data,
+            }) => self.subscribe(channel, auth.as_deref(), channel_data.as_deref()),
             Ok(ClientMessage::Unsubscribe { channel }) => {
-                if self.subscriptions.remove(&channel) {
+                if self.subscriptions.remove(&channel).is_some() {
                     self.gateway.registry.unsubscribe(
                         &self.app.id,
                         &channel,
@@ -215,71 +296,177 @@ impl Session {
                     );
                 }
             }
-            Ok(ClientMessage::ClientEvent { .. }) => self.send(frame::encode_error(
-                "Client events are not enabled for this app",
-                None,
-            )),
-            Ok(ClientMessage::Signin { .. }) => {
-                self.send(frame::encode_error("User sign-in is not enabled", None))
-            }
-            Err(error) => self.send(frame::encode_error(&error.to_string(), None)),
+            Ok(ClientMessage::ClientEvent {
+                event,
+                channel,
+                data,
+            }) => self.client_event(event, channel, data),
+            Ok(ClientMessage::Signin { auth, user_data }) => self.sign_in(&auth, &user_data),
+            Err(error) => self.error(&error.to_string(), None),
         }
     }
 
-    fn subscribe(&mut self, name: String, auth: Option<&str>) {
-        let channel = match Channel::parse(&name) {
-            Ok(channel) => channel,
-            Err(error) => {
-                self.send(frame::encode_error(
-                    &format!("Invalid channel name {name:?}: {error}"),
-                    None,
-                ));
-                return;
+    fn subscribe(&mut self, name: String, auth: Option<&str>, channel_data: Option<&str>) {
+        if self.subscriptions.contains_key(&name) {
+            return;
+        }
+        let result = Channel::parse(&name)
+            .map_err(|error| Refusal::Invalid(format!("Invalid channel name {name:?}: {error}")))
+            .and_then(|channel| self.authorize(&channel, auth, channel_data))
+            .and_then(|member| {
+                let user_id = member.as_ref().map(|m| m.user_id.clone());
+                self.gateway
+                    .registry
+                    .subscribe(&self.app.id, &name, &self.handle, member)
+                    .map(|_| user_id)
+                    .map_err(
+                        |SubscribeError::PresenceFull { max }| Refusal::Subscription {
+                            kind: "LimitReached",
+                            error: format!("Presence channel is full ({max} members)"),
+                            status: 403,
+                        },
+                    )
+            });
+        match result {
+            Ok(user_id) => {
+                self.subscriptions.insert(name, user_id);
+            }
+            Err(Refusal::Invalid(message)) => self.error(&message, None),
+            Err(Refusal::Subscription {
+                kind,
+                error,
+                status,
+            }) => self.send(frame::encode_subscription_error(
+                &name, kind, &error, status,
+            )),
+        }
+    }
+
+    /// Checks the subscription's signature; returns the presence member for presence channels.
+    fn authorize(
+        &self,
+        channel: &Channel<'_>,
+        auth: Option<&str>,
+        channel_data: Option<&str>,
+    ) -> Result<Option<Member>, Refusal> {
+        let socket_id = &self.handle.socket_id;
+        let check = |signed: String| {
+            let auth = auth
+                .filter(|a| !a.is_empty())
+                .ok_or_else(|| auth_error("Missing auth for this channel"))?;
+            if verify_client_auth(&self.app.key, &self.app.secret, &signed, auth) {
+                Ok(())
+            } else {
+                Err(auth_error("Invalid signature for this socket and channel"))
             }
         };
-        if let Err(message) = self.authorize(&channel, auth) {
-            self.send(frame::encode_subscription_error(
-                &name,
-                "AuthError",
-                message,
-                401,
-            ));
-            return;
-        }
-        if self.subscriptions.contains(&name) {
-            return;
-        }
-        // Queue the confirmation before registering, so no event of the channel overtakes it.
-        self.send(frame::encode_subscription_succeeded(&name, "{}"));
-        self.gateway
-            .registry
-            .subscribe(&self.app.id, &name, &self.handle);
-        self.subscriptions.insert(name);
-    }
-
-    fn authorize(&self, channel: &Channel<'_>, auth: Option<&str>) -> Result<(), &'static str> {
         match channel.kind {
-            ChannelKind::Public => Ok(()),
+            ChannelKind::Public => Ok(None),
             ChannelKind::Private | ChannelKind::PrivateEncrypted => {
-                let signed = channel_string_to_sign(&self.handle.socket_id, channel.name, None);
-                let auth = auth.ok_or("Missing auth for a private channel")?;
-                if verify_client_auth(&self.app.key, &self.app.secret, &signed, auth) {
-                    Ok(())
+                check(channel_string_to_sign(socket_id, channel.name, None)).map(|()| None)
+            }
+            ChannelKind::Presence => {
+                let data = channel_data.ok_or_else(|| auth_error("Missing channel_data"))?;
+                check(channel_string_to_sign(socket_id, channel.name, Some(data)))?;
+                Member::from_channel_data(Some(data))
+                    .map(Some)
+                    .map_err(auth_error)
+            }
+            ChannelKind::ServerToUser => {
+                let expected = self
+                    .user
+                    .as_ref()
+                    .map(|u| format!("#server-to-user-{}", u.id));
+                if expected.as_deref() == Some(channel.name) {
+                    Ok(None)
                 } else {
-                    Err("Invalid signature for this socket and channel")
+                    Err(auth_error(
+                        "Sign in as this user to subscribe to this channel",
+                    ))
                 }
             }
-            ChannelKind::Presence | ChannelKind::ServerToUser => {
-                Err("Presence and server-to-user channels are not enabled")
-            }
         }
     }
 
-    fn leave_all(&mut self) {
-        for channel in self.subscriptions.drain() {
-            self.gateway
-                .registry
-                .unsubscribe(&self.app.id, &channel, &self.handle.socket_id);
+    fn client_event(&mut self, event: String, channel: String, data: String) {
+        if !self.app.client_events {
+            return self.error("Client events are not enabled for this app", None);
+        }
+        let kind = Channel::parse(&channel).map(|c| c.kind);
+        if !matches!(
+            kind,
+            Ok(ChannelKind::Private | ChannelKind::PrivateEncrypted | ChannelKind::Presence)
+        ) {
+            return self.error(
+                "Client events are only allowed on private and presence channels",
+                None,
+            );
+        }
+        let Some(user_id) = self.subscriptions.get(&channel) else {
+            return self.error(
+                "Subscribe to the channel before sending client events",
+                None,
+            );
+        };
+        if event.chars().count() > MAX_EVENT_NAME_LEN {
+            return self.error("Client event name is longer than 200 characters", None);
+        }
+        if data.len() > self.app.limits.max_event_data_bytes {
+            return self.error("Client event data is too large", None);
+        }
+        if !self.rate.allow(self.app.limits.client_events_per_second) {
+            return self.error(
+                "Client event rate limit reached: at most 10 per second",
+                Some(code::CLIENT_EVENT_RATE_LIMIT),
+            );
+        }
+        let mut envelope = Envelope::new(&self.app.id, Source::Client, &channel, &event, data);
+        envelope.socket_id = Some(self.handle.socket_id.to_string());
+        envelope.user_id.clone_from(user_id);
+        metrics::counter!("switchboard_events_in_total", "source" => Source::Client.as_str())
+            .increment(1);
+        match self.gateway.publisher.enqueue(vec![envelope]) {
+            Ok(pending) => {
+                let handle = self.handle.clone();
+                tokio::spawn(async move {
+                    if let Err(error) = pending.confirmed().await {
+                        warn!(%error, "client event not accepted");
+                        handle.send(
+                            frame::encode_error(
+                                &format!("Client event not delivered: {error}"),
+                                None,
+                            )
+                            .into(),
+                        );
+                    }
+                });
+            }
+            Err(error) => self.error(&format!("Client event not delivered: {error}"), None),
+        }
+    }
+
+    fn sign_in(&mut self, auth: &str, user_data: &str) {
+        let signed = signin_string_to_sign(&self.handle.socket_id, user_data);
+        if !verify_client_auth(&self.app.key, &self.app.secret, &signed, auth) {
+            self.error("Invalid signin signature", Some(code::UNAUTHORIZED));
+            self.handle.close_signal().close(code::UNAUTHORIZED);
+            return;
+        }
+        match SignedInUser::from_user_data(user_data) {
+            Ok(user) => {
+                self.send(frame::encode_signin_success(user_data));
+                self.gateway
+                    .registry
+                    .sign_in(&self.app.id, &self.handle, &user);
+                self.user = Some(user);
+            }
+            Err(error @ SigninError::WatchlistTooLong(_)) => {
+                self.error(&error.to_string(), Some(code::WATCHLIST_LIMIT));
+            }
+            Err(error @ SigninError::Malformed) => {
+                self.error(&error.to_string(), Some(code::UNAUTHORIZED));
+                self.handle.close_signal().close(code::UNAUTHORIZED);
+            }
         }
     }
 }

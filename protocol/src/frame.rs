@@ -234,7 +234,12 @@ pub fn encode_cache_miss(channel: &str) -> String {
 
 pub fn encode_subscription_count(channel: &str, count: usize) -> String {
     let data = json(serde_json::json!({ "subscription_count": count }));
-    encode("pusher_internal:subscription_count", Some(channel), &data, None)
+    encode(
+        "pusher_internal:subscription_count",
+        Some(channel),
+        &data,
+        None,
+    )
 }
 
 pub fn encode_signin_success(user_data: &str) -> String {
@@ -348,8 +353,14 @@ mod tests {
     fn golden_presence_and_user_frames() {
         use crate::presence::Member;
         let members = [
-            Member { user_id: "1".into(), user_info: Some(r#"{"name":"Ann"}"#.into()) },
-            Member { user_id: "2".into(), user_info: None },
+            Member {
+                user_id: "1".into(),
+                user_info: Some(r#"{"name":"Ann"}"#.into()),
+            },
+            Member {
+                user_id: "2".into(),
+                user_info: None,
+            },
         ];
         assert_eq!(
             encode_presence_succeeded("presence-a", &members),

@@ -4,6 +4,7 @@
 //! transformation, so all of it is unit-tested with golden vectors.
 
 pub mod channel;
+pub mod control;
 pub mod envelope;
 pub mod frame;
 pub mod presence;

@@ -56,7 +56,10 @@ impl Member {
             return Err(PresenceError::UserIdLength);
         }
         let user_info = data.user_info.map(|raw| raw.get().to_owned());
-        if user_info.as_ref().is_some_and(|info| info.len() > MAX_USER_INFO_BYTES) {
+        if user_info
+            .as_ref()
+            .is_some_and(|info| info.len() > MAX_USER_INFO_BYTES)
+        {
             return Err(PresenceError::UserInfoTooLarge);
         }
         Ok(Member { user_id, user_info })
@@ -120,7 +123,10 @@ mod tests {
     #[test]
     fn channel_data() {
         check(Some(r#"{"user_id":"7"}"#), Ok(("7", None)));
-        check(Some(r#"{"user_id":10,"user_info":{"name":"Mr. Pusher"}}"#), Ok(("10", Some(r#"{"name":"Mr. Pusher"}"#))));
+        check(
+            Some(r#"{"user_id":10,"user_info":{"name":"Mr. Pusher"}}"#),
+            Ok(("10", Some(r#"{"name":"Mr. Pusher"}"#))),
+        );
         check(None, Err(PresenceError::Missing));
         check(Some("nope"), Err(PresenceError::Malformed));
         check(Some(r#"{"user_id":null}"#), Err(PresenceError::Malformed));
@@ -128,7 +134,10 @@ mod tests {
         check(Some(r#"{"user_id":""}"#), Err(PresenceError::UserIdLength));
         let long = format!(r#"{{"user_id":"{}"}}"#, "u".repeat(129));
         check(Some(&long), Err(PresenceError::UserIdLength));
-        let big = format!(r#"{{"user_id":"1","user_info":{{"x":"{}"}}}}"#, "i".repeat(1100));
+        let big = format!(
+            r#"{{"user_id":"1","user_info":{{"x":"{}"}}}}"#,
+            "i".repeat(1100)
+        );
         check(Some(&big), Err(PresenceError::UserInfoTooLarge));
     }
 
@@ -136,13 +145,28 @@ mod tests {
     fn user_data() {
         assert_eq!(
             SignedInUser::from_user_data(r#"{"id":"12345","watchlist":["1",2]}"#),
-            Ok(SignedInUser { id: "12345".into(), watchlist: vec!["1".into(), "2".into()] })
+            Ok(SignedInUser {
+                id: "12345".into(),
+                watchlist: vec!["1".into(), "2".into()]
+            })
         );
-        assert_eq!(SignedInUser::from_user_data(r#"{"id":""}"#), Err(SigninError::Malformed));
-        assert_eq!(SignedInUser::from_user_data(r#"{"id":5}"#), Err(SigninError::Malformed));
-        assert_eq!(SignedInUser::from_user_data("[]"), Err(SigninError::Malformed));
+        assert_eq!(
+            SignedInUser::from_user_data(r#"{"id":""}"#),
+            Err(SigninError::Malformed)
+        );
+        assert_eq!(
+            SignedInUser::from_user_data(r#"{"id":5}"#),
+            Err(SigninError::Malformed)
+        );
+        assert_eq!(
+            SignedInUser::from_user_data("[]"),
+            Err(SigninError::Malformed)
+        );
         let long: Vec<String> = (0..101).map(|i| i.to_string()).collect();
         let data = serde_json::json!({"id":"1","watchlist":long}).to_string();
-        assert_eq!(SignedInUser::from_user_data(&data), Err(SigninError::WatchlistTooLong(101)));
+        assert_eq!(
+            SignedInUser::from_user_data(&data),
+            Err(SigninError::WatchlistTooLong(101))
+        );
     }
 }

@@ -5,7 +5,6 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -147,8 +146,4 @@ pub async fn read_seen(
 
 pub fn data(event: &Value) -> Value {
     serde_json::from_str(event["data"].as_str().expect("data is a string")).expect("data is JSON")
-}
-
-pub fn close_code(code: CloseCode) -> u16 {
-    code.into()
 }
