@@ -377,7 +377,9 @@ mod tests {
         ));
     }
 
+    // figment::Jail's closures return figment's own (large) error type.
     #[test]
+    #[allow(clippy::result_large_err)]
     fn file_then_environment() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(
@@ -409,6 +411,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)]
     fn unknown_keys_and_missing_files_fail() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("bad.toml", "bindd = \"127.0.0.1:1\"\n")?;

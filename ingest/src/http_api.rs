@@ -180,16 +180,18 @@ async fn handle_inner(
     }
 }
 
+type QueryParams = Vec<(String, String)>;
+
 /// Finds the app, checks the request's signature, and returns the app and the query parameters.
 fn authenticate<'g>(
     gateway: &'g Gateway,
     request: &ApiRequest,
-) -> Result<(&'g Arc<App>, Vec<(String, String)>), ApiError> {
+) -> Result<(&'g Arc<App>, QueryParams), ApiError> {
     let app = gateway
         .apps
         .by_id(&request.app_id)
         .ok_or(ApiError::UnknownApp)?;
-    let params: Vec<(String, String)> =
+    let params: QueryParams =
         serde_urlencoded::from_str(&request.query).map_err(ApiError::BadQuery)?;
     let to_verify = HttpRequestToVerify {
         method: request.method,

@@ -68,7 +68,7 @@ async fn pings_both_ways() {
     assert_eq!(pong, json!({"event":"pusher:pong","data":"{}"}));
     client
         .socket
-        .send(Message::Ping(b"hi".to_vec().into()))
+        .send(Message::Ping(b"hi".to_vec()))
         .await
         .unwrap();
     assert!(matches!(client.seen(ws::WAIT).await, Seen::Pong));

@@ -291,6 +291,9 @@ async fn start_up_failures_name_what_and_where() {
         &[("SWITCHBOARD_GATEWAY__SOCKET_QUEUE_LEN", "lots")],
     )
     .await;
-    assert!(stderr.to_lowercase().contains("socket_queue_len"), "{stderr}");
+    assert!(
+        stderr.to_lowercase().contains("socket_queue_len"),
+        "{stderr}"
+    );
     deployment.cleanup().await;
 }

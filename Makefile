@@ -1,0 +1,38 @@
+# Developer and CI entry points. `make test` is what CI runs (via .ci/run).
+CARGO ?= cargo
+
+.PHONY: all services run migrate test lint fmt fmt-check clippy unit e2e
+
+all: test
+
+services:
+	bash scripts/ensure-services.sh
+
+run: services
+	$(CARGO) run --release --bin switchboard -- serve
+
+migrate: services
+	$(CARGO) run --release --bin switchboard -- migrate
+
+test: services
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) test --workspace
+	bash scripts/e2e.sh
+
+lint: fmt-check clippy
+
+fmt:
+	$(CARGO) fmt --all
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit: services
+	$(CARGO) test --workspace
+
+e2e: services
+	bash scripts/e2e.sh

@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Runs the JavaScript end-to-end suites (tests/js, node's built-in test runner) against a real
+# `switchboard serve` process with its own database and AMQP prefix, then stops the server (it
+# must exit 0 on SIGTERM within 10 s) and removes the database and the durable queues.
+# Expects PostgreSQL and RabbitMQ to be up (scripts/ensure-services.sh).
+# shellcheck disable=SC2317 # stop_server and cleanup run from the EXIT trap
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+PG_HOST=127.0.0.1
+PG_PORT=5432
+
+log() { echo "e2e: $*" >&2; }
+
+cargo build --bin switchboard
+server_bin=target/debug/switchboard
+
+read -r port admin_port < <(python3 - <<'EOF'
+import socket
+sockets = [socket.socket() for _ in range(2)]
+for s in sockets:
+    s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in sockets))
+EOF
+)
+suffix=$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')
+database=switchboard_e2e_$suffix
+amqp_prefix=e2e$suffix
+# A vhost of its own: deleting it at the end removes every queue and exchange of the run.
+vhost=switchboard_e2e_$suffix
+database_url=postgres://postgres@$PG_HOST:$PG_PORT/$database
+server_log=$(mktemp -t switchboard-e2e.XXXXXX.log)
+server_pid=
+
+print_log() {
+  echo "---- switchboard log ($server_log, last ${1} lines) ----" >&2
+  tail -n "$1" "$server_log" >&2 || true
+  echo "---- end of switchboard log ----" >&2
+}
+
+stop_server() {
+  [[ -n $server_pid ]] || return 0
+  local pid=$server_pid status i
+  server_pid=
+  if ! kill -0 "$pid" 2>/dev/null; then
+    wait "$pid" && status=0 || status=$?
+    log "switchboard had already exited with status $status"
+    return 1
+  fi
+  kill -TERM "$pid"
+  for ((i = 0; i < 100; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    log "switchboard did not exit within 10 s of SIGTERM (killed)"
+    return 1
+  fi
+  wait "$pid" && status=0 || status=$?
+  if [[ $status -ne 0 ]]; then
+    log "switchboard exited with status $status after SIGTERM (expected 0)"
+    return 1
+  fi
+  log "switchboard stopped cleanly"
+}
+
+cleanup() {
+  local rc=$?
+  set +e
+  if ! stop_server; then
+    [[ $rc -ne 0 ]] || rc=1
+  fi
+  [[ $rc -eq 0 ]] || print_log 80
+  psql -w -q -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres \
+    -c "DROP DATABASE IF EXISTS \"$database\" WITH (FORCE)" >/dev/null 2>&1 ||
+    log "could not drop database $database"
+  timeout 60 rabbitmqctl -q delete_vhost "$vhost" >/dev/null 2>&1 ||
+    log "could not delete RabbitMQ vhost $vhost"
+  if [[ $rc -eq 0 ]]; then
+    rm -f "$server_log"
+  else
+    log "server log kept at $server_log"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+rabbitmqctl -q add_vhost "$vhost" >/dev/null
+rabbitmqctl -q set_permissions -p "$vhost" guest '.*' '.*' '.*' >/dev/null
+
+log "starting $server_bin serve on 127.0.0.1:$port (admin $admin_port), database $database, AMQP prefix $amqp_prefix"
+DATABASE_URL=$database_url \
+  AMQP_URL="amqp://guest:guest@127.0.0.1:5672/$vhost" \
+  SWITCHBOARD_BIND=127.0.0.1:$port \
+  SWITCHBOARD_ADMIN_BIND=127.0.0.1:$admin_port \
+  SWITCHBOARD_AMQP_PREFIX=$amqp_prefix \
+  RUST_LOG=info \
+  "$server_bin" serve >"$server_log" 2>&1 </dev/null &
+server_pid=$!
+
+ready_url=http://127.0.0.1:$admin_port/ready
+deadline=$((SECONDS + 60))
+until curl -fsS -o /dev/null --max-time 2 "$ready_url" 2>/dev/null; do
+  if ! kill -0 "$server_pid" 2>/dev/null; then
+    log "switchboard exited before becoming ready"
+    exit 1
+  fi
+  if ((SECONDS >= deadline)); then
+    log "switchboard not ready after 60 s ($ready_url)"
+    exit 1
+  fi
+  sleep 0.25
+done
+log "switchboard is ready"
+
+installed=tests/js/node_modules/.package-lock.json
+if [[ ! -f tests/js/package-lock.json ]]; then
+  (cd tests/js && npm install --no-audit --no-fund)
+elif [[ ! -f $installed || tests/js/package-lock.json -nt $installed ]]; then
+  (cd tests/js && npm ci --no-audit --no-fund)
+fi
+
+status=0
+SWITCHBOARD_HOST=127.0.0.1 \
+  SWITCHBOARD_PORT=$port \
+  SWITCHBOARD_ADMIN_PORT=$admin_port \
+  SWITCHBOARD_DATABASE_URL=$database_url \
+  SWITCHBOARD_APP_ID=app-id \
+  SWITCHBOARD_APP_KEY=app-key \
+  SWITCHBOARD_APP_SECRET=app-secret \
+  node --test tests/js/ || status=$?
+exit "$status"
