@@ -149,6 +149,16 @@ async fn write_loop(
         tokio::select! {
             biased;
             code = handle.close_signal().closed() => {
+                // What was queued before the close (an error explaining it, say) goes first,
+                // except to a slow consumer, whose queue is what it could not take.
+                if code != dispatcher::CLOSE_SLOW_CONSUMER {
+                    while let Ok(frame) = outbound.try_recv() {
+                        let sent = tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::text(frame.as_ref()))).await;
+                        if !matches!(sent, Ok(Ok(()))) {
+                            break;
+                        }
+                    }
+                }
                 let reason = close_reason(code);
                 let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::close_with(code, reason))).await;
                 break;

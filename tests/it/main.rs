@@ -1,6 +1,8 @@
 //! Integration tests: the real server on port 0 (or the real binary) against the real RabbitMQ
 //! and Postgres. One test binary (faster to build and link); each module is one area.
 
+mod api;
+mod channels;
 mod common;
 mod faults;
 mod gateway;

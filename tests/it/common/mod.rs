@@ -110,6 +110,10 @@ impl TestServer {
         post_signed(self.http, path, body, SECRET, now()).await
     }
 
+    pub async fn get_signed(&self, path: &str, extra: &str) -> reqwest::Response {
+        get_signed(self.http, path, extra).await
+    }
+
     pub async fn trigger(&self, channel: &str, name: &str, data: &str) -> reqwest::Response {
         let body =
             serde_json::json!({ "name": name, "channel": channel, "data": data }).to_string();
@@ -166,12 +170,26 @@ fn hmac_hex(secret: &str, message: &str) -> String {
 
 /// The query string of a signed Pusher HTTP API request, built as the Node SDK does.
 pub fn signed_query(method: &str, path: &str, body: &str, secret: &str, timestamp: i64) -> String {
-    let mut query = format!("auth_key={KEY}&auth_timestamp={timestamp}&auth_version=1.0");
+    signed_query_at(KEY, secret, method, path, body, timestamp)
+}
+
+/// The same for another app's credentials, signed now.
+pub fn signed_query_as(key: &str, secret: &str, method: &str, path: &str, body: &str) -> String {
+    signed_query_at(key, secret, method, path, body, now())
+}
+
+fn signed_query_at(
+    key: &str,
+    secret: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+    timestamp: i64,
+) -> String {
+    let mut query = format!("auth_key={key}&auth_timestamp={timestamp}&auth_version=1.0");
     if !body.is_empty() {
-        query.push_str(&format!(
-            "&body_md5={}",
-            hex::encode(Md5::digest(body.as_bytes()))
-        ));
+        let md5 = hex::encode(Md5::digest(body.as_bytes()));
+        query.push_str(&format!("&body_md5={md5}"));
     }
     let signature = hmac_hex(secret, &format!("{method}\n{path}\n{query}"));
     format!("{query}&auth_signature={signature}")
@@ -196,10 +214,38 @@ pub async fn post_signed(
 
 /// `private-` channel auth as a backend would compute it for pusher-js.
 pub fn channel_auth(socket_id: &str, channel: &str) -> String {
-    format!(
-        "{KEY}:{}",
-        hmac_hex(SECRET, &format!("{socket_id}:{channel}"))
-    )
+    client_auth(&format!("{socket_id}:{channel}"))
+}
+
+/// `presence-` channel auth over the exact `channel_data` string.
+pub fn presence_auth(socket_id: &str, channel: &str, channel_data: &str) -> String {
+    client_auth(&format!("{socket_id}:{channel}:{channel_data}"))
+}
+
+/// `pusher:signin` auth over the exact `user_data` string.
+pub fn signin_auth(socket_id: &str, user_data: &str) -> String {
+    client_auth(&format!("{socket_id}::user::{user_data}"))
+}
+
+fn client_auth(message: &str) -> String {
+    format!("{KEY}:{}", hmac_hex(SECRET, message))
+}
+
+/// A signed `GET` with extra query parameters (`k=v&…`, values unescaped as the SDKs sign them).
+pub async fn get_signed(addr: SocketAddr, path: &str, extra: &str) -> reqwest::Response {
+    let mut query = format!("auth_key={KEY}&auth_timestamp={}&auth_version=1.0", now());
+    if !extra.is_empty() {
+        query.push('&');
+        query.push_str(extra);
+    }
+    let mut pairs: Vec<&str> = query.split('&').collect();
+    pairs.sort_unstable();
+    let signature = hmac_hex(SECRET, &format!("GET\n{path}\n{}", pairs.join("&")));
+    reqwest::get(format!(
+        "http://{addr}{path}?{query}&auth_signature={signature}"
+    ))
+    .await
+    .expect("request reaches the server")
 }
 
 /// Drops the test database and deletes the prefix's exchange and durable queues.

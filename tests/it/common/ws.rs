@@ -101,6 +101,35 @@ impl Client {
         assert_eq!(reply["channel"], channel);
     }
 
+    /// Subscribes to a presence channel as `user_id`; returns `subscription_succeeded`'s data.
+    pub async fn join(&mut self, channel: &str, user_id: &str) -> Value {
+        let channel_data =
+            serde_json::json!({"user_id": user_id, "user_info": {"name": user_id}}).to_string();
+        let auth = super::presence_auth(&self.socket_id, channel, &channel_data);
+        self.send(serde_json::json!({"event":"pusher:subscribe","data":{"channel":channel,"auth":auth,"channel_data":channel_data}}))
+            .await;
+        let reply = self.next_app_event().await;
+        assert_eq!(
+            reply["event"], "pusher_internal:subscription_succeeded",
+            "{reply}"
+        );
+        data(&reply)
+    }
+
+    /// Subscribes to a private channel with a valid signature.
+    pub async fn subscribe_private(&mut self, channel: &str) {
+        let auth = super::channel_auth(&self.socket_id, channel);
+        self.send(
+            serde_json::json!({"event":"pusher:subscribe","data":{"channel":channel,"auth":auth}}),
+        )
+        .await;
+        let reply = self.next_app_event().await;
+        assert_eq!(
+            reply["event"], "pusher_internal:subscription_succeeded",
+            "{reply}"
+        );
+    }
+
     /// Waits for the close frame and returns its code.
     pub async fn closed(&mut self) -> Option<u16> {
         loop {
