@@ -4,10 +4,10 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{json, Value};
 use sqlx::Connection;
 
-use crate::common::ws::Client;
+use crate::common::ws::{self, Client};
 use crate::common::{self, APP_ID, KEY};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
@@ -24,6 +24,7 @@ fn free_port() -> u16 {
 struct Deployment {
     database_url: String,
     prefix: String,
+    env: Vec<(&'static str, &'static str)>,
 }
 
 struct Node {
@@ -37,6 +38,7 @@ impl Deployment {
         Deployment {
             database_url: config.database_url,
             prefix: config.amqp_prefix,
+            env: Vec::new(),
         }
     }
 
@@ -51,6 +53,7 @@ impl Deployment {
             .env("SWITCHBOARD_BIND", format!("127.0.0.1:{http}"))
             .env("SWITCHBOARD_ADMIN_BIND", format!("127.0.0.1:{admin}"))
             .env("RUST_LOG", "warn")
+            .envs(self.env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         (command, http, admin)
@@ -295,5 +298,104 @@ async fn start_up_failures_name_what_and_where() {
         stderr.to_lowercase().contains("socket_queue_len"),
         "{stderr}"
     );
+    deployment.cleanup().await;
+}
+
+async fn user_count(node: &Node, channel: &str) -> Value {
+    let response = common::get_signed(
+        node.http(),
+        &format!("/apps/{APP_ID}/channels/{channel}"),
+        "info=user_count,subscription_count",
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+async fn wait_for_users(node: &Node, channel: &str, users: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = user_count(node, channel).await;
+        if info["user_count"] == users {
+            return info;
+        }
+        assert!(Instant::now() < deadline, "user_count stayed at {info}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn presence_is_cluster_wide_and_a_killed_node_leaves() {
+    let mut deployment = Deployment::new();
+    deployment.env = vec![
+        ("SWITCHBOARD_GATEWAY__CLUSTER_HEARTBEAT_MS", "200"),
+        ("SWITCHBOARD_GATEWAY__CLUSTER_NODE_TIMEOUT_MS", "1500"),
+    ];
+    let a = deployment.start("gateway").await;
+    let mut b = deployment.start("gateway").await;
+    let url = |node: &Node| format!("ws://127.0.0.1:{}/app/{KEY}?protocol=7", node.http);
+    let room = "presence-cluster";
+    let mut on_a = Client::connect(&url(&a)).await;
+    let mut on_b = Client::connect(&url(&b)).await;
+    on_a.join(room, "ann").await;
+    wait_for_users(&b, room, 1).await;
+    let joined = on_b.join(room, "bob").await;
+    assert_eq!(joined["presence"]["count"], 2, "{joined}");
+    let added = on_a.next_app_event().await;
+    assert_eq!(added["event"], "pusher_internal:member_added");
+    assert_eq!(ws::data(&added)["user_id"], "bob");
+    let info = wait_for_users(&a, room, 2).await;
+    assert_eq!(
+        info,
+        json!({"occupied":true,"user_count":2,"subscription_count":2})
+    );
+    let list = common::get_signed(a.http(), &format!("/apps/{APP_ID}/channels"), "").await;
+    assert_eq!(
+        list.json::<Value>().await.unwrap()["channels"][room],
+        json!({})
+    );
+
+    // terminate_connections on node A closes bob's signed-in socket on node B.
+    let mut bob_signed = Client::connect(&url(&b)).await;
+    let user_data = r#"{"id":"bob"}"#;
+    let auth = common::signin_auth(&bob_signed.socket_id, user_data);
+    bob_signed
+        .send(json!({"event":"pusher:signin","data":{"auth":auth,"user_data":user_data}}))
+        .await;
+    assert_eq!(
+        bob_signed.next_event().await["event"],
+        "pusher:signin_success"
+    );
+    let body = "{}";
+    let terminate = common::post_signed(
+        a.http(),
+        &format!("/apps/{APP_ID}/users/bob/terminate_connections"),
+        body,
+        common::SECRET,
+        common::now(),
+    )
+    .await;
+    assert_eq!(terminate.status(), 200);
+    assert_eq!(bob_signed.closed().await, Some(4009));
+
+    // Node B dies without a word: its member leaves everywhere within the node timeout.
+    b.signal("KILL");
+    b.child.wait().unwrap();
+    let started = Instant::now();
+    let removed = on_a.next_app_event().await;
+    assert_eq!(removed["event"], "pusher_internal:member_removed");
+    assert_eq!(ws::data(&removed)["user_id"], "bob");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let users = common::get_signed(
+        a.http(),
+        &format!("/apps/{APP_ID}/channels/{room}/users"),
+        "",
+    )
+    .await;
+    assert_eq!(
+        users.json::<Value>().await.unwrap(),
+        json!({"users":[{"id":"ann"}]})
+    );
+    drop(a);
     deployment.cleanup().await;
 }
