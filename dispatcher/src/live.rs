@@ -138,6 +138,7 @@ async fn serve(
                 for node in registry.stale_nodes(config.node_timeout) {
                     registry.forget_node(node);
                 }
+                registry.flush_counts();
             }
             next = deliveries.next() => {
                 let delivery = next.ok_or(LiveError::Cancelled)??;

@@ -142,6 +142,8 @@ struct Subscriber {
 struct ChannelState {
     subscribers: HashMap<Arc<str>, Subscriber>,
     count_sent_at: Option<Instant>,
+    /// A count change held back by the throttle, sent by [`Registry::flush_counts`].
+    count_pending: bool,
 }
 
 impl ChannelState {
@@ -345,8 +347,11 @@ impl State {
             && state
                 .count_sent_at
                 .is_some_and(|at| now.duration_since(at) < COUNT_THROTTLE);
-        if !throttled {
+        if throttled {
+            state.count_pending = true;
+        } else {
             state.count_sent_at = Some(now);
+            state.count_pending = false;
             let frame: Frame = frame::encode_subscription_count(channel, count).into();
             state.send_all(&frame, None);
         }
@@ -802,6 +807,27 @@ impl Registry {
         tracing::info!(node, "forgot gateway node");
     }
 
+    /// Sends the subscription counts the throttle held back, once their window has passed.
+    pub fn flush_counts(&self) {
+        let mut state = self.state.write();
+        let due: Vec<(String, String)> = state
+            .apps
+            .iter()
+            .flat_map(|(app_id, app)| {
+                app.channels
+                    .iter()
+                    .filter(|(_, c)| {
+                        c.count_pending
+                            && c.count_sent_at.is_none_or(|at| at.elapsed() >= COUNT_THROTTLE)
+                    })
+                    .map(move |(name, _)| (app_id.clone(), name.clone()))
+            })
+            .collect();
+        for (app_id, channel) in due {
+            state.notify_count(&app_id, &channel);
+        }
+    }
+
     /// Nodes whose last snapshot is older than `timeout`.
     pub fn stale_nodes(&self, timeout: Duration) -> Vec<u32> {
         let now = Instant::now();
@@ -1175,6 +1201,37 @@ mod tests {
             events(&mut rx_c),
             ["pusher_internal:subscription_succeeded"]
         );
+    }
+
+    #[test]
+    fn subscription_count_is_throttled_above_100_and_flushed_later() {
+        let registry = registry();
+        let counting = AppOptions {
+            subscription_count: true,
+            ..options()
+        };
+        let (watcher, mut rx) = SocketHandle::new("0.0", 512);
+        registry.connect(APP, counting, &watcher);
+        registry.subscribe(APP, "big", &watcher, None).unwrap();
+        let mut others = Vec::new();
+        for i in 1..=101 {
+            let (s, other_rx) = SocketHandle::new(&format!("1.{i}"), 512);
+            registry.connect(APP, counting, &s);
+            registry.subscribe(APP, "big", &s, None).unwrap();
+            others.push((s, other_rx));
+        }
+        let counts: Vec<u64> = drain(&mut rx)
+            .iter()
+            .filter(|f| f["event"] == "pusher_internal:subscription_count")
+            .map(|f| data(f)["subscription_count"].as_u64().unwrap())
+            .collect();
+        // Every change up to 100 is sent; above 100 within 5 s of the last one is held back.
+        assert_eq!(counts.first(), Some(&1));
+        assert_eq!(counts.last(), Some(&100));
+        registry.flush_counts();
+        assert!(drain(&mut rx).is_empty(), "still inside the throttle window");
+        let state = registry.state.read();
+        assert!(state.apps[APP].channels["big"].count_pending);
     }
 
     #[test]
