@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
-use ingest::{App, Apps, AppsError, GatewayConfig};
+use ingest::{App, Apps, AppsError, GatewayConfig, TrustedProxy};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -69,6 +69,8 @@ pub struct GatewaySection {
     pub cluster_heartbeat_ms: u64,
     /// How long without an announcement before a node's members are dropped.
     pub cluster_node_timeout_ms: u64,
+    /// Addresses or CIDR networks of the proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<TrustedProxy>,
 }
 
 impl Default for GatewaySection {
@@ -84,6 +86,7 @@ impl Default for GatewaySection {
             live_queue_max_len: 100_000,
             cluster_heartbeat_ms: 1000,
             cluster_node_timeout_ms: 5000,
+            trusted_proxies: g.trusted_proxies,
         }
     }
 }
@@ -113,6 +116,10 @@ pub struct WorkerSection {
     pub max_batch: usize,
     pub batch_linger_ms: u64,
     pub partition_days_ahead: u32,
+    /// Hours a Segment `messageId` is remembered for deduplication (at least 24).
+    pub dedup_window_hours: u32,
+    /// Drop events partitions older than this many days; unset keeps everything.
+    pub retention_days: Option<u32>,
 }
 
 impl Default for WorkerSection {
@@ -122,6 +129,8 @@ impl Default for WorkerSection {
             max_batch: 5000,
             batch_linger_ms: 5,
             partition_days_ahead: 3,
+            dedup_window_hours: 48,
+            retention_days: None,
         }
     }
 }
@@ -210,7 +219,7 @@ impl Config {
         )?;
         check_url("amqp_url", &self.amqp_url, &["amqp"])?;
         let g = &self.gateway;
-        let checks: [(&'static str, bool, &'static str); 10] = [
+        let checks: [(&'static str, bool, &'static str); 12] = [
             (
                 "gateway.activity_timeout_secs",
                 g.activity_timeout_secs > 0,
@@ -261,6 +270,16 @@ impl Config {
                 self.worker.max_batch > 0 && self.worker.prefetch > 0,
                 "at least 1 (and prefetch too)",
             ),
+            (
+                "worker.dedup_window_hours",
+                self.worker.dedup_window_hours >= 24,
+                "at least 24",
+            ),
+            (
+                "worker.retention_days",
+                self.worker.retention_days.is_none_or(|days| days >= 1),
+                "at least 1 (or unset to keep everything)",
+            ),
         ];
         for (field, ok, expected) in checks {
             if !ok {
@@ -292,6 +311,7 @@ impl Config {
             max_frame_bytes: g.max_frame_bytes,
             max_body_bytes: g.max_body_bytes,
             cache_ttl: Duration::from_secs(g.cache_ttl_secs),
+            trusted_proxies: g.trusted_proxies.clone(),
         }
     }
 }
@@ -389,6 +409,7 @@ mod tests {
                 bind = "127.0.0.1:7001"
                 [gateway]
                 socket_queue_len = 7
+                trusted_proxies = ["10.0.0.0/8", "127.0.0.1"]
                 [[apps]]
                 id = "1"
                 key = "k"
@@ -398,11 +419,21 @@ mod tests {
             jail.set_env("SWITCHBOARD_AMQP_PREFIX", "fromenv");
             jail.set_env("SWITCHBOARD_GATEWAY__MAX_FRAME_BYTES", "4096");
             jail.set_env("DATABASE_URL", "postgres://db.example/x");
+            jail.set_env("SWITCHBOARD_WORKER__RETENTION_DAYS", "30");
             let config = Config::load(Some(Path::new("switchboard.toml"))).unwrap();
+            assert_eq!(config.worker.retention_days, Some(30));
+            assert_eq!(config.worker.dedup_window_hours, 48);
             assert_eq!(config.amqp_prefix, "fromenv");
             assert_eq!(config.bind.port(), 7001);
             assert_eq!(config.gateway.socket_queue_len, 7);
             assert_eq!(config.gateway.max_frame_bytes, 4096);
+            let proxies: Vec<String> = config
+                .gateway
+                .trusted_proxies
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            assert_eq!(proxies, ["10.0.0.0/8", "127.0.0.1/32"]);
             assert_eq!(config.database_url, "postgres://db.example/x");
             assert_eq!(config.apps.len(), 1);
             assert_eq!(config.apps[0].id, "1");
@@ -419,6 +450,12 @@ mod tests {
             assert!(err.to_string().contains("bindd"), "{err}");
             let err = Config::load(Some(Path::new("nope.toml"))).unwrap_err();
             assert!(matches!(err, ConfigError::MissingFile(_)));
+            jail.create_file(
+                "proxy.toml",
+                "[gateway]\ntrusted_proxies = [\"10.0.0.0/33\"]\n",
+            )?;
+            let err = Config::load(Some(Path::new("proxy.toml"))).unwrap_err();
+            assert!(err.to_string().contains("trusted_proxies"), "{err}");
             jail.set_env("SWITCHBOARD_BIND", "not an address");
             let err = Config::load(None).unwrap_err().to_string();
             assert!(err.to_lowercase().contains("bind"), "{err}");

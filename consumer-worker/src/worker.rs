@@ -40,8 +40,9 @@ const MAX_REASON_BYTES: usize = 1024;
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long closing the link may take at shutdown.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often the partitions ahead are ensured (also once at start).
-const PARTITION_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(3600);
+/// How often the partitions ahead are ensured, old partitions dropped and the dedup table
+/// pruned (also once at start).
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(3600);
 
 #[derive(Clone)]
 pub struct WorkerConfig {
@@ -56,6 +57,12 @@ pub struct WorkerConfig {
     pub batch_linger: Duration,
     /// Daily partitions kept created ahead of today.
     pub partition_days_ahead: u32,
+    /// How long a Segment `messageId` is remembered: a retry within it never makes a second
+    /// row.
+    pub dedup_window: Duration,
+    /// Drop the events partitions of days that ended more than this many days ago; `None`
+    /// keeps everything.
+    pub retention_days: Option<u32>,
 }
 
 impl fmt::Debug for WorkerConfig {
@@ -69,6 +76,8 @@ impl fmt::Debug for WorkerConfig {
             .field("max_batch", &self.max_batch)
             .field("batch_linger", &self.batch_linger)
             .field("partition_days_ahead", &self.partition_days_ahead)
+            .field("dedup_window", &self.dedup_window)
+            .field("retention_days", &self.retention_days)
             .finish()
     }
 }
@@ -77,8 +86,7 @@ impl fmt::Debug for WorkerConfig {
 /// hand, then returns. While Postgres is failing, shutdown gives up the batch instead (it stays
 /// unacked and is redelivered).
 pub async fn run(config: WorkerConfig, pool: PgPool, shutdown: CancellationToken) {
-    let maintenance =
-        maintain_partitions(pool.clone(), config.partition_days_ahead, shutdown.clone());
+    let maintenance = maintain(pool.clone(), config.clone(), shutdown.clone());
     let mut worker = Worker {
         config,
         pool,
@@ -88,19 +96,45 @@ pub async fn run(config: WorkerConfig, pool: PgPool, shutdown: CancellationToken
     tokio::join!(worker.consume_until_shutdown(), maintenance);
 }
 
-async fn maintain_partitions(pool: PgPool, days_ahead: u32, shutdown: CancellationToken) {
-    let mut every_hour = tokio::time::interval(PARTITION_MAINTENANCE_INTERVAL);
+/// Every hour: creates the partitions ahead, drops those past retention, prunes the dedup
+/// table. Failures are logged and tried again at the next round.
+async fn maintain(pool: PgPool, config: WorkerConfig, shutdown: CancellationToken) {
+    let mut every_hour = tokio::time::interval(MAINTENANCE_INTERVAL);
     loop {
         tokio::select! {
             biased;
             () = shutdown.cancelled() => return,
             _ = every_hour.tick() => {}
         }
-        let days = storage::days_ahead(storage::today(), days_ahead);
+        let today = storage::today();
+        let days = storage::days_ahead(today, config.partition_days_ahead);
         if let Err(error) = storage::ensure_partitions(&pool, &days).await {
             warn!(%error, "cannot create the events partitions ahead; batches create theirs");
         }
+        if let Some(cutoff) = config
+            .retention_days
+            .and_then(|days| retention_cutoff(today, days))
+        {
+            match storage::drop_partitions_before(&pool, cutoff).await {
+                Ok(dropped) => {
+                    for partition in dropped {
+                        info!(%partition, "dropped the events partition (retention)");
+                    }
+                }
+                Err(error) => warn!(%error, "cannot drop the events partitions past retention"),
+            }
+        }
+        match storage::prune_dedup(&pool, config.dedup_window).await {
+            Ok(pruned) => debug!(pruned, "pruned the Segment dedup table"),
+            Err(error) => warn!(%error, "cannot prune the Segment dedup table"),
+        }
     }
+}
+
+/// The first day kept when keeping `days` days before `today`: a partition is dropped once
+/// its day ended more than `days` days ago.
+fn retention_cutoff(today: NaiveDate, days: u32) -> Option<NaiveDate> {
+    today.checked_sub_days(chrono::Days::new(u64::from(days)))
 }
 
 #[derive(Debug, Error)]
@@ -556,10 +590,20 @@ mod tests {
             max_batch: 5000,
             batch_linger: Duration::from_millis(5),
             partition_days_ahead: 3,
+            dedup_window: Duration::from_secs(48 * 3600),
+            retention_days: None,
         };
         let shown = format!("{config:?}");
         assert!(shown.contains("amqp://127.0.0.1:5672/%2f"), "{shown}");
         assert!(!shown.contains("secret"), "{shown}");
+    }
+
+    #[test]
+    fn retention_keeps_today_and_the_days_before() {
+        let day = |m: u32, d: u32| NaiveDate::from_ymd_opt(2025, m, d).unwrap();
+        assert_eq!(retention_cutoff(day(3, 10), 1), Some(day(3, 9)));
+        assert_eq!(retention_cutoff(day(3, 1), 30), Some(day(1, 30)));
+        assert_eq!(retention_cutoff(day(3, 1), 0), Some(day(3, 1)));
     }
 
     #[test]

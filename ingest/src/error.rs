@@ -1,6 +1,7 @@
 //! HTTP API errors and the one place that maps them to a status and a JSON body.
 
 use bus::PublishError;
+use protocol::segment::{BodyError, InvalidEvents};
 use protocol::signature::HttpAuthError;
 use protocol::ChannelError;
 use thiserror::Error;
@@ -56,6 +57,22 @@ pub enum ApiError {
     InvalidUserId,
     #[error("events could not be accepted: {0}; retry later")]
     Unavailable(#[source] PublishError),
+    #[error("no write key: send it as the Basic username or as `writeKey` in the body")]
+    MissingWriteKey,
+    #[error("unknown write key")]
+    UnknownWriteKey,
+    #[error("Authorization must be Basic with the write key as the username")]
+    BadAuthorization,
+    #[error("Content-Encoding must be gzip or identity")]
+    UnsupportedEncoding,
+    #[error("body is not valid gzip: {0}")]
+    BadGzip(#[source] std::io::Error),
+    #[error("decompressed body is larger than {max} bytes")]
+    DecompressedTooLarge { max: usize },
+    #[error(transparent)]
+    SegmentBody(#[from] BodyError),
+    #[error(transparent)]
+    InvalidEvents(#[from] InvalidEvents),
 }
 
 impl ApiError {
@@ -75,11 +92,21 @@ impl ApiError {
             | ApiError::BatchTooLarge { .. }
             | ApiError::InvalidInfo { .. }
             | ApiError::NotPresence(_)
-            | ApiError::InvalidUserId => StatusCode::BAD_REQUEST,
-            ApiError::DataTooLarge { .. } | ApiError::BodyTooLarge { .. } => {
+            | ApiError::InvalidUserId
+            | ApiError::BadGzip(_)
+            | ApiError::SegmentBody(_) => StatusCode::BAD_REQUEST,
+            ApiError::InvalidEvents(invalid) if invalid.too_large() => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
+            ApiError::InvalidEvents(_) => StatusCode::BAD_REQUEST,
+            ApiError::DataTooLarge { .. }
+            | ApiError::BodyTooLarge { .. }
+            | ApiError::DecompressedTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::MissingWriteKey | ApiError::UnknownWriteKey | ApiError::BadAuthorization => {
+                StatusCode::UNAUTHORIZED
+            }
+            ApiError::UnsupportedEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         }
     }
 }
@@ -97,8 +124,22 @@ pub fn error_response(status: StatusCode, message: &str) -> Response {
 }
 
 impl Reply for ApiError {
+    /// `{"error": …}`; invalid Segment events also get `"errors": [{"index", "reason"}, …]`.
     fn into_response(self) -> Response {
-        error_response(self.status(), &self.to_string())
+        let status = self.status();
+        match &self {
+            ApiError::InvalidEvents(InvalidEvents(invalid)) => {
+                let errors: Vec<serde_json::Value> = invalid
+                    .iter()
+                    .map(|(index, reason)| {
+                        serde_json::json!({ "index": index, "reason": reason.to_string() })
+                    })
+                    .collect();
+                let body = serde_json::json!({ "error": self.to_string(), "errors": errors });
+                warp::reply::with_status(warp::reply::json(&body), status).into_response()
+            }
+            _ => error_response(status, &self.to_string()),
+        }
     }
 }
 

@@ -6,7 +6,9 @@
 
 pub mod apps;
 pub mod error;
+pub mod forwarded;
 pub mod http_api;
+pub mod segment;
 pub mod websocket;
 
 use std::convert::Infallible;
@@ -25,6 +27,7 @@ use tokio_util::task::TaskTracker;
 use warp::Filter;
 
 pub use apps::{App, Apps, AppsError, Limits};
+pub use forwarded::TrustedProxy;
 
 /// Gateway limits and timings.
 #[derive(Debug, Clone)]
@@ -41,6 +44,8 @@ pub struct GatewayConfig {
     pub max_body_bytes: u64,
     /// How long a cache channel keeps its last event.
     pub cache_ttl: Duration,
+    /// Proxies whose `X-Forwarded-For` gives the client's address (Segment `ip`).
+    pub trusted_proxies: Vec<TrustedProxy>,
 }
 
 impl Default for GatewayConfig {
@@ -52,6 +57,7 @@ impl Default for GatewayConfig {
             max_frame_bytes: 64 * 1024,
             max_body_bytes: 256 * 1024,
             cache_ttl: Duration::from_secs(30 * 60),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -202,6 +208,8 @@ pub fn routes(
 
     websocket
         .or(api_routes)
+        .unify()
+        .or(segment::routes(gateway))
         .unify()
         .recover(error::recover)
         .unify()

@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use uuid::Uuid;
 
+use crate::segment::SegmentFields;
+
 /// Where an event entered Switchboard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -44,6 +46,9 @@ pub struct Envelope {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
     pub received_at: DateTime<Utc>,
+    /// What a Segment call carries beyond the common fields (`source` is `track`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<Box<SegmentFields>>,
 }
 
 impl Envelope {
@@ -59,6 +64,7 @@ impl Envelope {
             socket_id: None,
             user_id: None,
             received_at: Utc::now(),
+            segment: None,
         }
     }
 }

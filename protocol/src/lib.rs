@@ -8,6 +8,7 @@ pub mod control;
 pub mod envelope;
 pub mod frame;
 pub mod presence;
+pub mod segment;
 pub mod signature;
 pub mod socket_id;
 

@@ -89,6 +89,8 @@ impl TestEnv {
             max_batch: 5000,
             batch_linger: Duration::from_millis(5),
             partition_days_ahead: 3,
+            dedup_window: Duration::from_secs(48 * 3600),
+            retention_days: None,
         }
     }
 
