@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# Runs the JavaScript end-to-end suites (tests/js, node's built-in test runner) against a real
-# `switchboard serve` process with its own database and AMQP prefix, then stops the server (it
-# must exit 0 on SIGTERM within 10 s) and removes the database and the durable queues.
-# Expects PostgreSQL and RabbitMQ to be up (scripts/ensure-services.sh).
+# Runs the end-to-end suites with the real client libraries against a real `switchboard serve`
+# process (apps from tests/e2e.toml) with its own database, RabbitMQ vhost and AMQP prefix:
+# tests/python (the PyPI `pusher` SDK, unittest, in the venv tests/python/.venv made here) and
+# tests/js (pusher-js, Laravel Echo and the npm `pusher` SDK, node's built-in test runner). Then
+# it stops the server (it must exit 0 on SIGTERM within 10 s) and removes the database and the
+# vhost. Expects PostgreSQL and RabbitMQ to be up (scripts/ensure-services.sh).
+#
+# Usage: scripts/e2e.sh [TEST_FILE...]   (no argument: every suite; else only the given
+# tests/js/*.test.mjs and tests/python/test_*.py files). E2E_SKIP_BUILD=1 uses the binary already
+# in target/debug instead of running `cargo build`; E2E_SERVER_BIN=PATH tests that binary instead.
 # shellcheck disable=SC2317 # stop_server and cleanup run from the EXIT trap
 set -euo pipefail
 
@@ -13,8 +19,13 @@ PG_PORT=5432
 
 log() { echo "e2e: $*" >&2; }
 
-cargo build --bin switchboard
-server_bin=target/debug/switchboard
+if [[ -n ${E2E_SERVER_BIN:-} ]]; then
+  server_bin=$(realpath "$E2E_SERVER_BIN")
+else
+  [[ ${E2E_SKIP_BUILD:-} == 1 ]] || cargo build --bin switchboard
+  server_bin=$PWD/target/debug/switchboard
+fi
+server_config=$PWD/tests/e2e.toml
 
 read -r port admin_port < <(python3 - <<'EOF'
 import socket
@@ -30,6 +41,7 @@ amqp_prefix=e2e$suffix
 # A vhost of its own: deleting it at the end removes every queue and exchange of the run.
 vhost=switchboard_e2e_$suffix
 database_url=postgres://postgres@$PG_HOST:$PG_PORT/$database
+amqp_url=amqp://guest:guest@127.0.0.1:5672/$vhost
 server_log=$(mktemp -t switchboard-e2e.XXXXXX.log)
 server_pid=
 
@@ -93,14 +105,22 @@ trap 'exit 143' TERM
 rabbitmqctl -q add_vhost "$vhost" >/dev/null
 rabbitmqctl -q set_permissions -p "$vhost" guest '.*' '.*' '.*' >/dev/null
 
+# `switchboard` reads every SWITCHBOARD_* variable as config (unknown keys are errors): the server
+# gets only the ones set here, none inherited from the caller's shell.
+inherited=()
+while IFS= read -r name; do
+  [[ $name == SWITCHBOARD_* ]] && inherited+=(-u "$name")
+done < <(compgen -e)
+
 log "starting $server_bin serve on 127.0.0.1:$port (admin $admin_port), database $database, AMQP prefix $amqp_prefix"
-DATABASE_URL=$database_url \
-  AMQP_URL="amqp://guest:guest@127.0.0.1:5672/$vhost" \
-  SWITCHBOARD_BIND=127.0.0.1:$port \
-  SWITCHBOARD_ADMIN_BIND=127.0.0.1:$admin_port \
-  SWITCHBOARD_AMQP_PREFIX=$amqp_prefix \
+env "${inherited[@]}" \
+  DATABASE_URL="$database_url" \
+  AMQP_URL="$amqp_url" \
+  SWITCHBOARD_BIND="127.0.0.1:$port" \
+  SWITCHBOARD_ADMIN_BIND="127.0.0.1:$admin_port" \
+  SWITCHBOARD_AMQP_PREFIX="$amqp_prefix" \
   RUST_LOG=info \
-  "$server_bin" serve >"$server_log" 2>&1 </dev/null &
+  "$server_bin" serve --config "$server_config" >"$server_log" 2>&1 </dev/null &
 server_pid=$!
 
 ready_url=http://127.0.0.1:$admin_port/ready
@@ -125,13 +145,74 @@ elif [[ ! -f $installed || tests/js/package-lock.json -nt $installed ]]; then
   (cd tests/js && npm ci --no-audit --no-fund)
 fi
 
+venv=tests/python/.venv
+venv_stamp=$venv/.requirements-installed
+if [[ ! -x $venv/bin/python ]]; then
+  python3 -m venv "$venv"
+fi
+if [[ ! -f $venv_stamp || tests/python/requirements.txt -nt $venv_stamp ]]; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+  touch "$venv_stamp"
+fi
+
+# What the suites need to know. The apps are the ones in tests/e2e.toml. The tests' variables are
+# given to the test processes only: `switchboard` reads every SWITCHBOARD_* variable as config
+# (unknown keys are errors), so a suite that starts its own server must not pass these on.
+test_env=(
+  SWITCHBOARD_HOST=127.0.0.1
+  SWITCHBOARD_PORT="$port"
+  SWITCHBOARD_ADMIN_PORT="$admin_port"
+  SWITCHBOARD_DATABASE_URL="$database_url"
+  SWITCHBOARD_AMQP_URL="$amqp_url"
+  SWITCHBOARD_E2E_AMQP_PREFIX="$amqp_prefix"
+  SWITCHBOARD_BIN="$server_bin"
+  SWITCHBOARD_CONFIG="$server_config"
+  SWITCHBOARD_APP_ID=app-id
+  SWITCHBOARD_APP_KEY=app-key
+  SWITCHBOARD_APP_SECRET=app-secret
+  SWITCHBOARD_PY_APP_ID=4242
+  SWITCHBOARD_PY_APP_KEY=py-key
+  SWITCHBOARD_PY_APP_SECRET=py-secret
+  SWITCHBOARD_SUBCOUNT_APP_ID=subcount-id
+  SWITCHBOARD_SUBCOUNT_APP_KEY=subcount-key
+  SWITCHBOARD_SUBCOUNT_APP_SECRET=subcount-secret
+  SWITCHBOARD_QUIET_APP_ID=quiet-id
+  SWITCHBOARD_QUIET_APP_KEY=quiet-key
+  SWITCHBOARD_QUIET_APP_SECRET=quiet-secret
+  SWITCHBOARD_DISABLED_APP_ID=disabled-id
+  SWITCHBOARD_DISABLED_APP_KEY=disabled-key
+  SWITCHBOARD_DISABLED_APP_SECRET=disabled-secret
+)
+
+js_tests=()
+py_tests=()
+for file in "$@"; do
+  case $file in
+    *.py) py_tests+=("$file") ;;
+    *) js_tests+=("$file") ;;
+  esac
+done
+if (($# == 0)); then
+  js_tests=(tests/js/)
+  py_tests=(tests/python/test_*.py)
+fi
+
 status=0
-SWITCHBOARD_HOST=127.0.0.1 \
-  SWITCHBOARD_PORT=$port \
-  SWITCHBOARD_ADMIN_PORT=$admin_port \
-  SWITCHBOARD_DATABASE_URL=$database_url \
-  SWITCHBOARD_APP_ID=app-id \
-  SWITCHBOARD_APP_KEY=app-key \
-  SWITCHBOARD_APP_SECRET=app-secret \
-  node --test tests/js/ || status=$?
+if ((${#py_tests[@]})); then
+  log "tests/python (PyPI pusher SDK): ${py_tests[*]}"
+  # unittest takes module names; the files import each other from tests/python.
+  modules=()
+  for file in "${py_tests[@]}"; do
+    name=${file##*/}
+    modules+=("${name%.py}")
+  done
+  (cd tests/python && env "${test_env[@]}" .venv/bin/python -m unittest --verbose "${modules[@]}") ||
+    status=$?
+fi
+if ((${#js_tests[@]})); then
+  log "tests/js (pusher-js, Laravel Echo, npm pusher SDK): ${js_tests[*]}"
+  # --test-force-exit: pusher-js's WebSocket library leaves a 30 s close timer behind when it
+  # closes a socket the server already closed (4001-4099), which would keep each file alive.
+  env "${test_env[@]}" node --test --test-force-exit "${js_tests[@]}" || status=$?
+fi
 exit "$status"

@@ -1,7 +1,9 @@
 // Shared setup for the end-to-end suites: configuration from the environment, real pusher-js
-// clients, the official `pusher` server SDK, waiting helpers and a psql query helper.
-import { execFileSync } from 'node:child_process';
+// clients, the official `pusher` server SDK signing channel and user auth as a backend's auth
+// endpoint would, waiting and recording helpers, a psql query helper and extra server processes.
+import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { createServer } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 import PusherClient from 'pusher-js';
@@ -17,6 +19,27 @@ export const config = {
   appId: process.env.SWITCHBOARD_APP_ID ?? 'app-id',
   key: process.env.SWITCHBOARD_APP_KEY ?? 'app-key',
   secret: process.env.SWITCHBOARD_APP_SECRET ?? 'app-secret',
+  amqpUrl: process.env.SWITCHBOARD_AMQP_URL ?? 'amqp://guest:guest@127.0.0.1:5672/%2f',
+  amqpPrefix: process.env.SWITCHBOARD_E2E_AMQP_PREFIX ?? 'e2e',
+  serverBin: process.env.SWITCHBOARD_BIN ?? 'target/debug/switchboard',
+  serverConfig: process.env.SWITCHBOARD_CONFIG ?? 'tests/e2e.toml',
+};
+
+function appFromEnv(name, id, key, secret) {
+  const env = (field, fallback) => process.env[`SWITCHBOARD_${name}_APP_${field}`] ?? fallback;
+  return { id: env('ID', id), key: env('KEY', key), secret: env('SECRET', secret) };
+}
+
+/** The apps of tests/e2e.toml (scripts/e2e.sh exports their credentials). */
+export const apps = {
+  /** The development app, client events on. */
+  dev: { id: config.appId, key: config.key, secret: config.secret },
+  /** `subscription_count = true`. */
+  subscriptionCount: appFromEnv('SUBCOUNT', 'subcount-id', 'subcount-key', 'subcount-secret'),
+  /** Client events off. */
+  quiet: appFromEnv('QUIET', 'quiet-id', 'quiet-key', 'quiet-secret'),
+  /** `enabled = false`. */
+  disabled: appFromEnv('DISABLED', 'disabled-id', 'disabled-key', 'disabled-secret'),
 };
 
 const CHANNEL_NAME = /^[A-Za-z0-9_\-=@,.;]+$/;
@@ -69,26 +92,58 @@ function disconnect(client) {
   openClients.delete(client);
 }
 
-/**
- * Opens a pusher-js client (the Node build) and resolves once it is `connected`. When a test
- * context is given, the client is disconnected when that test ends, pass or fail.
- */
-export async function connectClient(t, options = {}) {
-  const client = new PusherClient(config.key, {
-    cluster: 'local',
+/** The pusher-js options that point a client at Switchboard. */
+export function clientOptions(options = {}) {
+  return {
+    cluster: 'local', // required by pusher-js, ignored by Switchboard
     wsHost: config.host,
     wsPort: config.port,
     forceTLS: false,
     enabledTransports: ['ws'],
     ...options,
-  });
+  };
+}
+
+/**
+ * Registers a pusher-js client (one this module did not create, e.g. Laravel Echo's) to be
+ * disconnected when the test `t` ends, or by `disconnectAll`.
+ */
+export function trackClient(t, client) {
   openClients.add(client);
   t?.after(() => disconnect(client));
+  return client;
+}
+
+/**
+ * Creates a pusher-js client (the Node build) for `app` (default: the development app) without
+ * waiting for it to connect. When a test context is given, the client is disconnected when that
+ * test ends, pass or fail.
+ */
+export function createClient(t, { app = apps.dev, ...options } = {}) {
+  return trackClient(t, new PusherClient(app.key, clientOptions(options)));
+}
+
+/**
+ * Opens a pusher-js client (the Node build) and resolves once it is `connected`. When a test
+ * context is given, the client is disconnected when that test ends, pass or fail. `options` are
+ * pusher-js options, plus `app` (default: the development app).
+ */
+export async function connectClient(t, options = {}) {
+  const client = createClient(t, options);
+  await waitConnected(client);
+  return client;
+}
+
+/** Resolves once `client` is `connected`; rejects (and disconnects it) when it fails to. */
+export async function waitConnected(client) {
+  if (client.connection.state === 'connected') return client;
   const connected = new Promise((resolve, reject) => {
     client.connection.bind('connected', resolve);
     client.connection.bind('failed', () => reject(new Error('pusher-js connection failed')));
     client.connection.bind('unavailable', () =>
-      reject(new Error(`server unavailable at ws://${config.host}:${config.port}`)),
+      reject(
+        new Error(`server unavailable at ws://${client.config.wsHost}:${client.config.wsPort}`),
+      ),
     );
     client.connection.bind('error', (error) =>
       reject(new Error(`pusher-js connection error: ${JSON.stringify(error)}`)),
@@ -101,6 +156,59 @@ export async function connectClient(t, options = {}) {
     throw error;
   }
   return client;
+}
+
+/**
+ * Signs private and presence subscriptions locally with the server SDK `sdk`, as a backend's
+ * auth endpoint would (`channelAuthorization` option of pusher-js). `user` (`{user_id,
+ * user_info}`) is the presence identity. An SDK built with the wrong secret signs badly.
+ */
+export function channelAuthorization(sdk = serverClient(), { user } = {}) {
+  return {
+    customHandler: ({ socketId, channelName }, callback) => {
+      let response;
+      try {
+        const presence = channelName.startsWith('presence-') ? user : undefined;
+        response = sdk.authorizeChannel(socketId, channelName, presence);
+      } catch (error) {
+        callback(error, null);
+        return;
+      }
+      callback(null, response);
+    },
+  };
+}
+
+/** Signs `pusher.signin()` locally with the server SDK (`userAuthentication` option). */
+export function userAuthentication(sdk, userData) {
+  return {
+    customHandler: ({ socketId }, callback) => {
+      let response;
+      try {
+        response = sdk.authenticateUser(socketId, userData);
+      } catch (error) {
+        callback(error, null);
+        return;
+      }
+      callback(null, response);
+    },
+  };
+}
+
+/**
+ * `client.signin()`, resolving once the server confirmed it (`pusher:signin_success`) and
+ * pusher-js's automatic `#server-to-user-{id}` subscription succeeded.
+ */
+export async function signIn(client) {
+  client.signin();
+  await waitUntil(
+    () => client.user.user_data && client.user.serverToUserChannel?.subscribed,
+    10_000,
+    () =>
+      `sign-in not complete: user_data ${JSON.stringify(client.user.user_data)}, ` +
+      `#server-to-user subscribed: ${client.user.serverToUserChannel?.subscribed}`,
+  );
+  return client.user.user_data;
 }
 
 /** Subscribes `client` to `channelName` and resolves with the channel once the server confirmed. */
@@ -116,18 +224,53 @@ export async function subscribe(client, channelName) {
 }
 
 /**
+ * Connects a pusher-js client as presence user `user` (`{user_id, user_info}`) and subscribes it
+ * to `channelName`; resolves with `{client, channel}`.
+ */
+export async function joinPresence(t, channelName, user, sdk = serverClient()) {
+  const client = await connectClient(t, {
+    channelAuthorization: channelAuthorization(sdk, { user }),
+  });
+  return { client, channel: await subscribe(client, channelName) };
+}
+
+/**
+ * Subscribes `client` to `channelName` and resolves with the `pusher:subscription_error` data
+ * pusher-js emits; rejects if the subscription succeeds instead.
+ */
+export async function subscriptionError(client, channelName) {
+  const channel = client.subscribe(channelName);
+  const failed = new Promise((resolve, reject) => {
+    channel.bind('pusher:subscription_error', resolve);
+    channel.bind('pusher:subscription_succeeded', () =>
+      reject(new Error(`subscription to ${channelName} succeeded, expected an error`)),
+    );
+  });
+  return withTimeout(failed, 10_000, `no pusher:subscription_error for ${channelName}`);
+}
+
+/**
+ * Resolves with `{data, metadata}` of the next `eventName` that `emitter` (a pusher-js channel,
+ * `client.user` or `client.user.watchlist`) emits. Call it before the event is triggered.
+ */
+export function nextEmit(emitter, eventName, ms = 5_000) {
+  let handler;
+  const received = new Promise((resolve) => {
+    handler = (data, metadata) => resolve({ data, metadata });
+    emitter.bind(eventName, handler);
+  });
+  const where = emitter.name ?? emitter.constructor?.name ?? 'the emitter';
+  return withTimeout(received, ms, `${eventName} not received on ${where}`).finally(() =>
+    emitter.unbind(eventName, handler),
+  );
+}
+
+/**
  * Resolves with the data of the next `eventName` the channel receives. Call it before the event
  * is triggered.
  */
-export function nextEvent(channel, eventName, ms = 5_000) {
-  let handler;
-  const received = new Promise((resolve) => {
-    handler = resolve;
-    channel.bind(eventName, handler);
-  });
-  return withTimeout(received, ms, `${eventName} not received on ${channel.name}`).finally(() =>
-    channel.unbind(eventName, handler),
-  );
+export async function nextEvent(channel, eventName, ms = 5_000) {
+  return (await nextEmit(channel, eventName, ms)).data;
 }
 
 /** Collects the data of every `eventName` the channel receives, in arrival order. */
@@ -138,18 +281,46 @@ export function collectEvents(channel, eventName) {
 }
 
 /**
- * Records every non-protocol frame the client's connection receives for `channelName`, whether
- * or not pusher-js still has the channel subscribed: what the server sent, not what the library
- * chose to pass on.
+ * Records every frame the client's connection receives for `channelName` (by default without the
+ * `pusher:*` / `pusher_internal:*` ones), whether or not pusher-js still has the channel
+ * subscribed: what the server sent, not what the library chose to pass on.
  */
-export function recordFrames(client, channelName) {
+export function recordFrames(client, channelName, { internal = false } = {}) {
   const frames = [];
   client.connection.bind('message', (message) => {
-    if (message.channel === channelName && !message.event.startsWith('pusher')) {
+    if (message.channel === channelName && (internal || !message.event.startsWith('pusher'))) {
       frames.push(message);
     }
   });
   return frames;
+}
+
+/**
+ * Records the errors pusher-js's connection emits: `pusher:error` frames and close codes (see
+ * `errorCodes`).
+ */
+export function recordErrors(client) {
+  const errors = [];
+  client.connection.bind('error', (error) => errors.push(error));
+  return errors;
+}
+
+/**
+ * The Pusher codes in recorded connection errors: `{type: 'PusherError', data: {code}}` for a
+ * `pusher:error` frame or a close code, wrapped in `{type: 'WebSocketError', error}` when it
+ * ends the connection or the handshake.
+ */
+export function errorCodes(errors) {
+  return errors
+    .map((error) => error?.data?.code ?? error?.error?.data?.code)
+    .filter((code) => code !== undefined && code !== null);
+}
+
+/** Records the client's connection states as they change. */
+export function recordStates(client) {
+  const states = [];
+  client.connection.bind('state_change', ({ current }) => states.push(current));
+  return states;
 }
 
 /**
@@ -170,12 +341,15 @@ export async function roundTrip(client) {
   await withTimeout(pong, 5_000, 'no pusher:pong for pusher:ping');
 }
 
-/** The official Node server SDK pointed at Switchboard. */
-export function serverClient(overrides = {}) {
+/**
+ * The official Node server SDK pointed at Switchboard; `app` (default: the development app) and
+ * any SDK option can be overridden.
+ */
+export function serverClient({ app = apps.dev, ...overrides } = {}) {
   return new PusherServer({
-    appId: config.appId,
-    key: config.key,
-    secret: config.secret,
+    appId: app.id,
+    key: app.key,
+    secret: app.secret,
     host: config.host,
     port: config.port,
     useTLS: false,
@@ -217,4 +391,100 @@ export function psql(sql) {
   })
     .split('\n')
     .filter((line) => line !== '');
+}
+
+/** Reads the response body of a `pusher` SDK call as JSON, asserting HTTP 200 first. */
+export async function jsonBody(responsePromise) {
+  let response;
+  try {
+    response = await responsePromise;
+  } catch (error) {
+    throw new Error(`request failed: ${describeRequestError(error)}`, { cause: error });
+  }
+  const text = await response.text();
+  if (response.status !== 200) throw new Error(`HTTP ${response.status}: ${text}`);
+  return JSON.parse(text);
+}
+
+/** A TCP port on the loopback interface that was free a moment ago. */
+export async function freePort() {
+  const server = createServer();
+  await new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', resolve);
+  });
+  const { port } = server.address();
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+/**
+ * Starts another `switchboard serve` (the binary and apps scripts/e2e.sh uses) on `port` /
+ * `adminPort` with the same database and RabbitMQ vhost but its own AMQP prefix, and resolves
+ * once `/ready` answers 200. The returned handle's `stop()` sends SIGTERM and resolves with the
+ * exit `{code, signal}`; when a test context is given, a server still running when the test ends
+ * is killed.
+ */
+export async function startServer(t, { port, adminPort, amqpPrefix }) {
+  // `switchboard` reads every SWITCHBOARD_* variable as config: pass on none of the tests' own.
+  const env = Object.fromEntries(
+    Object.entries(process.env).filter(([name]) => !name.startsWith('SWITCHBOARD_')),
+  );
+  Object.assign(env, {
+    DATABASE_URL: config.databaseUrl,
+    AMQP_URL: config.amqpUrl,
+    SWITCHBOARD_BIND: `${config.host}:${port}`,
+    SWITCHBOARD_ADMIN_BIND: `${config.host}:${adminPort}`,
+    SWITCHBOARD_AMQP_PREFIX: amqpPrefix,
+    RUST_LOG: 'info',
+  });
+  const child = spawn(config.serverBin, ['serve', '--config', config.serverConfig], {
+    env,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const output = [];
+  const keep = (chunk) => {
+    output.push(chunk.toString());
+    if (output.length > 400) output.splice(0, output.length - 400);
+  };
+  child.stdout.on('data', keep);
+  child.stderr.on('data', keep);
+  const exited = new Promise((resolve) => {
+    child.on('exit', (code, signal) => resolve({ code, signal }));
+    child.on('error', (error) => resolve({ code: null, signal: null, error }));
+  });
+  const log = () => output.join('').split('\n').slice(-60).join('\n');
+  const server = {
+    port,
+    adminPort,
+    child,
+    exited,
+    log,
+    running: () => child.exitCode === null && child.signalCode === null,
+    async stop() {
+      if (server.running()) child.kill('SIGTERM');
+      return withTimeout(exited, 15_000, `switchboard on port ${port} did not exit on SIGTERM`);
+    },
+  };
+  t?.after(async () => {
+    if (server.running()) {
+      child.kill('SIGKILL');
+      await exited;
+    }
+  });
+  await waitUntil(
+    async () => {
+      if (!server.running()) throw new Error(`switchboard exited before it was ready:\n${log()}`);
+      try {
+        const response = await fetch(`http://${config.host}:${adminPort}/ready`);
+        return response.ok;
+      } catch {
+        return false;
+      }
+    },
+    60_000,
+    () => `switchboard on port ${port} not ready:\n${log()}`,
+    100,
+  );
+  return server;
 }
