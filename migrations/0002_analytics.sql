@@ -160,7 +160,8 @@ COMMENT ON VIEW reports.page_views IS 'One row per page call, with the hosts of 
 
 -- The functions below take a half-open range [p_from, p_to) of occurred_at. Because
 -- occurred_at never exceeds received_at, they also filter received_at >= p_from, which lets
--- Postgres skip the older partitions.
+-- Postgres skip the older partitions. Ties are ordered bytewise (COLLATE "C"), the same on
+-- every installation.
 
 CREATE FUNCTION reports.events_over_time(
     p_app_id text, p_bucket text, p_from timestamptz, p_to timestamptz)
@@ -171,7 +172,7 @@ LANGUAGE sql STABLE AS $$
     WHERE m.app_id = p_app_id AND m.minute >= p_from AND m.minute < p_to
       AND p_bucket IN ('minute', 'hour', 'day')
     GROUP BY 1, 2, 3
-    ORDER BY 1, 2, 3
+    ORDER BY 1, m.source COLLATE "C", m.name COLLATE "C"
 $$;
 COMMENT ON FUNCTION reports.events_over_time(text, text, timestamptz, timestamptz) IS
     'Events per bucket (minute, hour or day; UTC) by source and name in [p_from, p_to).';
@@ -185,7 +186,7 @@ LANGUAGE sql STABLE AS $$
     WHERE e.app_id = p_app_id AND e.occurred_at >= p_from AND e.occurred_at < p_to
       AND e.received_at >= p_from
     GROUP BY e.name
-    ORDER BY 2 DESC, 1
+    ORDER BY 2 DESC, e.name COLLATE "C"
     LIMIT p_limit
 $$;
 COMMENT ON FUNCTION reports.top_events(text, timestamptz, timestamptz, integer) IS
@@ -200,7 +201,7 @@ LANGUAGE sql STABLE AS $$
     WHERE v.app_id = p_app_id AND v.occurred_at >= p_from AND v.occurred_at < p_to
       AND v.received_at >= p_from AND v.page_path IS NOT NULL
     GROUP BY v.page_path
-    ORDER BY 2 DESC, 1
+    ORDER BY 2 DESC, v.page_path COLLATE "C"
     LIMIT p_limit
 $$;
 COMMENT ON FUNCTION reports.top_pages(text, timestamptz, timestamptz, integer) IS
@@ -216,7 +217,7 @@ LANGUAGE sql STABLE AS $$
       AND v.received_at >= p_from AND v.referrer_host IS NOT NULL
       AND v.referrer_host IS DISTINCT FROM v.page_host
     GROUP BY v.referrer_host
-    ORDER BY 2 DESC, 1
+    ORDER BY 2 DESC, v.referrer_host COLLATE "C"
     LIMIT p_limit
 $$;
 COMMENT ON FUNCTION reports.top_referrers(text, timestamptz, timestamptz, integer) IS
@@ -232,7 +233,8 @@ LANGUAGE sql STABLE AS $$
       AND e.received_at >= p_from
       AND (e.utm_source IS NOT NULL OR e.utm_medium IS NOT NULL OR e.utm_campaign IS NOT NULL)
     GROUP BY 1, 2, 3
-    ORDER BY 4 DESC, 1, 2, 3
+    ORDER BY 4 DESC, e.utm_source COLLATE "C", e.utm_medium COLLATE "C",
+             e.utm_campaign COLLATE "C"
 $$;
 COMMENT ON FUNCTION reports.utm_campaigns(text, timestamptz, timestamptz) IS
     'Events and distinct users per (utm_source, utm_medium, utm_campaign) in [p_from, p_to).';
@@ -241,18 +243,21 @@ CREATE FUNCTION reports.technology(
     p_app_id text, p_dimension text, p_from timestamptz, p_to timestamptz)
 RETURNS TABLE (value text, users bigint, events bigint)
 LANGUAGE sql STABLE AS $$
-    SELECT CASE p_dimension
-               WHEN 'browser' THEN e.browser
-               WHEN 'os' THEN e.os
-               WHEN 'device_class' THEN e.device_class
-           END,
-           count(DISTINCT coalesce(e.user_id, e.anonymous_id)), count(*)
-    FROM events e
-    WHERE e.app_id = p_app_id AND e.occurred_at >= p_from AND e.occurred_at < p_to
-      AND e.received_at >= p_from AND e.type IS NOT NULL
-      AND p_dimension IN ('browser', 'os', 'device_class')
-    GROUP BY 1
-    ORDER BY 2 DESC, 3 DESC, 1
+    SELECT t.value, count(DISTINCT t.user_key), count(*)
+    FROM (
+        SELECT CASE p_dimension
+                   WHEN 'browser' THEN e.browser
+                   WHEN 'os' THEN e.os
+                   WHEN 'device_class' THEN e.device_class
+               END AS value,
+               coalesce(e.user_id, e.anonymous_id) AS user_key
+        FROM events e
+        WHERE e.app_id = p_app_id AND e.occurred_at >= p_from AND e.occurred_at < p_to
+          AND e.received_at >= p_from AND e.type IS NOT NULL
+          AND p_dimension IN ('browser', 'os', 'device_class')
+    ) AS t
+    GROUP BY t.value
+    ORDER BY 2 DESC, 3 DESC, t.value COLLATE "C"
 $$;
 COMMENT ON FUNCTION reports.technology(text, text, timestamptz, timestamptz) IS
     'Distinct users and events of Segment calls per browser, os or device_class (p_dimension) '

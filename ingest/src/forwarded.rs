@@ -1,11 +1,15 @@
 //! The client's address: the socket's, or what trusted proxies say in `X-Forwarded-For`.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+
+/// The address of the connection a request came on, in the request's extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
 
 /// A proxy (an address or a CIDR network) whose `X-Forwarded-For` is believed. Written as
 /// `"10.0.0.0/8"` or `"127.0.0.1"` (one address).

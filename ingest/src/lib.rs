@@ -27,7 +27,7 @@ use tokio_util::task::TaskTracker;
 use warp::Filter;
 
 pub use apps::{App, Apps, AppsError, Limits};
-pub use forwarded::TrustedProxy;
+pub use forwarded::{PeerAddr, TrustedProxy};
 
 /// Gateway limits and timings.
 #[derive(Debug, Clone)]
@@ -216,7 +216,8 @@ pub fn routes(
 }
 
 /// Serves the gateway on `listener` until the gateway's shutdown token fires, then closes every
-/// WebSocket with 4200 and waits for the sessions (and in-flight requests) to end.
+/// WebSocket with 4200 and waits for the sessions (and in-flight requests) to end. Each request
+/// carries its connection's [`PeerAddr`] (warp's own `serve_incoming` would not know it).
 pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>) {
     let shutdown = gateway.shutdown.clone();
     let incoming = TcpListenerStream::new(listener).map(|stream| {
@@ -224,9 +225,26 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>) {
         stream.set_nodelay(true)?;
         Ok::<_, std::io::Error>(stream)
     });
-    warp::serve(routes(gateway.clone()))
-        .serve_incoming_with_graceful_shutdown(incoming, shutdown.cancelled_owned())
+    let routes = routes(gateway.clone());
+    let make_service = hyper::service::make_service_fn(move |stream: &tokio::net::TcpStream| {
+        let peer = stream.peer_addr().ok().map(PeerAddr);
+        let service = warp::service(routes.clone());
+        std::future::ready(Ok::<_, Infallible>(hyper::service::service_fn(
+            move |mut request: hyper::Request<hyper::Body>| {
+                if let Some(peer) = peer {
+                    request.extensions_mut().insert(peer);
+                }
+                hyper::service::Service::call(&mut service.clone(), request)
+            },
+        )))
+    });
+    let served = hyper::Server::builder(hyper::server::accept::from_stream(incoming))
+        .serve(make_service)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
         .await;
+    if let Err(error) = served {
+        tracing::error!(%error, "the gateway's HTTP server failed");
+    }
     gateway.sessions.close();
     gateway.sessions.wait().await;
 }

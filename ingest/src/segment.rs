@@ -4,7 +4,6 @@
 
 use std::borrow::Cow;
 use std::io::Read;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +17,7 @@ use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 use crate::error::{self, ApiError};
-use crate::forwarded::client_ip;
+use crate::forwarded::{client_ip, PeerAddr};
 use crate::Gateway;
 
 /// How long browsers may cache a CORS preflight answer.
@@ -41,7 +40,7 @@ pub fn routes(
         .and(endpoint)
         .and(warp::path::end())
         .and(warp::header::headers_cloned())
-        .and(warp::addr::remote())
+        .and(warp::ext::optional::<PeerAddr>())
         .and(warp::body::content_length_limit(MAX_REQUEST_BYTES as u64))
         .and(warp::body::bytes())
         .and(warp::any().map(move || gateway.clone()))
@@ -67,7 +66,7 @@ pub fn routes(
 struct SegmentRequest {
     endpoint: Endpoint,
     headers: HeaderMap,
-    peer: Option<SocketAddr>,
+    peer: Option<PeerAddr>,
     body: Bytes,
 }
 
@@ -101,7 +100,7 @@ async fn handle_inner(gateway: &Gateway, request: SegmentRequest) -> Result<(), 
     let app = app_of(gateway, &key)?;
     let edge = Edge {
         received_at,
-        ip: request.peer.map(|peer| {
+        ip: request.peer.map(|PeerAddr(peer)| {
             client_ip(
                 peer.ip(),
                 header("x-forwarded-for"),

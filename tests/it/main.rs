@@ -7,3 +7,4 @@ mod common;
 mod faults;
 mod gateway;
 mod processes;
+mod segment;
