@@ -1,7 +1,7 @@
 # Developer and CI entry points. `make test` is what CI runs (via .ci/run).
 CARGO ?= cargo
 
-.PHONY: all services run migrate test lint fmt fmt-check clippy unit e2e
+.PHONY: all services run migrate test lint fmt fmt-check clippy unit e2e bench
 
 all: test
 
@@ -36,3 +36,7 @@ unit: services
 
 e2e: services
 	bash scripts/e2e.sh
+
+# The standard benchmark set against a fresh release build (BENCHMARKS.md); not part of `test`.
+bench: services
+	bash scripts/bench.sh

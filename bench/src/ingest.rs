@@ -1,0 +1,350 @@
+//! `ingest`: events through the signed HTTP API (`events` one at a time, or `batch_events` of
+//! 10) or the Segment API (`/v1/batch` of 10 `track` calls) as fast as possible with K concurrent
+//! keep-alive requests; accepted events/s, then the time until the last accepted event is in
+//! Postgres `events`, and a check that every accepted event is stored exactly once. Then the
+//! baselines, with the batching the server just used.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use sqlx::postgres::PgPoolOptions;
+use tokio::time::Instant;
+
+use crate::api::{
+    batch_body, requests_on_one_connection, segment_batch_body, trigger_body, Api, Event,
+};
+use crate::baseline::{self, Shape};
+use crate::payload::{self, now_us};
+use crate::stats::{rate, thousands, Latency, Report, SeqSet, Tally};
+use crate::{procfs, run_tag, Target};
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// `POST /apps/{id}/events`, one event per request.
+    Trigger,
+    /// `POST /apps/{id}/batch_events`, 10 events per request.
+    Batch,
+    /// Segment `POST /v1/batch`, 10 `track` calls per request.
+    Segment,
+}
+
+impl Mode {
+    fn events_per_request(self) -> u64 {
+        match self {
+            Mode::Trigger => 1,
+            Mode::Batch | Mode::Segment => 10,
+        }
+    }
+
+    /// Where the stored row keeps the payload's sequence number.
+    fn stored_seq(self) -> &'static str {
+        match self {
+            Mode::Trigger | Mode::Batch => "(data->'sb'->>0)::bigint",
+            Mode::Segment => "(data->'properties'->'sb'->>0)::bigint",
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct IngestArgs {
+    #[arg(long, value_enum, default_value = "batch")]
+    mode: Mode,
+    /// Events to send (fewer when --duration runs out first).
+    #[arg(long, default_value_t = 200_000)]
+    events: u64,
+    /// Requests in flight at once, each on its own keep-alive connection.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Most seconds of sending.
+    #[arg(long, default_value_t = 60)]
+    duration: u64,
+    #[arg(long, default_value_t = 100)]
+    payload_bytes: usize,
+    /// The server's database, read to verify what was persisted.
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    /// Most seconds to wait for the last event to be persisted.
+    #[arg(long, default_value_t = 120)]
+    persist_timeout: u64,
+    /// Also measure the baselines: RabbitMQ publish with confirms (scratch exchange and queues
+    /// on this AMQP URL) and COPY (scratch database on the --database-url server).
+    #[arg(long)]
+    baseline_amqp_url: Option<String>,
+    /// Unconfirmed messages in flight in the RabbitMQ baseline (the server's publisher default).
+    #[arg(long, default_value_t = 64)]
+    baseline_in_flight: usize,
+}
+
+struct Sender {
+    accepted: Vec<u64>,
+    latencies: Vec<u32>,
+}
+
+fn channel_of(seq: u64) -> String {
+    format!("ingest-{}", seq % 10)
+}
+
+pub async fn run(target: &Target, args: IngestArgs) -> anyhow::Result<Report> {
+    let name = format!("ingest-{}", run_tag());
+    let api = Arc::new(Api::new(target, args.concurrency)?);
+    let keep_alive = requests_on_one_connection(
+        &api,
+        &target.ws_addr.to_string(),
+        &format!("{name}-keepalive"),
+        5,
+    )
+    .await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&args.database_url)
+        .await
+        .context("connecting to the server's database")?;
+    let per_request = args.mode.events_per_request();
+
+    let metrics_before = target.metrics().await?;
+    let meter = target.cpu_meter()?;
+    let cpu_before = meter.sample()?;
+    let started = Instant::now();
+    let t0 = now_us();
+    let next = Arc::new(AtomicU64::new(0));
+    let last_ok_us = Arc::new(AtomicU64::new(t0));
+    let failures = Arc::new(Tally::default());
+    let deadline = started + Duration::from_secs(args.duration);
+    let senders: Vec<_> = (0..args.concurrency.max(1))
+        .map(|_| {
+            let (api, next, last_ok_us, failures, name) = (
+                api.clone(),
+                next.clone(),
+                last_ok_us.clone(),
+                failures.clone(),
+                name.clone(),
+            );
+            let (mode, events, payload_bytes) = (args.mode, args.events, args.payload_bytes);
+            tokio::spawn(async move {
+                let mut me = Sender {
+                    accepted: Vec::new(),
+                    latencies: Vec::new(),
+                };
+                loop {
+                    let first = next.fetch_add(per_request, Ordering::Relaxed);
+                    if first >= events || Instant::now() >= deadline {
+                        break;
+                    }
+                    let seqs = first..(first + per_request).min(events);
+                    let channels: Vec<String> = seqs.clone().map(channel_of).collect();
+                    let event = |seq: u64, channel| Event {
+                        channel,
+                        name: &name,
+                        data: payload::encode(seq, now_us(), payload_bytes),
+                    };
+                    let events = seqs.clone().zip(&channels).map(|(s, c)| (s, event(s, c)));
+                    let sent = now_us();
+                    let outcome = match mode {
+                        Mode::Trigger => {
+                            api.post("events", trigger_body(event(first, &channels[0])))
+                                .await
+                        }
+                        Mode::Batch => {
+                            let body = batch_body(events.map(|(_, e)| e).collect());
+                            api.post("batch_events", body).await
+                        }
+                        Mode::Segment => {
+                            let body = segment_batch_body(events.collect());
+                            api.post_segment_batch(body).await
+                        }
+                    };
+                    let done = now_us();
+                    me.latencies
+                        .push(u32::try_from(done - sent).unwrap_or(u32::MAX));
+                    match outcome {
+                        Ok(()) => {
+                            me.accepted.extend(seqs);
+                            last_ok_us.fetch_max(done, Ordering::Relaxed);
+                        }
+                        Err(refused) => failures.add(refused.kind(), seqs.count() as u64),
+                    }
+                }
+                me
+            })
+        })
+        .collect();
+    let mut accepted = SeqSet::with_capacity(args.events);
+    let mut latencies = Vec::new();
+    for sender in senders {
+        let s = sender.await?;
+        s.accepted.into_iter().for_each(|seq| {
+            accepted.insert(seq);
+        });
+        latencies.extend(s.latencies);
+    }
+    let accept_seconds = (last_ok_us.load(Ordering::Relaxed) - t0) as f64 / 1e6;
+    let accepted_count = accepted.len();
+
+    // Until the last accepted event is in Postgres.
+    let count_query = "SELECT count(*) FROM events WHERE app_id = $1 AND name = $2";
+    let mut stored: i64 = 0;
+    let persist_deadline = Instant::now() + Duration::from_secs(args.persist_timeout);
+    while (stored as u64) < accepted_count && Instant::now() < persist_deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stored = sqlx::query_scalar(count_query)
+            .bind(&target.app_id)
+            .bind(&name)
+            .fetch_one(&pool)
+            .await?;
+    }
+    let persist_seconds = started.elapsed().as_secs_f64();
+    let cpu = meter.used(cpu_before, meter.sample()?);
+    let all_persisted = stored as u64 >= accepted_count;
+
+    // Exactly once: every accepted sequence number in exactly one row, nothing else.
+    let rows: Vec<(i64, i64)> = sqlx::query_as(&format!(
+        "SELECT {}, count(*) FROM events WHERE app_id = $1 AND name = $2 GROUP BY 1",
+        args.mode.stored_seq()
+    ))
+    .bind(&target.app_id)
+    .bind(&name)
+    .fetch_all(&pool)
+    .await?;
+    let (mut duplicates, mut unexpected, mut present) = (0u64, 0u64, 0u64);
+    for &(seq, count) in &rows {
+        duplicates += (count as u64).saturating_sub(1);
+        if accepted.contains(seq as u64) {
+            present += 1;
+        } else {
+            unexpected += 1;
+        }
+    }
+    let missing = accepted_count - present;
+
+    let metrics_after = target.metrics().await?;
+    let mean = |name: &str| {
+        let delta = |suffix: &str| {
+            let metric = format!("{name}_{suffix}");
+            procfs::metric(&metrics_after, &metric).unwrap_or(0.0)
+                - procfs::metric(&metrics_before, &metric).unwrap_or(0.0)
+        };
+        delta("sum") / delta("count").max(1.0)
+    };
+    let publish_batch = mean("switchboard_publish_batch_envelopes");
+    let persist_batch = mean("switchboard_persist_batch_envelopes");
+
+    let accepted_rate = accepted_count as f64 / accept_seconds;
+    let persisted_rate = accepted_count as f64 / persist_seconds;
+    let mut report = Report::new(format!(
+        "ingest: {} with {} concurrent keep-alive requests",
+        match args.mode {
+            Mode::Trigger => "events (1 per request)",
+            Mode::Batch => "batch_events of 10",
+            Mode::Segment => "Segment /v1/batch of 10 track calls",
+        },
+        args.concurrency
+    ));
+    report.row(
+        "HTTP keep-alive",
+        if keep_alive == 5 {
+            "yes: 5 signed triggers answered 200 on one connection".to_owned()
+        } else {
+            format!("NO: the server closed the connection after {keep_alive} request(s)")
+        },
+    );
+    report.row(
+        "accepted",
+        format!(
+            "{} events in {accept_seconds:.2} s: {}; refused: {failures}",
+            thousands(accepted_count),
+            rate(accepted_count as f64, accept_seconds)
+        ),
+    );
+    report.row("request latency", Latency::of(latencies));
+    report.row(
+        "persisted (last accepted event in Postgres)",
+        if all_persisted {
+            format!(
+                "after {persist_seconds:.2} s: {}",
+                rate(accepted_count as f64, persist_seconds)
+            )
+        } else {
+            format!("NOT ALL: {stored} of {accepted_count} rows after {persist_seconds:.1} s")
+        },
+    );
+    report.row(
+        "stored exactly once",
+        format!(
+            "{} of {}; missing {missing}, duplicated {duplicates}, not accepted but stored {unexpected}",
+            thousands(present),
+            thousands(accepted_count)
+        ),
+    );
+    report.row(
+        "server batching (mean)",
+        format!("{publish_batch:.1} envelopes per AMQP message, {persist_batch:.1} per INSERT"),
+    );
+    report.row(
+        "CPU s: switchboard / RabbitMQ / bench",
+        format!("{:.2} / {:.2} / {:.2}", cpu.server, cpu.broker, cpu.own),
+    );
+    report.row(
+        "server CPU per event (to Postgres)",
+        format!(
+            "{:.1} µs (Postgres not counted)",
+            cpu.us_per(accepted_count)
+        ),
+    );
+
+    if let Some(amqp_url) = &args.baseline_amqp_url {
+        let events = accepted_count.max(10_000);
+        let amqp_shape = Shape {
+            batch: (publish_batch.round() as usize).max(1),
+            payload_bytes: args.payload_bytes,
+        };
+        let amqp = baseline::amqp(
+            amqp_url,
+            events,
+            amqp_shape,
+            args.baseline_in_flight,
+            Duration::from_secs(60),
+        )
+        .await
+        .context("RabbitMQ baseline")?;
+        let amqp_rate = amqp.envelopes as f64 / amqp.seconds;
+        report.row(
+            "baseline: RabbitMQ confirms (lapin)",
+            format!(
+                "{} envelopes/s ({} per message, {} in flight, {} failed; RabbitMQ {:.1} µs CPU/envelope)",
+                thousands(amqp_rate as u64),
+                amqp_shape.batch,
+                args.baseline_in_flight,
+                amqp.failed,
+                amqp.broker_cpu * 1e6 / amqp.envelopes.max(1) as f64
+            ),
+        );
+        let copy_shape = Shape {
+            batch: (persist_batch.round() as usize).max(1),
+            payload_bytes: args.payload_bytes,
+        };
+        let copy = baseline::copy(&args.database_url, events, copy_shape)
+            .await
+            .context("COPY baseline")?;
+        let copy_rate = copy.rows as f64 / copy.seconds;
+        report.row(
+            "baseline: Postgres COPY into events",
+            format!(
+                "{} rows/s ({} rows per transaction)",
+                thousands(copy_rate as u64),
+                copy_shape.batch
+            ),
+        );
+        report.row(
+            "ratios",
+            format!(
+                "accepted / RabbitMQ baseline = {:.2}; persisted / COPY baseline = {:.2}",
+                accepted_rate / amqp_rate,
+                persisted_rate / copy_rate
+            ),
+        );
+    }
+    Ok(report)
+}

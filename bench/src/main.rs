@@ -1,0 +1,192 @@
+//! `switchboard-bench`: load scenarios against a running Switchboard (Pusher WebSocket protocol
+//! and signed HTTP API), with CPU and memory of the server read from `/proc`, and baselines of
+//! the parts it is built on (RabbitMQ publish with confirms, Postgres COPY). See BENCHMARKS.md.
+
+mod api;
+mod baseline;
+mod client_events;
+mod connections;
+mod fanout;
+mod ingest;
+mod payload;
+mod procfs;
+mod stats;
+mod ws;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Load scenarios and baselines for a running Switchboard"
+)]
+struct Cli {
+    #[command(flatten)]
+    target: TargetArgs,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Args)]
+struct TargetArgs {
+    /// Base URL of the gateway (WebSocket and HTTP API).
+    #[arg(long, global = true, default_value = "http://127.0.0.1:6001")]
+    http: String,
+    /// Base URL of the admin listener (`/metrics`).
+    #[arg(long, global = true, default_value = "http://127.0.0.1:9601")]
+    admin: String,
+    #[arg(long, global = true, default_value = "app-id")]
+    app_id: String,
+    #[arg(long, global = true, default_value = "app-key")]
+    key: String,
+    #[arg(long, global = true, default_value = "app-secret")]
+    secret: String,
+    /// Server process(es) whose CPU and memory are measured (repeatable); default: the process
+    /// listening on the admin port.
+    #[arg(long = "server-pid", global = true)]
+    server_pids: Vec<u32>,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// N subscribers over C channels; events triggered over the HTTP API at a rate.
+    Fanout(fanout::FanoutArgs),
+    /// N idle subscribed connections: time to open, server memory per connection.
+    Connections(connections::ConnectionsArgs),
+    /// Events through the HTTP API as fast as possible, until they are all in Postgres; then the
+    /// RabbitMQ and COPY baselines.
+    Ingest(ingest::IngestArgs),
+    /// Connections on presence channels exchanging client events.
+    ClientEvents(client_events::ClientEventsArgs),
+}
+
+/// The server under test.
+pub struct Target {
+    pub http: String,
+    pub ws_addr: SocketAddr,
+    pub admin: String,
+    pub app_id: String,
+    pub key: String,
+    pub secret: String,
+    pub server_pids: Vec<u32>,
+    admin_client: reqwest::Client,
+}
+
+/// `host:port` of an `http://host:port[/…]` URL.
+fn host_port(url: &str) -> Option<&str> {
+    let rest = url.strip_prefix("http://")?;
+    Some(
+        rest.split_once('/')
+            .map_or(rest, |(authority, _)| authority),
+    )
+}
+
+impl Target {
+    fn new(args: TargetArgs) -> anyhow::Result<Target> {
+        let authority = host_port(&args.http).context("--http must be http://HOST:PORT")?;
+        let ws_addr = authority
+            .parse()
+            .with_context(|| format!("--http must name an IP address and port, not {authority}"))?;
+        let server_pids = if args.server_pids.is_empty() {
+            let admin: SocketAddr = host_port(&args.admin)
+                .context("--admin must be http://HOST:PORT")?
+                .parse()
+                .context("--admin must name an IP address and port")?;
+            vec![procfs::pid_listening_on(admin.port())
+                .context("finding the server process (or pass --server-pid)")?]
+        } else {
+            args.server_pids
+        };
+        Ok(Target {
+            http: args.http,
+            ws_addr,
+            admin: args.admin.trim_end_matches('/').to_owned(),
+            app_id: args.app_id,
+            key: args.key,
+            secret: args.secret,
+            server_pids,
+            admin_client: reqwest::Client::new(),
+        })
+    }
+
+    /// The server's Prometheus metrics text.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        let url = format!("{}/metrics", self.admin);
+        let response = self
+            .admin_client
+            .get(&url)
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        Ok(response.error_for_status()?.text().await?)
+    }
+
+    /// One metric (summed over its labels), 0 when the server has not recorded it yet.
+    pub async fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        Ok(procfs::metric(&self.metrics().await?, name).unwrap_or(0.0))
+    }
+
+    /// Resident memory of the server process(es), KiB.
+    pub fn server_rss_kib(&self) -> anyhow::Result<u64> {
+        self.server_pids
+            .iter()
+            .map(|&pid| procfs::rss_kib(pid))
+            .sum()
+    }
+
+    pub fn cpu_meter(&self) -> anyhow::Result<procfs::CpuMeter> {
+        procfs::CpuMeter::new(self.server_pids.clone())
+    }
+}
+
+/// A short random tag that keeps channel and event names of one run apart from any other.
+pub fn run_tag() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..8].to_owned()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");
+    let outcome = runtime.block_on(async {
+        let target = Target::new(cli.target)?;
+        let report = match cli.scenario {
+            Scenario::Fanout(args) => fanout::run(&target, args).await?,
+            Scenario::Connections(args) => connections::run(&target, args).await?,
+            Scenario::Ingest(args) => ingest::run(&target, args).await?,
+            Scenario::ClientEvents(args) => client_events::run(&target, args).await?,
+        };
+        println!("{report}");
+        anyhow::Ok(())
+    });
+    // Thousands of sockets may still be open: do not wait for their tasks.
+    runtime.shutdown_background();
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_of_urls() {
+        assert_eq!(host_port("http://127.0.0.1:6001"), Some("127.0.0.1:6001"));
+        assert_eq!(host_port("http://127.0.0.1:6001/"), Some("127.0.0.1:6001"));
+        assert_eq!(host_port("https://x"), None);
+    }
+
+    #[test]
+    fn run_tags_differ() {
+        assert_eq!(run_tag().len(), 8);
+        assert_ne!(run_tag(), run_tag());
+    }
+}

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# The standard benchmark set (BENCHMARKS.md): builds --release, starts `switchboard serve` with a
+# fresh database, its own RabbitMQ vhost and ports, runs switchboard-bench scenarios against it,
+# then stops the server and removes the database and the vhost. Reports go to stdout and to
+# target/bench/<UTC time>.txt. Expects PostgreSQL and RabbitMQ up (scripts/ensure-services.sh).
+#
+#   scripts/bench.sh                       # every scenario of the standard set
+#   scripts/bench.sh fanout-target ingest-batch   # only those
+# shellcheck disable=SC2317 # stop_server and cleanup run from the EXIT trap
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+PG_HOST=127.0.0.1
+PG_PORT=5432
+
+log() { echo "bench: $*" >&2; }
+
+cargo build --release -p bench -p switchboard
+server_bin=target/release/switchboard
+bench_bin=target/release/switchboard-bench
+
+# 10,000 connections need as many descriptors on each side: take the hard limit (20,000 here).
+ulimit -n "$(ulimit -Hn)"
+
+read -r port admin_port < <(python3 - <<'PY'
+import socket
+sockets = [socket.socket() for _ in range(2)]
+for s in sockets:
+    s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in sockets))
+PY
+)
+suffix=$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')
+database=switchboard_bench_$suffix
+database_url=postgres://postgres@$PG_HOST:$PG_PORT/$database
+# A vhost of its own: deleting it at the end removes every queue and exchange of the run.
+vhost=switchboard_bench_$suffix
+amqp_url=amqp://guest:guest@127.0.0.1:5672/$vhost
+mkdir -p target/bench
+results=target/bench/$(date -u +%Y%m%dT%H%M%SZ).txt
+server_log=$(mktemp -t switchboard-bench.XXXXXX.log)
+server_pid=
+
+stop_server() {
+  [[ -n $server_pid ]] || return 0
+  local pid=$server_pid i
+  server_pid=
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for ((i = 0; i < 150; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    log "switchboard did not stop within 15 s of SIGTERM (killed)"
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+  local rc=$?
+  set +e
+  stop_server
+  psql -w -q -h "$PG_HOST" -p "$PG_PORT" -U postgres -d postgres \
+    -c "DROP DATABASE IF EXISTS \"$database\" WITH (FORCE)" >/dev/null 2>&1 ||
+    log "could not drop database $database"
+  timeout 60 rabbitmqctl -q delete_vhost "$vhost" >/dev/null 2>&1 ||
+    log "could not delete RabbitMQ vhost $vhost"
+  if [[ $rc -eq 0 ]]; then
+    rm -f "$server_log"
+    log "reports in $results"
+  else
+    log "server log kept at $server_log"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+rabbitmqctl -q add_vhost "$vhost" >/dev/null
+rabbitmqctl -q set_permissions -p "$vhost" guest '.*' '.*' '.*' >/dev/null
+
+log "starting $server_bin serve on 127.0.0.1:$port (admin $admin_port), database $database, vhost $vhost"
+DATABASE_URL=$database_url \
+  AMQP_URL=$amqp_url \
+  SWITCHBOARD_BIND=127.0.0.1:$port \
+  SWITCHBOARD_ADMIN_BIND=127.0.0.1:$admin_port \
+  RUST_LOG=info \
+  "$server_bin" serve >"$server_log" 2>&1 </dev/null &
+server_pid=$!
+
+deadline=$((SECONDS + 60))
+until curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$admin_port/ready" 2>/dev/null; do
+  kill -0 "$server_pid" 2>/dev/null || { log "switchboard exited before becoming ready"; exit 1; }
+  ((SECONDS < deadline)) || { log "switchboard not ready after 60 s"; exit 1; }
+  sleep 0.25
+done
+
+bench() {
+  "$bench_bin" --http "http://127.0.0.1:$port" --admin "http://127.0.0.1:$admin_port" \
+    --server-pid "$server_pid" "$@"
+}
+
+# name, then the scenario's arguments. Scaled for a 2-core machine: the whole set takes ~5 min.
+standard=(
+  "connections|connections --connections 10000 --channels 100"
+  "fanout-target|fanout --subscribers 5000 --channels 10 --rate 100 --duration 20"
+  "fanout-light|fanout --subscribers 1000 --channels 100 --rate 1000 --duration 15"
+  "fanout-overload|fanout --subscribers 2000 --channels 1 --rate 0 --duration 10 --max-events 20000"
+  "ingest-batch|ingest --mode batch --events 300000 --concurrency 32 --duration 30 --database-url $database_url --baseline-amqp-url $amqp_url"
+  "ingest-segment|ingest --mode segment --events 100000 --concurrency 32 --duration 20 --database-url $database_url"
+  "ingest-trigger|ingest --mode trigger --events 60000 --concurrency 32 --duration 20 --database-url $database_url"
+  "client-events|client-events --channels 100 --members 10 --rate 2 --duration 15"
+)
+
+{
+  echo "# switchboard-bench $(date -u +%FT%TZ), $(nproc) cores, $(uname -r), load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "# commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with local changes)')"
+} | tee "$results"
+for entry in "${standard[@]}"; do
+  name=${entry%%|*}
+  if [[ $# -gt 0 && " $* " != *" $name "* ]]; then
+    continue
+  fi
+  log "$name (load average $(cut -d' ' -f1-3 /proc/loadavg))"
+  # shellcheck disable=SC2086 # the arguments are words
+  bench ${entry#*|} | tee -a "$results"
+  kill -0 "$server_pid" 2>/dev/null || { log "switchboard died during $name"; exit 1; }
+done
