@@ -99,6 +99,41 @@ test(
   },
 );
 
+test(
+  'Echo.private(App.Models.User.N).notification() receives a Laravel notification',
+  TIMEOUT,
+  async (t) => {
+    const echo = await connectEcho(t);
+    const userId = Date.now();
+    const channelName = `App.Models.User.${userId}`;
+    const notified = firstCall('notification()');
+    const channel = echo.private(channelName).notification(notified.callback);
+    await subscribed(channel, channelName);
+
+    // What Laravel's BroadcastNotificationCreated sends for `$user->notify(new InvoicePaid)`.
+    const payload = { id: 'b1f0c1c6', type: 'App\\Notifications\\InvoicePaid', amount: 42 };
+    await trigger(
+      serverClient(),
+      `private-${channelName}`,
+      'Illuminate\\Notifications\\Events\\BroadcastNotificationCreated',
+      payload,
+    );
+    assert.deepEqual(await notified.called(), payload);
+  },
+);
+
+test('Echo.encryptedPrivate() decrypts what the server SDK encrypted', TIMEOUT, async (t) => {
+  const sdk = serverClient({ encryptionMasterKeyBase64: randomBytes(32).toString('base64') });
+  const echo = await connectEcho(t, { sdk });
+  const name = `vault-${randomBytes(6).toString('hex')}`;
+  const opened = firstCall("listen('.opened')");
+  const channel = echo.encryptedPrivate(name).listen('.opened', opened.callback);
+  await subscribed(channel, name);
+
+  await trigger(sdk, `private-encrypted-${name}`, 'opened', { secret: 'sesame' });
+  assert.deepEqual(await opened.called(), { secret: 'sesame' });
+});
+
 test('Echo.private().whisper() reaches another client listenForWhisper()', TIMEOUT, async (t) => {
   const sender = await connectEcho(t);
   const receiver = await connectEcho(t);

@@ -218,6 +218,29 @@ test('GET /channels/{name}/users lists the presence members once each', TIMEOUT,
 });
 
 test(
+  'presence user ids are compared as strings: user_id 10 and "10" are one member',
+  TIMEOUT,
+  async (t) => {
+    const sdk = serverClient();
+    const channelName = uniqueChannel('presence-e2e');
+    const numeric = { user_id: 10, user_info: { name: 'Mr. Pusher' } };
+    const { channel: first } = await joinPresence(t, channelName, numeric);
+    const added = collectEvents(first, 'pusher:member_added');
+    const { channel: second } = await joinPresence(t, channelName, { ...numeric, user_id: '10' });
+    assert.equal(second.members.count, 1);
+    assert.deepEqual(second.members.get('10'), { id: '10', info: numeric.user_info });
+
+    const body = await jsonBody(sdk.get({ path: `/channels/${channelName}/users` }));
+    assert.deepEqual(body, { users: [{ id: '10' }] });
+    const info = await jsonBody(
+      sdk.get({ path: `/channels/${channelName}`, params: { info: 'user_count' } }),
+    );
+    assert.deepEqual(info, { occupied: true, user_count: 1 });
+    assert.deepEqual(added, [], 'member_added for a user already present');
+  },
+);
+
+test(
   'sendToUser and terminateUserConnections against signed-in pusher-js users',
   TIMEOUT,
   async (t) => {
