@@ -424,3 +424,81 @@ async fn prepare_database_names_the_unreachable_endpoint() {
     assert!(!message.contains("hunter2"), "{message}");
     assert!(std::error::Error::source(&error).is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_drops_partitions_past_retention_and_prunes_the_dedup_table() {
+    let env = TestEnv::new(QueueType::Classic).await;
+    let today = Utc::now().date_naive();
+    let day = |back: u64| today - chrono::Days::new(back);
+    let partition_exists = |day: NaiveDate| {
+        let pool = env.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, bool>("SELECT to_regclass($1) IS NOT NULL")
+                .bind(partition_of(day))
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    // An old event in an old partition, and dedup rows old and recent.
+    let mut old = envelope("old");
+    old.received_at -= chrono::Duration::days(10);
+    for back in [10, 3, 2] {
+        sqlx::query("SELECT switchboard_ensure_partition($1)")
+            .bind(day(back))
+            .execute(&env.pool)
+            .await
+            .unwrap();
+    }
+    for (message, age_hours) in [("stale", 72), ("recent", 1)] {
+        sqlx::query(
+            "INSERT INTO event_dedup (app_id, message_id, event_id, received_at)
+             VALUES ('app-1', $1, $2, now() - make_interval(hours => $3))",
+        )
+        .bind(message)
+        .bind(Uuid::now_v7())
+        .bind(age_hours)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    }
+    let keep_everything = env.start_worker();
+    env.publish(std::slice::from_ref(&old)).await;
+    env.wait_for_rows(1).await;
+    keep_everything.stop().await;
+    assert!(
+        partition_exists(day(10)).await,
+        "retention is off by default"
+    );
+
+    let config = WorkerConfig {
+        retention_days: Some(2),
+        ..env.config()
+    };
+    let worker = RunningWorker::start(config, env.pool.clone());
+    let pool = &env.pool;
+    let dropped = wait_until(|| async move {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM events")
+            .fetch_one(pool)
+            .await
+            .unwrap()
+            == 0
+    })
+    .await;
+    worker.stop().await;
+    assert!(dropped, "the old event went with its partition");
+    assert!(!partition_exists(day(10)).await);
+    assert!(!partition_exists(day(3)).await);
+    assert!(partition_exists(day(2)).await, "days within retention stay");
+    assert!(partition_exists(today).await);
+    let remembered: Vec<String> =
+        sqlx::query_scalar("SELECT message_id FROM event_dedup ORDER BY 1")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        remembered,
+        ["recent"],
+        "rows past the 48 h window are pruned"
+    );
+}
