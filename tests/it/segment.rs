@@ -1148,3 +1148,48 @@ async fn the_documented_queries_run_as_the_analyst() {
     assert_eq!(campaigns, [("spring".into(), 2, 2)]);
     server.cleanup().await;
 }
+
+#[tokio::test]
+async fn broker_outage_gives_503_and_the_retry_is_stored_once() {
+    let proxy = crate::common::proxy::Proxy::start(([127, 0, 0, 1], 5672).into()).await;
+    let server = TestServer::start_with(|c| {
+        c.amqp_url = format!("amqp://guest:guest@{}/%2f", proxy.addr);
+        c.publisher.confirm_timeout_ms = 1000;
+    })
+    .await;
+    let event = json!({"userId": "u", "event": "Paid", "messageId": "outage-1"});
+    proxy.cut();
+    let response = http()
+        .post(v1(&server, "track"))
+        .basic_auth(KEY, Some(""))
+        .json(&event)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503, "never 2xx for an unconfirmed event");
+    assert_eq!(response.headers()["retry-after"], "1");
+    proxy.restore();
+    // The client retries the same messageId until it is accepted, then once more.
+    let mut accepted = false;
+    for _ in 0..150 {
+        match post(&server, "track", &event).await.0 {
+            200 => {
+                accepted = true;
+                break;
+            }
+            503 => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(accepted, "the gateway reconnected by itself");
+    assert_eq!(post(&server, "track", &event).await, ok());
+    let marker = json!({"userId": "u", "event": "Marker", "messageId": "outage-2"});
+    assert_eq!(post(&server, "track", &marker).await, ok());
+    assert_eq!(server.wait_count(ROWS_SQL, 2).await, 2);
+    let paid: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE name = 'Paid'")
+        .fetch_one(&mut server.db().await)
+        .await
+        .unwrap();
+    assert_eq!(paid, 1);
+    server.cleanup().await;
+}
