@@ -109,7 +109,7 @@ rabbitmqctl -q set_permissions -p "$vhost" guest '.*' '.*' '.*' >/dev/null
 # gets only the ones set here, none inherited from the caller's shell.
 inherited=()
 while IFS= read -r name; do
-  [[ $name == SWITCHBOARD_* ]] && inherited+=(-u "$name")
+  if [[ $name == SWITCHBOARD_* ]]; then inherited+=(-u "$name"); fi
 done < <(compgen -e)
 
 log "starting $server_bin serve on 127.0.0.1:$port (admin $admin_port), database $database, AMQP prefix $amqp_prefix"
