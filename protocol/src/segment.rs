@@ -421,15 +421,6 @@ impl<'a> Request<'a> {
         }
     }
 
-    /// How many events the request carries.
-    pub fn len(&self) -> usize {
-        self.events.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.events.is_empty()
-    }
-
     /// Validates every event and turns each into an envelope for `app_id` on
     /// [`ANALYTICS_CHANNEL`]. All or nothing: one invalid event refuses the request, and the
     /// error lists every invalid one.
@@ -919,7 +910,6 @@ mod tests {
             ]}"#;
         let request = Request::parse(Endpoint::Batch, body.as_bytes()).unwrap();
         assert_eq!(request.write_key.as_deref(), Some("wk"));
-        assert_eq!(request.len(), 4);
         let all = request.into_envelopes("app-1", &edge()).unwrap();
         let names: Vec<&str> = all.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["page", "group", "alias", "screen"]);
