@@ -200,13 +200,14 @@ fi
 status=0
 if ((${#py_tests[@]})); then
   log "tests/python (PyPI pusher SDK): ${py_tests[*]}"
-  # unittest takes module names; the files import each other from tests/python.
+  # unittest takes module names, imported from tests/python (no __pycache__ left there).
   modules=()
   for file in "${py_tests[@]}"; do
     name=${file##*/}
     modules+=("${name%.py}")
   done
-  (cd tests/python && env "${test_env[@]}" .venv/bin/python -m unittest --verbose "${modules[@]}") ||
+  (cd tests/python &&
+    env "${test_env[@]}" PYTHONDONTWRITEBYTECODE=1 .venv/bin/python -m unittest --verbose "${modules[@]}") ||
     status=$?
 fi
 if ((${#js_tests[@]})); then
