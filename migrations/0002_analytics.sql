@@ -377,3 +377,6 @@ GRANT SELECT ON events TO switchboard_analyst;
 GRANT USAGE ON SCHEMA reports TO switchboard_analyst;
 GRANT SELECT ON ALL TABLES IN SCHEMA reports TO switchboard_analyst;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA reports TO switchboard_analyst;
+-- What later migrations add to `reports` is readable too.
+ALTER DEFAULT PRIVILEGES IN SCHEMA reports GRANT SELECT ON TABLES TO switchboard_analyst;
+ALTER DEFAULT PRIVILEGES IN SCHEMA reports GRANT EXECUTE ON FUNCTIONS TO switchboard_analyst;
