@@ -170,12 +170,13 @@ LANGUAGE sql STABLE AS $$
     SELECT date_trunc(p_bucket, m.minute, 'UTC'), m.source, m.name, sum(m.events)::bigint
     FROM reports.events_per_minute m
     WHERE m.app_id = p_app_id AND m.minute >= p_from AND m.minute < p_to
-      AND p_bucket IN ('minute', 'hour', 'day')
+      AND p_bucket IN ('minute', 'hour', 'day', 'week', 'month')
     GROUP BY 1, 2, 3
     ORDER BY 1, m.source COLLATE "C", m.name COLLATE "C"
 $$;
 COMMENT ON FUNCTION reports.events_over_time(text, text, timestamptz, timestamptz) IS
-    'Events per bucket (minute, hour or day; UTC) by source and name in [p_from, p_to).';
+    'Events per bucket (minute, hour, day, week or month; UTC) by source and name in '
+    '[p_from, p_to); any other bucket gives no rows.';
 
 CREATE FUNCTION reports.top_events(
     p_app_id text, p_from timestamptz, p_to timestamptz, p_limit integer DEFAULT 10)

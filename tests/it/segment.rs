@@ -995,6 +995,7 @@ async fn reports_match_the_fixture() {
     assert_eq!(buckets("minute").fetch_one(&mut db).await.unwrap(), 13);
     assert_eq!(buckets("hour").fetch_one(&mut db).await.unwrap(), 8);
     assert_eq!(buckets("day").fetch_one(&mut db).await.unwrap(), 5);
+    assert_eq!(buckets("week").fetch_one(&mut db).await.unwrap(), 3);
     assert_eq!(buckets("fortnight").fetch_one(&mut db).await.unwrap(), 0);
 
     let per_day: Vec<(String, i64)> = sqlx::query_as(
