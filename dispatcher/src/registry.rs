@@ -818,7 +818,8 @@ impl Registry {
                     .iter()
                     .filter(|(_, c)| {
                         c.count_pending
-                            && c.count_sent_at.is_none_or(|at| at.elapsed() >= COUNT_THROTTLE)
+                            && c.count_sent_at
+                                .is_none_or(|at| at.elapsed() >= COUNT_THROTTLE)
                     })
                     .map(move |(name, _)| (app_id.clone(), name.clone()))
             })
@@ -1229,7 +1230,10 @@ mod tests {
         assert_eq!(counts.first(), Some(&1));
         assert_eq!(counts.last(), Some(&100));
         registry.flush_counts();
-        assert!(drain(&mut rx).is_empty(), "still inside the throttle window");
+        assert!(
+            drain(&mut rx).is_empty(),
+            "still inside the throttle window"
+        );
         let state = registry.state.read();
         assert!(state.apps[APP].channels["big"].count_pending);
     }
