@@ -33,7 +33,9 @@ pub enum Endpoint {
 
 /// One signed API request as it arrived.
 pub struct ApiRequest {
-    pub app_id: String,
+    /// The app id from the path; None for the one path the PyPI SDK sends without it
+    /// (`/users/{id}/terminate_connections`), where the app is found by `auth_key`.
+    pub app_id: Option<String>,
     pub method: &'static str,
     pub path: String,
     pub query: String,
@@ -187,12 +189,16 @@ fn authenticate<'g>(
     gateway: &'g Gateway,
     request: &ApiRequest,
 ) -> Result<(&'g Arc<App>, QueryParams), ApiError> {
-    let app = gateway
-        .apps
-        .by_id(&request.app_id)
-        .ok_or(ApiError::UnknownApp)?;
     let params: QueryParams =
         serde_urlencoded::from_str(&request.query).map_err(ApiError::BadQuery)?;
+    let app = match &request.app_id {
+        Some(id) => gateway.apps.by_id(id),
+        None => params
+            .iter()
+            .find(|(k, _)| k == "auth_key")
+            .and_then(|(_, key)| gateway.apps.by_key(key)),
+    }
+    .ok_or(ApiError::UnknownApp)?;
     let to_verify = HttpRequestToVerify {
         method: request.method,
         path: &request.path,

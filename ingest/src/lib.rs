@@ -150,35 +150,41 @@ pub fn routes(
     let body = move || warp::body::content_length_limit(limit).and(warp::body::bytes());
     let trigger = warp::post()
         .and(warp::path!("apps" / String / "events"))
-        .map(|app: String| (app, http_api::Endpoint::Trigger))
+        .map(|app: String| (Some(app), http_api::Endpoint::Trigger))
         .and(api("POST"))
         .and(body());
     let batch = warp::post()
         .and(warp::path!("apps" / String / "batch_events"))
-        .map(|app: String| (app, http_api::Endpoint::BatchTrigger))
+        .map(|app: String| (Some(app), http_api::Endpoint::BatchTrigger))
         .and(api("POST"))
         .and(body());
     let terminate = warp::post()
         .and(warp::path!(
             "apps" / String / "users" / String / "terminate_connections"
         ))
-        .map(|app: String, user: String| (app, http_api::Endpoint::TerminateConnections(user)))
+        .map(|app: String, user: String| {
+            (Some(app), http_api::Endpoint::TerminateConnections(user))
+        })
+        .or(warp::post()
+            .and(warp::path!("users" / String / "terminate_connections"))
+            .map(|user: String| (None, http_api::Endpoint::TerminateConnections(user))))
+        .unify()
         .and(api("POST"))
         .and(body());
     let no_body = || warp::any().map(Bytes::new);
     let channels = warp::get()
         .and(warp::path!("apps" / String / "channels"))
-        .map(|app: String| (app, http_api::Endpoint::Channels))
+        .map(|app: String| (Some(app), http_api::Endpoint::Channels))
         .and(api("GET"))
         .and(no_body());
     let channel = warp::get()
         .and(warp::path!("apps" / String / "channels" / String))
-        .map(|app: String, name: String| (app, http_api::Endpoint::Channel(name)))
+        .map(|app: String, name: String| (Some(app), http_api::Endpoint::Channel(name)))
         .and(api("GET"))
         .and(no_body());
     let users = warp::get()
         .and(warp::path!("apps" / String / "channels" / String / "users"))
-        .map(|app: String, name: String| (app, http_api::Endpoint::Users(name)))
+        .map(|app: String, name: String| (Some(app), http_api::Endpoint::Users(name)))
         .and(api("GET"))
         .and(no_body());
     let api_routes = trigger

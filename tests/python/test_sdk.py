@@ -14,6 +14,7 @@ import base64
 import json
 import os
 import secrets
+import struct
 import time
 import unittest
 
@@ -132,6 +133,14 @@ class RawClient:
             channel,
             fail_on=("pusher:subscription_error", "pusher:error"),
         )
+
+    def close_code(self, timeout=TIMEOUT_S):
+        """Reads until the server's close frame and returns its status code."""
+        self.ws.settimeout(timeout)
+        while True:
+            opcode, data = self.ws.recv_data(control_frame=True)
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                return struct.unpack("!H", data[:2])[0]
 
     def close(self):
         try:
@@ -297,6 +306,20 @@ class PythonSdkTest(unittest.TestCase):
         self.assertEqual(self.sdk.send_to_user(user_id, "py-note", {"to": user_id}), {})
         note = client.wait_for("py-note", server_to_user)
         self.assertEqual(json.loads(note["data"]), {"to": user_id})
+
+    def test_terminate_user_connections(self):
+        # pusher 3.3.4 posts to /users/{id}/terminate_connections, without /apps/{id}: the
+        # server finds the app by auth_key.
+        user_id = unique("py-term")
+        client = self.connect()
+        auth = self.sdk.authenticate_user(client.socket_id, {"id": user_id})
+        client.send("pusher:signin", {"auth": auth["auth"], "user_data": auth["user_data"]})
+        client.wait_for("pusher:signin_success", fail_on=("pusher:error",))
+        bystander = self.connect()
+        self.assertEqual(self.sdk.terminate_user_connections(user_id), {})
+        self.assertEqual(client.close_code(), 4009)
+        bystander.send("pusher:ping", {})
+        bystander.wait_for("pusher:pong")
 
     def test_encrypted_channel_round_trip(self):
         master_key = base64.b64encode(secrets.token_bytes(32)).decode()
