@@ -3,9 +3,11 @@
 //! Every role opens its own connection through [`connect`] and declares what it uses with
 //! [`declare_durable`] (idempotent), so roles can start in any order.
 
+mod backoff;
 mod publisher;
 mod topology;
 
+pub use backoff::Backoff;
 pub use publisher::{Pending, PublishError, Publisher, PublisherConfig};
 pub use topology::{
     declare_durable, declare_live_queue, QueueType, Topology, CONTROL_ROUTING_KEY,

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::{connect, declare_durable, QueueType, Topology, EVENT_ROUTING_KEY};
+use crate::{connect, declare_durable, Backoff, QueueType, Topology, EVENT_ROUTING_KEY};
 
 #[derive(Debug, Clone)]
 pub struct PublisherConfig {
@@ -139,31 +139,6 @@ async fn open(config: &PublisherConfig) -> Result<Link, crate::BusError> {
     })
 }
 
-/// Exponential backoff between reconnect attempts: 100 ms doubling up to 5 s.
-struct Backoff {
-    delay: Duration,
-    next_attempt: Instant,
-}
-
-impl Backoff {
-    const MIN: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(5);
-
-    fn new() -> Self {
-        Backoff {
-            delay: Self::MIN,
-            next_attempt: Instant::now(),
-        }
-    }
-    fn failed(&mut self) {
-        self.next_attempt = Instant::now() + self.delay;
-        self.delay = (self.delay * 2).min(Self::MAX);
-    }
-    fn reset(&mut self) {
-        self.delay = Self::MIN;
-    }
-}
-
 const HEALTH_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 
 async fn run(
@@ -175,7 +150,10 @@ async fn run(
     let exchange = config.topology.events_exchange();
     let in_flight = Arc::new(Semaphore::new(config.max_in_flight));
     let mut link: Option<Link> = None;
-    let mut backoff = Backoff::new();
+    let mut retry = Retry {
+        backoff: Backoff::default(),
+        at: Instant::now(),
+    };
     let mut tick = tokio::time::interval(HEALTH_CHECK_INTERVAL);
     loop {
         let first = tokio::select! {
@@ -184,7 +162,7 @@ async fn run(
                 None => break,
             },
             _ = tick.tick() => {
-                maintain(&config, &mut link, &mut backoff, &connected).await;
+                maintain(&config, &mut link, &mut retry, &connected).await;
                 continue;
             }
         };
@@ -199,7 +177,7 @@ async fn run(
                 Err(_) => break,
             }
         }
-        maintain(&config, &mut link, &mut backoff, &connected).await;
+        maintain(&config, &mut link, &mut retry, &connected).await;
         let Some(current) = &link else {
             answer(replies, Err(PublishError::Unavailable));
             continue;
@@ -273,11 +251,17 @@ fn answer(
     }
 }
 
+/// When the next connection attempt may be made.
+struct Retry {
+    backoff: Backoff,
+    at: Instant,
+}
+
 /// Drops a broken link and, when the backoff allows, opens a new one.
 async fn maintain(
     config: &PublisherConfig,
     link: &mut Option<Link>,
-    backoff: &mut Backoff,
+    retry: &mut Retry,
     connected: &AtomicBool,
 ) {
     if link
@@ -287,16 +271,16 @@ async fn maintain(
         warn!("lost the RabbitMQ publishing channel; reconnecting");
         *link = None;
     }
-    if link.is_none() && Instant::now() >= backoff.next_attempt {
+    if link.is_none() && Instant::now() >= retry.at {
         match open(config).await {
             Ok(opened) => {
                 info!(endpoint = %crate::redacted_endpoint(&config.url), "publisher connected");
-                backoff.reset();
+                retry.backoff.reset();
                 *link = Some(opened);
             }
             Err(error) => {
                 warn!(%error, "publisher cannot connect");
-                backoff.failed();
+                retry.at = Instant::now() + retry.backoff.next_delay();
             }
         }
     }

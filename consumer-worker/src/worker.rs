@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::time::Duration;
 
+use bus::Backoff;
 use chrono::{NaiveDate, SecondsFormat, Utc};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
@@ -151,25 +152,6 @@ enum LinkError {
     DeadLetterReturned,
     #[error("RabbitMQ did not confirm a dead-lettered message in time")]
     DeadLetterTimeout,
-}
-
-/// Exponential backoff: 100 ms doubling up to 5 s.
-struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    const MIN: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(5);
-
-    fn new() -> Self {
-        Backoff { next: Self::MIN }
-    }
-    fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (delay * 2).min(Self::MAX);
-        delay
-    }
 }
 
 /// One connection: a channel that consumes and acks, and a confirm-mode channel for dead letters.
@@ -356,12 +338,12 @@ struct Worker {
 impl Worker {
     async fn consume_until_shutdown(&mut self) {
         let endpoint = bus::redacted_endpoint(&self.config.amqp_url);
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::default();
         while !self.shutdown.is_cancelled() {
             let error = match Link::open(&self.config).await {
                 Ok(mut link) => {
                     info!(%endpoint, queue = %self.config.topology.persist_queue(), "worker consuming");
-                    backoff = Backoff::new();
+                    backoff = Backoff::default();
                     let outcome = self.consume(&mut link).await;
                     link.close().await;
                     match outcome {
@@ -529,7 +511,7 @@ impl Worker {
     }
 
     async fn write_with_retry(&mut self, envelopes: &[Envelope]) -> Result<(), WriteFailure> {
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::default();
         loop {
             let error = match self.write(envelopes).await {
                 Ok(()) => return Ok(()),
@@ -572,13 +554,6 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_five_seconds() {
-        let mut backoff = Backoff::new();
-        let delays: Vec<u128> = (0..9).map(|_| backoff.next_delay().as_millis()).collect();
-        assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
-    }
 
     #[test]
     fn config_debug_hides_credentials() {

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus::{QueueType, Topology, CONTROL_ROUTING_KEY};
+use bus::{Backoff, QueueType, Topology, CONTROL_ROUTING_KEY};
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
 use lapin::types::FieldTable;
@@ -56,18 +56,17 @@ pub async fn run_live(
     ready: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::default();
     while !shutdown.is_cancelled() {
         match serve(&config, &registry, &mut outbox, &ready, &shutdown).await {
-            Ok(()) => delay = Duration::from_millis(100),
+            Ok(()) => backoff.reset(),
             Err(error) => warn!(%error, "live queue link failed; reconnecting"),
         }
         ready.store(false, Ordering::Relaxed);
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(delay) => {}
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 

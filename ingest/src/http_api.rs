@@ -72,7 +72,7 @@ async fn handle_inner(
             let info = trigger.info.clone();
             let envelopes = trigger.into_envelopes(app)?;
             let channels: Vec<String> = envelopes.iter().map(|e| e.channel.clone()).collect();
-            publish(gateway, envelopes).await?;
+            publish(gateway, Source::Api, envelopes).await?;
             match info {
                 Some(info) => {
                     let attributes = parse_info(&info)?;
@@ -101,7 +101,7 @@ async fn handle_inner(
                 envelopes.extend(item.into_envelopes(app)?);
             }
             let channels: Vec<String> = envelopes.iter().map(|e| e.channel.clone()).collect();
-            publish(gateway, envelopes).await?;
+            publish(gateway, Source::Api, envelopes).await?;
             if infos.iter().all(Option::is_none) {
                 return Ok(json!({}));
             }
@@ -217,15 +217,19 @@ fn authenticate<'g>(
     Ok((app, params))
 }
 
-async fn publish(gateway: &Gateway, envelopes: Vec<Envelope>) -> Result<(), ApiError> {
+/// Publishes a request's envelopes and waits for the broker's confirm; counts them by source.
+pub(crate) async fn publish(
+    gateway: &Gateway,
+    source: Source,
+    envelopes: Vec<Envelope>,
+) -> Result<(), ApiError> {
     let count = envelopes.len() as u64;
     gateway
         .publisher
         .publish(envelopes)
         .await
         .map_err(ApiError::Unavailable)?;
-    metrics::counter!("switchboard_events_in_total", "source" => Source::Api.as_str())
-        .increment(count);
+    metrics::counter!("switchboard_events_in_total", "source" => source.as_str()).increment(count);
     Ok(())
 }
 

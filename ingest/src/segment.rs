@@ -110,15 +110,7 @@ async fn handle_inner(gateway: &Gateway, request: SegmentRequest) -> Result<(), 
         user_agent: header("user-agent"),
     };
     let envelopes = parsed.into_envelopes(&app.id, &edge)?;
-    let count = envelopes.len() as u64;
-    gateway
-        .publisher
-        .publish(envelopes)
-        .await
-        .map_err(ApiError::Unavailable)?;
-    metrics::counter!("switchboard_events_in_total", "source" => Source::Track.as_str())
-        .increment(count);
-    Ok(())
+    crate::http_api::publish(gateway, Source::Track, envelopes).await
 }
 
 fn app_of<'g>(gateway: &'g Gateway, key: &str) -> Result<&'g Arc<crate::App>, ApiError> {
