@@ -6,6 +6,8 @@
 #
 #   scripts/bench.sh                       # every scenario of the standard set
 #   scripts/bench.sh fanout-target ingest-batch   # only those
+#   BENCH_PROFILE=1 scripts/bench.sh ingest-trigger   # also a perf profile of the server during
+#       each scenario: target/bench/<name>.perf.data and the flat report <name>.profile.txt
 # shellcheck disable=SC2317 # stop_server and cleanup run from the EXIT trap
 set -euo pipefail
 
@@ -125,7 +127,21 @@ for entry in "${standard[@]}"; do
     continue
   fi
   log "$name (load average $(cut -d' ' -f1-3 /proc/loadavg))"
+  perf_pid=
+  if [[ -n ${BENCH_PROFILE:-} ]]; then
+    # Software clock sampling: this VM has no hardware counters.
+    perf record -q -e cpu-clock -F 499 -g -p "$server_pid" -o "target/bench/$name.perf.data" \
+      2>/dev/null &
+    perf_pid=$!
+  fi
   # shellcheck disable=SC2086 # the arguments are words
   bench ${entry#*|} | tee -a "$results"
+  if [[ -n $perf_pid ]]; then
+    kill -INT "$perf_pid"
+    wait "$perf_pid" || true
+    perf report -i "target/bench/$name.perf.data" --no-children --sort dso,symbol --stdio \
+      -g none --percent-limit 0.3 2>/dev/null | grep '%' >"target/bench/$name.profile.txt" || true
+    log "profile: target/bench/$name.profile.txt"
+  fi
   kill -0 "$server_pid" 2>/dev/null || { log "switchboard died during $name"; exit 1; }
 done

@@ -49,9 +49,11 @@ pub struct AmqpResult {
 
 /// Publishes `total` envelopes as JSON arrays of `shape.batch` with `mandatory`, at most
 /// `in_flight` unconfirmed messages, to a scratch copy of Switchboard's topology (quorum persist
-/// queue, dead-letter queue, a bounded live queue), for at most `max_time`.
+/// queue, dead-letter queue, a bounded live queue), for at most `max_time`. `broker_pid` is
+/// RabbitMQ's process, whose CPU is measured.
 pub async fn amqp(
     url: &str,
+    broker_pid: u32,
     total: u64,
     shape: Shape,
     in_flight: usize,
@@ -70,7 +72,7 @@ pub async fn amqp(
         let bodies: Vec<Vec<u8>> = (0..8)
             .map(|k| encode_batch(&envelopes(shape, k * shape.batch as u64)))
             .collect();
-        let meter = CpuMeter::new(Vec::new())?;
+        let meter = CpuMeter::new(Vec::new(), broker_pid)?;
         let cpu_before = meter.sample()?;
         let exchange = topology.events_exchange();
         let permits = Arc::new(Semaphore::new(in_flight));

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::fanout::{close_code, Progress, Received};
 use crate::payload::{self, now_us};
+use crate::procfs::CpuUsed;
 use crate::stats::{rate, thousands, Latency, Report, SeqSet, Tally};
 use crate::ws::{self, Subscription, Ws};
 use crate::{run_tag, Target};
@@ -51,7 +52,7 @@ struct Plan {
     channel: String,
     period: Duration,
     phase: Duration,
-    send_for: Duration,
+    send_until: Instant,
     payload_bytes: usize,
 }
 
@@ -72,7 +73,7 @@ async fn member(
         closed: None,
     };
     let start = Instant::now() + plan.phase;
-    let send_until = Instant::now() + plan.send_for;
+    let send_until = plan.send_until;
     let mut tick = tokio::time::interval_at(start, plan.period);
     loop {
         tokio::select! {
@@ -144,7 +145,7 @@ pub async fn run(target: &Target, args: ClientEventsArgs) -> anyhow::Result<Repo
     let progress = Arc::new(Progress::default());
     let stop = CancellationToken::new();
     let period = Duration::from_secs_f64(1.0 / args.rate);
-    let send_for = Duration::from_secs(args.duration);
+    let send_until = started + Duration::from_secs(args.duration);
     let members: Vec<_> = sockets
         .into_iter()
         .enumerate()
@@ -154,7 +155,7 @@ pub async fn run(target: &Target, args: ClientEventsArgs) -> anyhow::Result<Repo
                 period,
                 // Spread the members' sends over the period (golden-ratio phases).
                 phase: period.mul_f64((i as f64 * 0.618_034) % 1.0),
-                send_for,
+                send_until,
                 payload_bytes: args.payload_bytes,
             };
             tokio::spawn(member(
@@ -167,7 +168,8 @@ pub async fn run(target: &Target, args: ClientEventsArgs) -> anyhow::Result<Repo
             ))
         })
         .collect();
-    tokio::time::sleep(send_for).await;
+    // A member that began a send just before the end counts it right after.
+    tokio::time::sleep_until(send_until + Duration::from_millis(200)).await;
     let others = (args.members - 1) as u64;
     let expected = sent_total.load(Ordering::Relaxed) * others;
     progress
@@ -238,10 +240,7 @@ pub async fn run(target: &Target, args: ClientEventsArgs) -> anyhow::Result<Repo
         format!("{without_user} / {errors} / {closes}"),
     );
     report.row("send→receive latency", Latency::of(latencies));
-    report.row(
-        "CPU s: switchboard / RabbitMQ / bench",
-        format!("{:.2} / {:.2} / {:.2}", cpu.server, cpu.broker, cpu.own),
-    );
+    report.row(CpuUsed::LABEL, cpu);
     report.row(
         "server CPU per delivery",
         format!("{:.2} µs", cpu.us_per(unique)),

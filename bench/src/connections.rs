@@ -88,6 +88,7 @@ pub async fn run(target: &Target, args: ConnectionsArgs) -> anyhow::Result<Repor
     drop(alive);
     tokio::time::sleep(Duration::from_secs(args.settle + 1)).await;
     let rss_closed = target.server_rss_kib()?;
+    let gauge_closed = target.metric("switchboard_connections").await?;
 
     let n = args.connections as f64;
     let sources = ws::source_address(args.connections - 1, args.connections, args.per_source)
@@ -107,7 +108,7 @@ pub async fn run(target: &Target, args: ConnectionsArgs) -> anyhow::Result<Repor
     );
     report.row(
         "server connections gauge",
-        format!("{gauge_before} before, {gauge_open} open"),
+        format!("{gauge_before} before, {gauge_open} open, {gauge_closed} after closing"),
     );
     report.row(
         "server RSS before / open / after closing",

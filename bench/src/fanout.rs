@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{trigger_body, Api, Event};
 use crate::payload::{self, now_us};
+use crate::procfs::CpuUsed;
 use crate::stats::{rate, thousands, Latency, Report, Tally};
 use crate::ws::{self, Subscription, Ws};
 use crate::{run_tag, Target};
@@ -344,10 +345,7 @@ pub async fn run(target: &Target, args: FanoutArgs) -> anyhow::Result<Report> {
             delta("switchboard_slow_consumers_closed_total")
         ),
     );
-    report.row(
-        "CPU s: switchboard / RabbitMQ / bench",
-        format!("{:.2} / {:.2} / {:.2}", cpu.server, cpu.broker, cpu.own),
-    );
+    report.row(CpuUsed::LABEL, cpu);
     report.row(
         "server CPU per delivery",
         format!(

@@ -18,6 +18,7 @@ use crate::api::{
 };
 use crate::baseline::{self, Shape};
 use crate::payload::{self, now_us};
+use crate::procfs::CpuUsed;
 use crate::stats::{rate, thousands, Latency, Report, SeqSet, Tally};
 use crate::{procfs, run_tag, Target};
 
@@ -282,10 +283,7 @@ pub async fn run(target: &Target, args: IngestArgs) -> anyhow::Result<Report> {
         "server batching (mean)",
         format!("{publish_batch:.1} envelopes per AMQP message, {persist_batch:.1} per INSERT"),
     );
-    report.row(
-        "CPU s: switchboard / RabbitMQ / bench",
-        format!("{:.2} / {:.2} / {:.2}", cpu.server, cpu.broker, cpu.own),
-    );
+    report.row(CpuUsed::LABEL, cpu);
     report.row(
         "server CPU per event (to Postgres)",
         format!(
@@ -302,6 +300,7 @@ pub async fn run(target: &Target, args: IngestArgs) -> anyhow::Result<Report> {
         };
         let amqp = baseline::amqp(
             amqp_url,
+            target.broker_pid,
             events,
             amqp_shape,
             args.baseline_in_flight,

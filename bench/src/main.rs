@@ -49,6 +49,12 @@ struct TargetArgs {
     /// listening on the admin port.
     #[arg(long = "server-pid", global = true)]
     server_pids: Vec<u32>,
+    /// RabbitMQ's process (whose CPU is counted with the server's); default: the process
+    /// listening on --amqp-port (not any `beam.smp`: each rabbitmqctl run is one too).
+    #[arg(long, global = true)]
+    broker_pid: Option<u32>,
+    #[arg(long, global = true, default_value_t = 5672)]
+    amqp_port: u16,
 }
 
 #[derive(Subcommand)]
@@ -73,6 +79,7 @@ pub struct Target {
     pub key: String,
     pub secret: String,
     pub server_pids: Vec<u32>,
+    pub broker_pid: u32,
     admin_client: reqwest::Client,
 }
 
@@ -101,6 +108,11 @@ impl Target {
         } else {
             args.server_pids
         };
+        let broker_pid = match args.broker_pid {
+            Some(pid) => pid,
+            None => procfs::pid_listening_on(args.amqp_port)
+                .context("finding RabbitMQ (or pass --broker-pid)")?,
+        };
         Ok(Target {
             http: args.http,
             ws_addr,
@@ -109,6 +121,7 @@ impl Target {
             key: args.key,
             secret: args.secret,
             server_pids,
+            broker_pid,
             admin_client: reqwest::Client::new(),
         })
     }
@@ -139,7 +152,7 @@ impl Target {
     }
 
     pub fn cpu_meter(&self) -> anyhow::Result<procfs::CpuMeter> {
-        procfs::CpuMeter::new(self.server_pids.clone())
+        procfs::CpuMeter::new(self.server_pids.clone(), self.broker_pid)
     }
 }
 

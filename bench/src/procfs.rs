@@ -2,6 +2,7 @@
 //! resident memory (`/proc/PID/status` VmRSS), the process listening on a port, RabbitMQ's
 //! `beam.smp`. Also the Prometheus text the server's admin port serves.
 
+use std::fmt;
 use std::fs;
 use std::process::Command;
 
@@ -103,10 +104,30 @@ pub fn pid_listening_on(port: u16) -> anyhow::Result<u32> {
     bail!("the socket listening on port {port} belongs to no process we can see")
 }
 
-/// CPU time of the server process(es), RabbitMQ and this tool, sampled together.
+/// Busy and total time of the whole machine, in clock ticks, from the `cpu` line of `/proc/stat`.
+pub fn parse_machine_ticks(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|t| t.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal (guest time is inside user already).
+    let total: u64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3)? + ticks.get(4)?;
+    Some((total - idle, total))
+}
+
+fn machine_ticks() -> anyhow::Result<(u64, u64)> {
+    let stat = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    parse_machine_ticks(&stat).context("unexpected format of /proc/stat")
+}
+
+/// CPU time of the server process(es), RabbitMQ, Postgres and this tool, sampled together.
 pub struct CpuMeter {
     server: Vec<u32>,
     broker: Vec<u32>,
+    database: Vec<u32>,
     ticks_per_second: f64,
 }
 
@@ -114,7 +135,10 @@ pub struct CpuMeter {
 pub struct CpuSample {
     server: u64,
     broker: u64,
+    database: u64,
     own: u64,
+    machine_busy: u64,
+    machine_total: u64,
 }
 
 /// CPU seconds spent between two samples.
@@ -122,10 +146,29 @@ pub struct CpuSample {
 pub struct CpuUsed {
     pub server: f64,
     pub broker: f64,
+    /// Postgres processes that lived through the whole measurement (backends that came and went
+    /// in between are not counted).
+    pub database: f64,
     pub own: f64,
+    /// Everything else that ran on the machine meanwhile (other users' builds and tests).
+    pub others: f64,
+    pub idle: f64,
+}
+
+impl fmt::Display for CpuUsed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:.2} / {:.2} / {:.2} / {:.2} / {:.2} (idle {:.2})",
+            self.server, self.broker, self.database, self.own, self.others, self.idle
+        )
+    }
 }
 
 impl CpuUsed {
+    /// The label of the [`fmt::Display`] form.
+    pub const LABEL: &'static str = "CPU s: switchboard / RabbitMQ / Postgres / bench / others";
+
     /// Server + broker CPU per unit of work, in microseconds.
     pub fn us_per(&self, units: u64) -> f64 {
         if units == 0 {
@@ -136,14 +179,11 @@ impl CpuUsed {
 }
 
 impl CpuMeter {
-    pub fn new(server: Vec<u32>) -> anyhow::Result<CpuMeter> {
-        let broker = pids_named("beam.smp");
-        if broker.is_empty() {
-            bail!("no beam.smp process: is RabbitMQ running on this machine?");
-        }
+    pub fn new(server: Vec<u32>, broker: u32) -> anyhow::Result<CpuMeter> {
         Ok(CpuMeter {
             server,
-            broker,
+            broker: vec![broker],
+            database: pids_named("postgres"),
             ticks_per_second: ticks_per_second()?,
         })
     }
@@ -151,19 +191,40 @@ impl CpuMeter {
     pub fn sample(&self) -> anyhow::Result<CpuSample> {
         let sum =
             |pids: &[u32]| -> anyhow::Result<u64> { pids.iter().map(|&pid| cpu_ticks(pid)).sum() };
+        // Postgres backends end with their connections: count those still there.
+        let database = self
+            .database
+            .iter()
+            .filter_map(|&pid| cpu_ticks(pid).ok())
+            .sum();
+        let (machine_busy, machine_total) = machine_ticks()?;
         Ok(CpuSample {
             server: sum(&self.server)?,
             broker: sum(&self.broker)?,
+            database,
             own: cpu_ticks(std::process::id())?,
+            machine_busy,
+            machine_total,
         })
     }
 
     pub fn used(&self, from: CpuSample, to: CpuSample) -> CpuUsed {
         let secs = |a: u64, b: u64| b.saturating_sub(a) as f64 / self.ticks_per_second;
+        let (server, broker, database, own) = (
+            secs(from.server, to.server),
+            secs(from.broker, to.broker),
+            secs(from.database, to.database),
+            secs(from.own, to.own),
+        );
+        let busy = secs(from.machine_busy, to.machine_busy);
+        let total = secs(from.machine_total, to.machine_total);
         CpuUsed {
-            server: secs(from.server, to.server),
-            broker: secs(from.broker, to.broker),
-            own: secs(from.own, to.own),
+            server,
+            broker,
+            database,
+            own,
+            others: (busy - server - broker - database - own).max(0.0),
+            idle: total - busy,
         }
     }
 }
@@ -192,6 +253,13 @@ mod tests {
         assert_eq!(parse_stat_ticks(stat), Some(325));
         assert_eq!(parse_stat_ticks("garbage"), None);
         assert_eq!(parse_stat_ticks("1 (x) S 1 2"), None);
+    }
+
+    #[test]
+    fn machine_ticks_leave_out_idle_and_iowait() {
+        let stat = "cpu  100 5 50 1000 20 3 2 1 0 0\ncpu0 50 2 25 500 10 1 1 0 0 0\nintr 1\n";
+        assert_eq!(parse_machine_ticks(stat), Some((161, 1181)));
+        assert_eq!(parse_machine_ticks("cpu0 1 2\n"), None);
     }
 
     #[test]
