@@ -189,11 +189,18 @@ const COPY_EVENTS: &str = "COPY events (id, app_id, source, channel, name, data,
 pub struct CopyResult {
     pub rows: u64,
     pub seconds: f64,
+    pub database_cpu: f64,
 }
 
 /// COPYs `total` rows into `events` of a fresh scratch database on the server of `database_url`,
 /// one transaction per `shape.batch` rows, one after the other (as the single worker writes).
-pub async fn copy(database_url: &str, total: u64, shape: Shape) -> anyhow::Result<CopyResult> {
+/// `broker_pid` is RabbitMQ's process (measured alongside, unused here).
+pub async fn copy(
+    database_url: &str,
+    broker_pid: u32,
+    total: u64,
+    shape: Shape,
+) -> anyhow::Result<CopyResult> {
     let name = format!("switchboard_benchbase_{}", crate::run_tag());
     let scratch = with_database(database_url, &name)?;
     let measured = async {
@@ -206,6 +213,9 @@ pub async fn copy(database_url: &str, total: u64, shape: Shape) -> anyhow::Resul
                     .collect()
             })
             .collect();
+        // The pool's backend exists now: Postgres CPU is measured from here.
+        let meter = CpuMeter::new(Vec::new(), broker_pid)?;
+        let cpu_before = meter.sample()?;
         let started = Instant::now();
         for batch in &batches {
             let mut transaction = pool.begin().await?;
@@ -215,10 +225,12 @@ pub async fn copy(database_url: &str, total: u64, shape: Shape) -> anyhow::Resul
             transaction.commit().await?;
         }
         let seconds = started.elapsed().as_secs_f64();
+        let cpu = meter.used(cpu_before, meter.sample()?);
         pool.close().await;
         anyhow::Ok(CopyResult {
             rows: batches.len() as u64 * shape.batch as u64,
             seconds,
+            database_cpu: cpu.database,
         })
     }
     .await;

@@ -285,10 +285,11 @@ pub async fn run(target: &Target, args: IngestArgs) -> anyhow::Result<Report> {
     );
     report.row(CpuUsed::LABEL, cpu);
     report.row(
-        "server CPU per event (to Postgres)",
+        "CPU per event",
         format!(
-            "{:.1} µs (Postgres not counted)",
-            cpu.us_per(accepted_count)
+            "switchboard + RabbitMQ {:.1} µs, Postgres {:.1} µs",
+            cpu.us_per(accepted_count),
+            cpu.database * 1e6 / accepted_count.max(1) as f64
         ),
     );
 
@@ -324,16 +325,17 @@ pub async fn run(target: &Target, args: IngestArgs) -> anyhow::Result<Report> {
             batch: (persist_batch.round() as usize).max(1),
             payload_bytes: args.payload_bytes,
         };
-        let copy = baseline::copy(&args.database_url, events, copy_shape)
+        let copy = baseline::copy(&args.database_url, target.broker_pid, events, copy_shape)
             .await
             .context("COPY baseline")?;
         let copy_rate = copy.rows as f64 / copy.seconds;
         report.row(
             "baseline: Postgres COPY into events",
             format!(
-                "{} rows/s ({} rows per transaction)",
+                "{} rows/s ({} rows per transaction; Postgres {:.1} µs CPU/row)",
                 thousands(copy_rate as u64),
-                copy_shape.batch
+                copy_shape.batch,
+                copy.database_cpu * 1e6 / copy.rows.max(1) as f64
             ),
         );
         report.row(
