@@ -145,19 +145,16 @@ async fn write_loop(
     mut outbound: mpsc::Receiver<Frame>,
     handle: SocketHandle,
 ) {
+    let closed = handle.close_signal().closed();
+    tokio::pin!(closed);
     loop {
         tokio::select! {
             biased;
-            code = handle.close_signal().closed() => {
+            code = &mut closed => {
                 // What was queued before the close (an error explaining it, say) goes first,
                 // except to a slow consumer, whose queue is what it could not take.
                 if code != dispatcher::CLOSE_SLOW_CONSUMER {
-                    while let Ok(frame) = outbound.try_recv() {
-                        let sent = tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::text(frame.as_ref()))).await;
-                        if !matches!(sent, Ok(Ok(()))) {
-                            break;
-                        }
-                    }
+                    let _ = write_queued(&mut sink, &mut outbound, None).await;
                 }
                 let reason = close_reason(code);
                 let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::close_with(code, reason))).await;
@@ -165,14 +162,40 @@ async fn write_loop(
             }
             frame = outbound.recv() => {
                 let Some(frame) = frame else { break };
-                let sent = tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::text(frame.as_ref()))).await;
-                if !matches!(sent, Ok(Ok(()))) {
+                if !write_queued(&mut sink, &mut outbound, Some(frame)).await {
                     handle.close_signal().close(code::NORMAL);
                     break;
                 }
             }
         }
     }
+}
+
+/// Most frames written with one flush (one system call) when a socket has a backlog.
+const WRITE_BATCH: usize = 64;
+
+/// Writes `first` and whatever else is already queued (up to [`WRITE_BATCH`]) with one flush,
+/// within [`WRITE_TIMEOUT`]. Returns false if the socket failed or timed out.
+async fn write_queued(
+    sink: &mut SplitSink<WebSocket, Message>,
+    outbound: &mut mpsc::Receiver<Frame>,
+    first: Option<Frame>,
+) -> bool {
+    let write = async {
+        let mut written = 0;
+        let mut next = first.or_else(|| outbound.try_recv().ok());
+        while let Some(frame) = next {
+            sink.feed(Message::text(frame.as_ref())).await?;
+            written += 1;
+            next = if written < WRITE_BATCH {
+                outbound.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        sink.flush().await
+    };
+    matches!(tokio::time::timeout(WRITE_TIMEOUT, write).await, Ok(Ok(())))
 }
 
 fn close_reason(code: u16) -> &'static str {
