@@ -10,7 +10,7 @@ mod topology;
 pub use backoff::Backoff;
 pub use publisher::{Pending, PublishError, Publisher, PublisherConfig};
 pub use topology::{
-    declare_durable, declare_live_queue, QueueType, Topology, CONTROL_ROUTING_KEY,
+    declare_durable, declare_live_queue, LiveQueues, QueueType, Topology, CONTROL_ROUTING_KEY,
     EVENT_ROUTING_KEY,
 };
 

@@ -48,6 +48,17 @@ impl Topology {
     pub fn live_queue(&self, node: u32) -> String {
         format!("{}.live.{node}", self.prefix)
     }
+    /// Where the live queue's overflow goes, so the node knows which events it lost.
+    pub fn live_dropped_queue(&self, node: u32) -> String {
+        format!("{}.live.{node}.dropped", self.prefix)
+    }
+}
+
+/// The names of a node's live queue and of its overflow queue.
+#[derive(Debug, Clone)]
+pub struct LiveQueues {
+    pub live: String,
+    pub dropped: String,
 }
 
 /// Declares the durable part of the topology: events exchange, persist queue bound to it, and
@@ -103,37 +114,56 @@ pub async fn declare_durable(
 }
 
 /// Declares a node's live queue, bound to events and control messages: exclusive to its
-/// connection, deleted with it, and bounded to `max_len` messages (the oldest dropped first) so a
-/// stalled node cannot fill the broker.
+/// connection, deleted with it, and bounded to `max_len` messages so a stalled node cannot fill
+/// the broker. What overflows (the oldest first) is dead-lettered to the node's `dropped` queue
+/// (bounded too), so the node can close the sockets that missed an event instead of losing it
+/// silently.
 pub async fn declare_live_queue(
     channel: &Channel,
     topology: &Topology,
     node: u32,
     max_len: u32,
-) -> Result<String, BusError> {
-    let name = topology.live_queue(node);
+) -> Result<LiveQueues, BusError> {
+    let queues = LiveQueues {
+        live: topology.live_queue(node),
+        dropped: topology.live_dropped_queue(node),
+    };
+    let exclusive = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..QueueDeclareOptions::default()
+    };
+    let bounded = |args: &mut FieldTable| {
+        args.insert("x-max-length".into(), AMQPValue::LongUInt(max_len));
+        args.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString("drop-head".into()),
+        );
+    };
+    let mut dropped_args = FieldTable::default();
+    bounded(&mut dropped_args);
+    channel
+        .queue_declare(&queues.dropped, exclusive, dropped_args)
+        .await
+        .map_err(BusError::Declare)?;
     let mut args = FieldTable::default();
-    args.insert("x-max-length".into(), AMQPValue::LongUInt(max_len));
+    bounded(&mut args);
     args.insert(
-        "x-overflow".into(),
-        AMQPValue::LongString("drop-head".into()),
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("".into()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(queues.dropped.as_str().into()),
     );
     channel
-        .queue_declare(
-            &name,
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            args,
-        )
+        .queue_declare(&queues.live, exclusive, args)
         .await
         .map_err(BusError::Declare)?;
     for key in [EVENT_ROUTING_KEY, CONTROL_ROUTING_KEY] {
         channel
             .queue_bind(
-                &name,
+                &queues.live,
                 &topology.events_exchange(),
                 key,
                 QueueBindOptions::default(),
@@ -142,5 +172,5 @@ pub async fn declare_live_queue(
             .await
             .map_err(BusError::Declare)?;
     }
-    Ok(name)
+    Ok(queues)
 }

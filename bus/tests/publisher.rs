@@ -181,3 +181,57 @@ async fn unreachable_broker_fails_fast() {
     assert!(started.elapsed() < Duration::from_secs(6));
     assert!(!publisher.is_connected());
 }
+
+#[tokio::test]
+async fn live_queue_overflow_goes_to_the_dropped_queue() {
+    let topology = Topology::new(format!("bustest{:x}", rand::random::<u64>()));
+    let connection = bus::connect(AMQP, "test-live").await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    bus::declare_durable(&channel, &topology, QueueType::Classic)
+        .await
+        .unwrap();
+    let queues = bus::declare_live_queue(&channel, &topology, 7, 3)
+        .await
+        .unwrap();
+    for i in 0..5 {
+        let body = protocol::envelope::encode_batch(&[envelope(i)]);
+        channel
+            .basic_publish(
+                &topology.events_exchange(),
+                bus::EVENT_ROUTING_KEY,
+                Default::default(),
+                &body,
+                Default::default(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let mut counts = (0, 0);
+    for _ in 0..50 {
+        let live = channel
+            .queue_declare(&queues.live, passive, FieldTable::default())
+            .await
+            .unwrap();
+        let dropped = channel
+            .queue_declare(&queues.dropped, passive, FieldTable::default())
+            .await
+            .unwrap();
+        counts = (live.message_count(), dropped.message_count());
+        if counts == (3, 2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        counts,
+        (3, 2),
+        "live keeps the newest three, the oldest two are dead-lettered"
+    );
+    drain(&topology, 5).await;
+}

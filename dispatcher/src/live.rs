@@ -111,7 +111,7 @@ async fn serve(
     let connection = bus::connect(&config.url, "switchboard-live").await?;
     let channel = connection.create_channel().await?;
     bus::declare_durable(&channel, &config.topology, config.persist_queue_type).await?;
-    let queue = bus::declare_live_queue(
+    let queues = bus::declare_live_queue(
         &channel,
         &config.topology,
         registry.node(),
@@ -123,13 +123,24 @@ async fn serve(
         .await?;
     let mut deliveries = channel
         .basic_consume(
-            &queue,
+            &queues.live,
             "switchboard-live",
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
         .await?;
-    info!(queue, "consuming live queue");
+    let mut dropped = channel
+        .basic_consume(
+            &queues.dropped,
+            "switchboard-live-dropped",
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    info!(queue = queues.live, "consuming live queue");
     ready.store(true, Ordering::Relaxed);
     let exchange = config.topology.events_exchange();
     let publish = |message: Control| {
@@ -171,6 +182,18 @@ async fn serve(
                 }
                 registry.flush_counts();
                 acks.flush(&channel).await?;
+            }
+            next = dropped.next() => {
+                // Overflow of the live queue: these events will never reach this node's
+                // sockets, so their subscribers are closed (4100) rather than left behind.
+                let delivery = next.ok_or(LiveError::Cancelled)??;
+                if let Ok(envelopes) = decode_batch(&delivery.data) {
+                    metrics::counter!("switchboard_live_dropped_events_total")
+                        .increment(envelopes.len() as u64);
+                    for envelope in &envelopes {
+                        registry.close_channel(&envelope.app_id, &envelope.channel, crate::CLOSE_SLOW_CONSUMER);
+                    }
+                }
             }
             next = deliveries.next() => {
                 let delivery = next.ok_or(LiveError::Cancelled)??;

@@ -613,6 +613,26 @@ impl Registry {
         self.changed();
     }
 
+    /// Closes every local subscriber of a channel with `code`; returns how many.
+    pub fn close_channel(&self, app_id: &str, channel: &str, code: u16) -> usize {
+        let state = self.state.read();
+        let Some(subscribers) = state
+            .apps
+            .get(app_id)
+            .and_then(|a| a.channels.get(channel))
+            .map(|c| &c.subscribers)
+        else {
+            return 0;
+        };
+        for subscriber in subscribers.values() {
+            if !subscriber.handle.close_signal().is_closed() {
+                metrics::counter!("switchboard_slow_consumers_closed_total").increment(1);
+            }
+            subscriber.handle.close_signal().close(code);
+        }
+        subscribers.len()
+    }
+
     /// Closes this node's connections signed in as `user_id` with 4009.
     pub fn terminate_local(&self, app_id: &str, user_id: &str) -> usize {
         let state = self.state.read();
@@ -1045,6 +1065,25 @@ mod tests {
         }
         assert!(slow.close_signal().is_closed());
         assert!(!fast.close_signal().is_closed());
+    }
+
+    #[test]
+    fn close_channel_closes_only_its_subscribers() {
+        let registry = registry();
+        let (a, _rx_a) = socket(&registry, "1.1");
+        let (b, _rx_b) = socket(&registry, "1.2");
+        registry.subscribe(APP, "lagging", &a, None).unwrap();
+        registry.subscribe(APP, "other", &b, None).unwrap();
+        assert_eq!(
+            registry.close_channel(APP, "lagging", CLOSE_SLOW_CONSUMER),
+            1
+        );
+        assert!(a.close_signal().is_closed());
+        assert!(!b.close_signal().is_closed());
+        assert_eq!(
+            registry.close_channel(APP, "nobody", CLOSE_SLOW_CONSUMER),
+            0
+        );
     }
 
     #[tokio::test]
