@@ -147,12 +147,6 @@ struct ChannelState {
 }
 
 impl ChannelState {
-    fn has_member(&self, user_id: &str) -> bool {
-        self.subscribers
-            .values()
-            .any(|s| s.member.as_ref().is_some_and(|m| m.user_id == user_id))
-    }
-
     fn send_all(&self, frame: &Frame, except: Option<&str>) {
         for (socket_id, subscriber) in &self.subscribers {
             if Some(socket_id.as_ref()) != except {
@@ -917,7 +911,6 @@ fn notify_remote_changes(
             }
             for user_id in was.members.keys() {
                 if !is.members.contains_key(user_id)
-                    && !channel.has_member(user_id)
                     && !state.member_elsewhere(app_id, name, user_id, None, Some(node))
                 {
                     channel.send_all(&frame::encode_member_removed(name, user_id).into(), None);

@@ -148,11 +148,9 @@ async fn client_events_rules() {
         .wait_count("SELECT count(*) FROM events WHERE source = 'client'", 11)
         .await;
     assert_eq!(stored, 11);
-    let socket: String =
-        sqlx::query_scalar("SELECT DISTINCT socket_id FROM events WHERE source = 'client'")
-            .fetch_one(&mut server.db().await)
-            .await
-            .unwrap();
+    let socket: String = server
+        .scalar("SELECT DISTINCT socket_id FROM events WHERE source = 'client'")
+        .await;
     assert_eq!(socket, sender.socket_id);
     server.cleanup().await;
 }

@@ -27,7 +27,6 @@ async fn broker_outage_gives_503_then_recovers_without_loss() {
     }
 
     proxy.cut();
-    let mut refused = 0;
     for i in 0..5 {
         let response = server.trigger("outage", "during", &i.to_string()).await;
         assert_eq!(
@@ -36,9 +35,7 @@ async fn broker_outage_gives_503_then_recovers_without_loss() {
             "no 2xx while the broker is unreachable"
         );
         assert_eq!(response.headers()["retry-after"], "1");
-        refused += 1;
     }
-    assert_eq!(refused, 5);
     let ready = reqwest::get(format!("http://{}/ready", server.admin))
         .await
         .unwrap();
@@ -79,14 +76,8 @@ async fn broker_outage_gives_503_then_recovers_without_loss() {
         stored, accepted,
         "every acknowledged event stored exactly once"
     );
-    let distinct: i64 = sqlx::query_scalar("SELECT count(DISTINCT id) FROM events")
-        .fetch_one(&mut server.db().await)
-        .await
-        .unwrap();
-    let all: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(&mut server.db().await)
-        .await
-        .unwrap();
+    let distinct: i64 = server.scalar("SELECT count(DISTINCT id) FROM events").await;
+    let all: i64 = server.scalar("SELECT count(*) FROM events").await;
     assert_eq!(distinct, all);
     server.cleanup().await;
 }

@@ -237,10 +237,7 @@ async fn trigger_to_many_channels_and_socket_exclusion() {
     assert_eq!(second.next_app_event().await["channel"], c2.as_str());
     sender.assert_silent(Duration::from_millis(500)).await;
     assert_eq!(server.wait_count(EVENTS_SQL, 2).await, 2);
-    let socket_id: String = sqlx::query_scalar("SELECT DISTINCT socket_id FROM events")
-        .fetch_one(&mut server.db().await)
-        .await
-        .unwrap();
+    let socket_id: String = server.scalar("SELECT DISTINCT socket_id FROM events").await;
     assert_eq!(socket_id, sender.socket_id);
     server.cleanup().await;
 }
@@ -395,10 +392,9 @@ async fn trigger_rejections_have_exact_statuses_and_lose_nothing() {
     assert_eq!(too_big.status(), 413);
 
     assert_eq!(server.wait_count(EVENTS_SQL, 2).await, 2);
-    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE channel = 'kept'")
-        .fetch_one(&mut server.db().await)
-        .await
-        .unwrap();
+    let kept: i64 = server
+        .scalar("SELECT count(*) FROM events WHERE channel = 'kept'")
+        .await;
     assert_eq!(kept, 1);
     server.cleanup().await;
 }

@@ -1187,10 +1187,9 @@ async fn broker_outage_gives_503_and_the_retry_is_stored_once() {
     let marker = json!({"userId": "u", "event": "Marker", "messageId": "outage-2"});
     assert_eq!(post(&server, "track", &marker).await, ok());
     assert_eq!(server.wait_count(ROWS_SQL, 2).await, 2);
-    let paid: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE name = 'Paid'")
-        .fetch_one(&mut server.db().await)
-        .await
-        .unwrap();
+    let paid: i64 = server
+        .scalar("SELECT count(*) FROM events WHERE name = 'Paid'")
+        .await;
     assert_eq!(paid, 1);
     server.cleanup().await;
 }

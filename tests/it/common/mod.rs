@@ -121,6 +121,17 @@ impl TestServer {
             .await
     }
 
+    /// One value from the test database.
+    pub async fn scalar<T>(&self, sql: &str) -> T
+    where
+        T: Send + Unpin + for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+    {
+        sqlx::query_scalar(sql)
+            .fetch_one(&mut self.db().await)
+            .await
+            .expect("scalar query runs")
+    }
+
     pub async fn db(&self) -> PgConnection {
         PgConnection::connect(&self.config.database_url)
             .await
