@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Days, NaiveDate, Utc};
-use protocol::segment::{DeviceClass, SegmentFields};
+use protocol::envelope::analytics::{DeviceClass, SegmentFields};
 use protocol::Envelope;
 use serde_json::value::RawValue;
 use sqlx::migrate::{MigrateDatabase, MigrateError};

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
+use protocol::{Channel, ChannelError, ChannelKind};
 use serde::{Deserialize, Serialize};
 
 /// One tenant: credentials, switches and limits. Its secret never appears in `Debug` output or
@@ -26,8 +27,87 @@ pub struct App {
     /// Most concurrent connections across the cluster (4004 beyond); unlimited when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
+    /// Where live copies of the app's Segment events go (`off`: stored only). Client events
+    /// into it are refused.
+    #[serde(default)]
+    pub analytics_channel: AnalyticsChannel,
     #[serde(default)]
     pub limits: Limits,
+}
+
+/// The channel an app's Segment events are copied to live, in the config `"off"` or a
+/// `private-` channel name. They carry users' ids, traits and addresses, so only sockets the
+/// app's own auth endpoint signed for that channel can read it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum AnalyticsChannel {
+    /// Segment events are stored only.
+    Off,
+    /// A `private-` channel (not `private-encrypted-`: the server cannot encrypt).
+    Channel(String),
+}
+
+/// The analytics channel of an app that does not name one.
+pub const DEFAULT_ANALYTICS_CHANNEL: &str = "private-analytics";
+
+impl AnalyticsChannel {
+    /// The channel's name; `None` when off.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            AnalyticsChannel::Off => None,
+            AnalyticsChannel::Channel(name) => Some(name),
+        }
+    }
+
+    /// True when `channel` is this app's analytics channel.
+    pub fn is(&self, channel: &str) -> bool {
+        self.name() == Some(channel)
+    }
+}
+
+impl Default for AnalyticsChannel {
+    fn default() -> Self {
+        AnalyticsChannel::Channel(DEFAULT_ANALYTICS_CHANNEL.to_owned())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AnalyticsChannelError {
+    #[error("analytics_channel {name:?} is not a channel name: {source}")]
+    Invalid {
+        name: String,
+        #[source]
+        source: ChannelError,
+    },
+    #[error(
+        "analytics_channel {0:?} must be \"off\" or a private- channel (not private-encrypted-)"
+    )]
+    NotPrivate(String),
+}
+
+impl TryFrom<String> for AnalyticsChannel {
+    type Error = AnalyticsChannelError;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        if name == "off" {
+            return Ok(AnalyticsChannel::Off);
+        }
+        match Channel::parse(&name) {
+            Ok(channel) if channel.kind == ChannelKind::Private => {}
+            Ok(_) => return Err(AnalyticsChannelError::NotPrivate(name)),
+            Err(source) => return Err(AnalyticsChannelError::Invalid { name, source }),
+        }
+        Ok(AnalyticsChannel::Channel(name))
+    }
+}
+
+impl From<AnalyticsChannel> for String {
+    fn from(channel: AnalyticsChannel) -> String {
+        match channel {
+            AnalyticsChannel::Off => "off".to_owned(),
+            AnalyticsChannel::Channel(name) => name,
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -68,6 +148,7 @@ impl App {
             client_events: false,
             subscription_count: false,
             max_connections: None,
+            analytics_channel: AnalyticsChannel::default(),
             limits: Limits::default(),
         }
     }
@@ -83,6 +164,7 @@ impl fmt::Debug for App {
             .field("client_events", &self.client_events)
             .field("subscription_count", &self.subscription_count)
             .field("max_connections", &self.max_connections)
+            .field("analytics_channel", &self.analytics_channel)
             .field("limits", &self.limits)
             .finish()
     }
@@ -159,6 +241,41 @@ mod tests {
             Apps::new(vec![app("1", "a"), app("2", "a")]).unwrap_err(),
             AppsError::DuplicateKey("a".into())
         );
+    }
+
+    #[test]
+    fn analytics_channel_is_off_or_private() {
+        let parse = |name: &str| AnalyticsChannel::try_from(name.to_owned());
+        assert_eq!(parse("off"), Ok(AnalyticsChannel::Off));
+        assert_eq!(
+            parse("private-staff-analytics"),
+            Ok(AnalyticsChannel::Channel("private-staff-analytics".into()))
+        );
+        assert!(parse("private-cache-analytics").is_ok());
+        for refused in [
+            "analytics",
+            "presence-analytics",
+            "private-encrypted-analytics",
+        ] {
+            assert_eq!(
+                parse(refused),
+                Err(AnalyticsChannelError::NotPrivate(refused.into())),
+                "{refused}"
+            );
+        }
+        assert!(matches!(
+            parse("private-a b"),
+            Err(AnalyticsChannelError::Invalid { .. })
+        ));
+        assert!(matches!(
+            parse(""),
+            Err(AnalyticsChannelError::Invalid { .. })
+        ));
+        let default = AnalyticsChannel::default();
+        assert!(default.is("private-analytics"));
+        assert!(!AnalyticsChannel::Off.is(""));
+        assert_eq!(AnalyticsChannel::Off.name(), None);
+        assert_eq!(String::from(AnalyticsChannel::Off), "off");
     }
 
     #[test]

@@ -93,8 +93,9 @@ impl ApiError {
             | ApiError::InvalidInfo { .. }
             | ApiError::NotPresence(_)
             | ApiError::InvalidUserId
-            | ApiError::BadGzip(_)
-            | ApiError::SegmentBody(_) => StatusCode::BAD_REQUEST,
+            | ApiError::BadGzip(_) => StatusCode::BAD_REQUEST,
+            ApiError::SegmentBody(body) if body.too_large() => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::SegmentBody(_) => StatusCode::BAD_REQUEST,
             ApiError::InvalidEvents(invalid) if invalid.too_large() => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }

@@ -67,8 +67,11 @@ async fn handle_inner(
     };
     match endpoint {
         Endpoint::Trigger => {
-            let trigger: TriggerRequest =
-                serde_json::from_slice(&request.body).map_err(ApiError::BadBody)?;
+            let trigger: TriggerRequest = gateway
+                .offload
+                .json(&request.body)
+                .await
+                .map_err(ApiError::BadBody)?;
             let info = trigger.info.clone();
             let envelopes = trigger.into_envelopes(app)?;
             let channels: Vec<String> = envelopes.iter().map(|e| e.channel.clone()).collect();
@@ -86,8 +89,11 @@ async fn handle_inner(
             }
         }
         Endpoint::BatchTrigger => {
-            let batch: BatchRequest =
-                serde_json::from_slice(&request.body).map_err(ApiError::BadBody)?;
+            let batch: BatchRequest = gateway
+                .offload
+                .json(&request.body)
+                .await
+                .map_err(ApiError::BadBody)?;
             if batch.batch.len() > app.limits.max_batch_events {
                 return Err(ApiError::BatchTooLarge {
                     count: batch.batch.len(),

@@ -8,6 +8,7 @@ pub mod apps;
 pub mod error;
 pub mod forwarded;
 pub mod http_api;
+pub mod offload;
 pub mod segment;
 pub mod websocket;
 
@@ -26,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use warp::Filter;
 
-pub use apps::{App, Apps, AppsError, Limits};
+pub use apps::{AnalyticsChannel, App, Apps, AppsError, Limits};
 pub use forwarded::{PeerAddr, TrustedProxy};
 
 /// Gateway limits and timings.
@@ -70,6 +71,8 @@ pub struct Gateway {
     pub registry: Arc<Registry>,
     /// This node's id: the first half of every socket id it hands out.
     pub node: u32,
+    /// The bounded way to the blocking pool for big request bodies.
+    pub offload: offload::Offload,
     next_socket: AtomicU64,
     shutdown: CancellationToken,
     sessions: TaskTracker,
@@ -90,6 +93,7 @@ impl Gateway {
             publisher,
             registry,
             node,
+            offload: offload::Offload::per_core(),
             next_socket: AtomicU64::new(1),
             shutdown,
             sessions: TaskTracker::new(),

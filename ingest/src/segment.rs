@@ -9,16 +9,17 @@ use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use flate2::read::MultiGzDecoder;
 use protocol::segment::{Edge, Endpoint, Request, MAX_REQUEST_BYTES};
-use protocol::Source;
+use protocol::{Envelope, Source};
 use warp::http::HeaderMap;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 use crate::error::{self, ApiError};
-use crate::forwarded::{client_ip, PeerAddr};
-use crate::Gateway;
+use crate::forwarded::{client_ip, PeerAddr, TrustedProxy};
+use crate::{App, Apps, Gateway};
 
 /// How long browsers may cache a CORS preflight answer.
 const CORS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
@@ -70,7 +71,13 @@ struct SegmentRequest {
     body: Bytes,
 }
 
-async fn handle(gateway: &Gateway, request: SegmentRequest) -> Response {
+impl SegmentRequest {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|value| value.to_str().ok())
+    }
+}
+
+async fn handle(gateway: &Arc<Gateway>, request: SegmentRequest) -> Response {
     match handle_inner(gateway, request).await {
         Ok(()) => warp::reply::json(&serde_json::json!({ "success": true })).into_response(),
         Err(error) => {
@@ -80,41 +87,74 @@ async fn handle(gateway: &Gateway, request: SegmentRequest) -> Response {
     }
 }
 
-async fn handle_inner(gateway: &Gateway, request: SegmentRequest) -> Result<(), ApiError> {
-    let received_at = chrono::Utc::now();
-    let header = |name: &str| {
-        request
-            .headers
-            .get(name)
-            .and_then(|value| value.to_str().ok())
-    };
-    let header_key = header("authorization").map(basic_username).transpose()?;
+async fn handle_inner(gateway: &Arc<Gateway>, request: SegmentRequest) -> Result<(), ApiError> {
+    let received_at = Utc::now();
+    let header_key = request
+        .header("authorization")
+        .map(basic_username)
+        .transpose()?;
     if let Some(key) = &header_key {
-        app_of(gateway, key)?;
+        app_of(&gateway.apps, key)?;
     }
-    let body = decoded(header("content-encoding"), &request.body)?;
+    let size = work_size(&request);
+    let job = {
+        let gateway = gateway.clone();
+        move || {
+            let trusted_proxies = &gateway.config.trusted_proxies;
+            envelopes(
+                &gateway.apps,
+                trusted_proxies,
+                received_at,
+                header_key,
+                &request,
+            )
+        }
+    };
+    let envelopes = gateway.offload.run(size, job).await?;
+    crate::http_api::publish(gateway, Source::Track, envelopes).await
+}
+
+/// What the request's work is sized by: its body, or the most a gzip body may inflate to
+/// (its inflated size is known only once inflated).
+fn work_size(request: &SegmentRequest) -> usize {
+    match request.header("content-encoding") {
+        Some(encoding) if is_gzip(encoding) => MAX_REQUEST_BYTES,
+        _ => request.body.len(),
+    }
+}
+
+/// The request's envelopes: the body inflated, parsed, its write key resolved, every event
+/// validated and enriched. The CPU-heavy part of a request, run through [`crate::offload`].
+fn envelopes(
+    apps: &Apps,
+    trusted_proxies: &[TrustedProxy],
+    received_at: DateTime<Utc>,
+    header_key: Option<String>,
+    request: &SegmentRequest,
+) -> Result<Vec<Envelope>, ApiError> {
+    let body = decoded(request.header("content-encoding"), &request.body)?;
     let parsed = Request::parse(request.endpoint, &body)?;
     let key = header_key
         .or_else(|| parsed.write_key.clone())
         .ok_or(ApiError::MissingWriteKey)?;
-    let app = app_of(gateway, &key)?;
+    let app = app_of(apps, &key)?;
     let edge = Edge {
         received_at,
         ip: request.peer.map(|PeerAddr(peer)| {
             client_ip(
                 peer.ip(),
-                header("x-forwarded-for"),
-                &gateway.config.trusted_proxies,
+                request.header("x-forwarded-for"),
+                trusted_proxies,
             )
         }),
-        user_agent: header("user-agent"),
+        user_agent: request.header("user-agent"),
+        live_channel: app.analytics_channel.name(),
     };
-    let envelopes = parsed.into_envelopes(&app.id, &edge)?;
-    crate::http_api::publish(gateway, Source::Track, envelopes).await
+    Ok(parsed.into_envelopes(&app.id, &edge)?)
 }
 
-fn app_of<'g>(gateway: &'g Gateway, key: &str) -> Result<&'g Arc<crate::App>, ApiError> {
-    let app = gateway.apps.by_key(key).ok_or(ApiError::UnknownWriteKey)?;
+fn app_of<'a>(apps: &'a Apps, key: &str) -> Result<&'a Arc<App>, ApiError> {
+    let app = apps.by_key(key).ok_or(ApiError::UnknownWriteKey)?;
     if !app.enabled {
         return Err(ApiError::AppDisabled);
     }
@@ -142,10 +182,10 @@ fn basic_username(authorization: &str) -> Result<String, ApiError> {
 /// The body after `Content-Encoding`: identity or gzip. A gzip body is inflated into at most
 /// [`MAX_REQUEST_BYTES`] (+1 to notice the excess): a bomb costs that much and no more.
 fn decoded<'b>(encoding: Option<&str>, body: &'b [u8]) -> Result<Cow<'b, [u8]>, ApiError> {
-    let encoding = encoding.map(|e| e.trim().to_ascii_lowercase());
-    match encoding.as_deref() {
-        None | Some("" | "identity") => Ok(Cow::Borrowed(body)),
-        Some("gzip" | "x-gzip") => {
+    match encoding {
+        None => Ok(Cow::Borrowed(body)),
+        Some(identity) if is_identity(identity) => Ok(Cow::Borrowed(body)),
+        Some(gzip) if is_gzip(gzip) => {
             let mut inflated = Vec::new();
             MultiGzDecoder::new(body)
                 .take(MAX_REQUEST_BYTES as u64 + 1)
@@ -162,9 +202,21 @@ fn decoded<'b>(encoding: Option<&str>, body: &'b [u8]) -> Result<Cow<'b, [u8]>, 
     }
 }
 
+fn is_identity(encoding: &str) -> bool {
+    let encoding = encoding.trim();
+    encoding.is_empty() || encoding.eq_ignore_ascii_case("identity")
+}
+
+fn is_gzip(encoding: &str) -> bool {
+    let encoding = encoding.trim();
+    encoding.eq_ignore_ascii_case("gzip") || encoding.eq_ignore_ascii_case("x-gzip")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::offload::tests::ticks_during;
+    use crate::offload::{Offload, INLINE_MAX_BYTES};
     use flate2::write::GzEncoder;
     use flate2::Compression;
     use std::io::Write;
@@ -196,6 +248,60 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    /// A gzip `/v1/batch` of 1,000 track calls (about 150 KB inflated), as it arrives.
+    fn big_gzip_batch() -> SegmentRequest {
+        let events: Vec<String> = (0..1000)
+            .map(|i| {
+                format!(
+                    r#"{{"type":"track","event":"e{i}","userId":"u{i}","properties":{{"n":{i},"pad":"{}"}}}}"#,
+                    "p".repeat(80)
+                )
+            })
+            .collect();
+        let body = format!(r#"{{"writeKey":"k","batch":[{}]}}"#, events.join(","));
+        let mut headers = HeaderMap::new();
+        headers.insert("content-encoding", "gzip".parse().unwrap());
+        headers.insert("user-agent", "curl/8.0".parse().unwrap());
+        SegmentRequest {
+            endpoint: Endpoint::Batch,
+            headers,
+            peer: None,
+            body: gzip(body.as_bytes()).into(),
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_big_request_is_prepared_on_the_blocking_pool() {
+        let apps = Arc::new(Apps::new(vec![App::new("1", "k", "s")]).unwrap());
+        let offload = Offload::new(1);
+        let prepare = |request: SegmentRequest, size: usize| {
+            let apps = apps.clone();
+            offload.run(size, move || {
+                envelopes(&apps, &[], Utc::now(), None, &request)
+            })
+        };
+        let request = big_gzip_batch();
+        let size = work_size(&request);
+        assert!(request.body.len() < INLINE_MAX_BYTES && size > INLINE_MAX_BYTES);
+        let (prepared, ticks) = ticks_during(prepare(request, size)).await;
+        let prepared = prepared.unwrap();
+        assert!(
+            ticks >= 1,
+            "the runtime kept running while the batch was prepared"
+        );
+        assert_eq!(prepared.len(), 1000);
+        assert_eq!(prepared[999].name, "e999");
+        assert_eq!(prepared[999].app_id, "1");
+        assert_eq!(prepared[999].channel, "private-analytics");
+        let fields = prepared[999].segment.as_deref().unwrap();
+        assert_eq!(fields.client.agent.browser.as_deref(), Some("HTTP Library"));
+        assert_eq!(fields.client.user_agent.as_deref(), Some("curl/8.0"));
+        // The control: the same work inline blocks this single-threaded runtime.
+        let (inline, ticks) = ticks_during(prepare(big_gzip_batch(), 0)).await;
+        assert_eq!(inline.unwrap().len(), 1000);
+        assert_eq!(ticks, 0);
     }
 
     #[test]

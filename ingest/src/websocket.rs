@@ -435,6 +435,12 @@ impl Session {
                 None,
             );
         }
+        if self.app.analytics_channel.is(&channel) {
+            return self.error(
+                "Client events are not allowed on the analytics channel",
+                None,
+            );
+        }
         let Some(user_id) = self.subscriptions.get(&channel) else {
             return self.error(
                 "Subscribe to the channel before sending client events",

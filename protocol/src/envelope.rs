@@ -1,11 +1,15 @@
 //! The Envelope: one accepted event as it travels on the bus, from the edge to every consumer.
+//! [`analytics`] holds what a Segment call carries beyond the common fields; this module and
+//! it import nothing from the codecs that produce them.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use uuid::Uuid;
 
-use crate::segment::SegmentFields;
+pub mod analytics;
+
+use analytics::SegmentFields;
 
 /// Where an event entered Switchboard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +111,17 @@ mod tests {
         let b = Envelope::new("1", Source::Api, "c", "e", String::new());
         assert_eq!(a.id.get_version_num(), 7);
         assert_ne!(a.id, b.id);
+    }
+
+    #[test]
+    fn envelopes_without_segment_fields_still_decode() {
+        let old = r#"[{"id":"0190b3a0-0000-7000-8000-000000000000","app_id":"1","source":"api","channel":"c","name":"e","data":"{}","received_at":"2025-03-01T12:00:00Z"}]"#;
+        let decoded = decode_batch(old.as_bytes()).unwrap();
+        assert_eq!(decoded[0].segment, None);
+        assert_eq!(
+            decoded[0].received_at.to_rfc3339(),
+            "2025-03-01T12:00:00+00:00"
+        );
     }
 
     #[test]

@@ -445,6 +445,7 @@ async fn retries_are_stored_once_and_counted_once() {
                 received_at: tomorrow,
                 ip: None,
                 user_agent: None,
+                live_channel: Some("private-analytics"),
             },
         )
         .unwrap();
