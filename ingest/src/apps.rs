@@ -279,6 +279,36 @@ mod tests {
     }
 
     #[test]
+    fn analytics_channel_in_the_app_config() {
+        let app = |extra: serde_json::Value| {
+            let mut fields = serde_json::json!({"id": "1", "key": "k", "secret": "s"});
+            fields
+                .as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            serde_json::from_value::<App>(fields)
+        };
+        let default = app(serde_json::json!({})).unwrap();
+        assert_eq!(
+            default.analytics_channel.name(),
+            Some(DEFAULT_ANALYTICS_CHANNEL)
+        );
+        let off = app(serde_json::json!({"analytics_channel": "off"})).unwrap();
+        assert_eq!(off.analytics_channel, AnalyticsChannel::Off);
+        let error = app(serde_json::json!({"analytics_channel": "analytics"})).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("analytics_channel \"analytics\" must be \"off\" or a private- channel"),
+            "{error}"
+        );
+        assert_eq!(
+            serde_json::to_value(&off).unwrap()["analytics_channel"],
+            "off"
+        );
+    }
+
+    #[test]
     fn debug_never_shows_the_secret() {
         let shown = format!("{:?}", app("1", "k"));
         assert!(!shown.contains("s3cr3t"), "{shown}");
