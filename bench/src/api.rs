@@ -146,11 +146,19 @@ impl Api {
 
     /// POSTs `body` to the Segment `/v1/batch` with the app key as write key; Ok only for `200`.
     pub async fn post_segment_batch(&self, body: Vec<u8>) -> Result<(), Refused> {
-        let request = self
-            .http
-            .post(format!("{}/v1/batch", self.base))
-            .header("authorization", &self.write_key_auth);
+        self.send(self.segment_batch(), body).await
+    }
+
+    /// The same with a gzip-compressed `body`.
+    pub async fn post_segment_batch_gzip(&self, body: Vec<u8>) -> Result<(), Refused> {
+        let request = self.segment_batch().header("content-encoding", "gzip");
         self.send(request, body).await
+    }
+
+    fn segment_batch(&self) -> reqwest::RequestBuilder {
+        self.http
+            .post(format!("{}/v1/batch", self.base))
+            .header("authorization", &self.write_key_auth)
     }
 
     async fn send(&self, request: reqwest::RequestBuilder, body: Vec<u8>) -> Result<(), Refused> {

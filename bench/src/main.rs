@@ -10,6 +10,7 @@ mod fanout;
 mod ingest;
 mod payload;
 mod procfs;
+mod segment_memory;
 mod stats;
 mod ws;
 
@@ -68,6 +69,9 @@ enum Scenario {
     Ingest(ingest::IngestArgs),
     /// Connections on presence channels exchanging client events.
     ClientEvents(client_events::ClientEventsArgs),
+    /// Server memory per Segment request (as a multiple of its body) and WebSocket ping round
+    /// trips while big gzip batches of one shape arrive.
+    SegmentMemory(segment_memory::SegmentMemoryArgs),
 }
 
 /// The server under test.
@@ -171,6 +175,7 @@ fn main() -> ExitCode {
             Scenario::Connections(args) => connections::run(&target, args).await?,
             Scenario::Ingest(args) => ingest::run(&target, args).await?,
             Scenario::ClientEvents(args) => client_events::run(&target, args).await?,
+            Scenario::SegmentMemory(args) => segment_memory::run(&target, args).await?,
         };
         println!("{report}");
         anyhow::Ok(())
