@@ -124,6 +124,54 @@ fn local_work(wire: &[u8]) -> (Duration, bool) {
     (runs[runs.len() / 2], accepted)
 }
 
+/// Median time of `work` over 50 runs.
+fn median(mut work: impl FnMut()) -> Duration {
+    let mut runs: Vec<Duration> = (0..50)
+        .map(|_| {
+            let started = Instant::now();
+            work();
+            started.elapsed()
+        })
+        .collect();
+    runs.sort();
+    runs[runs.len() / 2]
+}
+
+/// What the gateway's inline limit (16 KiB) and its biggest inline step stand for on this
+/// machine, timed with the server's code: the work on a body of the limit's size, and the MD5 of
+/// a full 256 KB API body (which stays inline).
+fn reference_costs() -> String {
+    let limit = 16 * 1024;
+    let events = limit / (TINY.len() + 1);
+    let segment = format!(r#"{{"batch":[{}]}}"#, vec![TINY; events].join(","));
+    let edge = Edge {
+        received_at: chrono::Utc::now(),
+        ip: None,
+        user_agent: Some("switchboard-bench"),
+        live_channel: Some("private-analytics"),
+    };
+    let segment_work = median(|| {
+        let request = Request::parse(Endpoint::Batch, segment.as_bytes()).expect("a valid batch");
+        std::hint::black_box(request.into_envelopes("app", &edge).expect("valid events"));
+    });
+    let trigger = serde_json::json!({"name": "e", "channel": "c", "data": "x".repeat(limit - 40)})
+        .to_string();
+    let json_work = median(|| {
+        std::hint::black_box(serde_json::from_str::<serde_json::Value>(&trigger).expect("JSON"));
+    });
+    let api_body = vec![b'x'; 256 * 1024];
+    let md5 = median(|| {
+        std::hint::black_box(protocol::signature::body_md5(&api_body));
+    });
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    format!(
+        "16 KiB Segment batch ({events} events) {:.0} µs, 16 KiB trigger JSON {:.0} µs; MD5 of 256 KiB {:.0} µs",
+        us(segment_work),
+        us(json_work),
+        us(md5)
+    )
+}
+
 /// Samples the server's RSS every 2 ms until `stop`; returns the peak, KiB.
 async fn peak_rss(target: &Target, stop: Arc<AtomicBool>) -> anyhow::Result<u64> {
     let mut peak = 0;
@@ -247,6 +295,7 @@ pub async fn run(target: &Target, args: SegmentMemoryArgs) -> anyhow::Result<Rep
             work.as_secs_f64() * 1000.0
         ),
     );
+    report.row("inline work at the 16 KiB limit, here", reference_costs());
     report.row(
         "server RSS: baseline / peak",
         format!("{} / {} KiB", baseline, peak),
