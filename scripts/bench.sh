@@ -6,6 +6,8 @@
 #
 #   scripts/bench.sh                       # every scenario of the standard set
 #   scripts/bench.sh fanout-target ingest-batch   # only those
+#   BENCH_ROLE=gateway scripts/bench.sh segment-memory-tiny   # the server as `gateway` (no
+#       worker: what the gateway holds, without the worker's prefetched backlog)
 #   BENCH_PROFILE=1 scripts/bench.sh ingest-trigger   # also a perf profile of the server during
 #       each scenario: target/bench/<name>.perf.data and the flat report <name>.profile.txt
 # shellcheck disable=SC2317 # stop_server and cleanup run from the EXIT trap
@@ -84,13 +86,13 @@ trap 'exit 143' TERM
 rabbitmqctl -q add_vhost "$vhost" >/dev/null
 rabbitmqctl -q set_permissions -p "$vhost" guest '.*' '.*' '.*' >/dev/null
 
-log "starting $server_bin serve on 127.0.0.1:$port (admin $admin_port), database $database, vhost $vhost"
+log "starting $server_bin ${BENCH_ROLE:-serve} on 127.0.0.1:$port (admin $admin_port), database $database, vhost $vhost"
 DATABASE_URL=$database_url \
   AMQP_URL=$amqp_url \
   SWITCHBOARD_BIND=127.0.0.1:$port \
   SWITCHBOARD_ADMIN_BIND=127.0.0.1:$admin_port \
   RUST_LOG=info \
-  "$server_bin" serve >"$server_log" 2>&1 </dev/null &
+  "$server_bin" "${BENCH_ROLE:-serve}" >"$server_log" 2>&1 </dev/null &
 server_pid=$!
 
 deadline=$((SECONDS + 60))

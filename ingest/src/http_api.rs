@@ -15,6 +15,7 @@ use warp::Reply;
 
 use crate::apps::App;
 use crate::error::ApiError;
+use crate::offload::API_INLINE_MAX_BYTES;
 use crate::Gateway;
 
 /// Longest event name accepted, in characters.
@@ -32,6 +33,7 @@ pub enum Endpoint {
 }
 
 /// One signed API request as it arrived.
+#[derive(Clone)]
 pub struct ApiRequest {
     /// The app id from the path; None for the one path the PyPI SDK sends without it
     /// (`/users/{id}/terminate_connections`), where the app is found by `auth_key`.
@@ -54,11 +56,17 @@ pub async fn handle(gateway: Arc<Gateway>, endpoint: Endpoint, request: ApiReque
 }
 
 async fn handle_inner(
-    gateway: &Gateway,
+    gateway: &Arc<Gateway>,
     endpoint: Endpoint,
     request: &ApiRequest,
 ) -> Result<Value, ApiError> {
-    let (app, params) = authenticate(gateway, request)?;
+    let size = request.body.len();
+    let job = {
+        let (gateway, request) = (gateway.clone(), request.clone());
+        move || authenticate(&gateway, &request).map(|(app, params)| (app.clone(), params))
+    };
+    let (app, params) = gateway.offload.run(size, API_INLINE_MAX_BYTES, job).await?;
+    let app = &app;
     let param = |name: &str| {
         params
             .iter()

@@ -1,18 +1,24 @@
-//! CPU-heavy request work off the async worker threads: gzip inflation, large JSON bodies,
-//! Segment validation and enrichment. Work on a body up to [`INLINE_MAX_BYTES`] runs where it
-//! is (a few tens of microseconds); bigger work runs on tokio's blocking pool, at most
-//! `permits` jobs at a time, so a burst of big requests can neither stall the WebSocket sessions
-//! and small requests on the worker threads nor fill the blocking pool with threads.
+//! CPU-heavy request work off the async worker threads: gzip inflation, Segment validation and
+//! enrichment, the MD5 and JSON of large Pusher API bodies. Work on a body up to its call
+//! site's limit ([`SEGMENT_INLINE_MAX_BYTES`], [`API_INLINE_MAX_BYTES`]: about 100 µs of work at
+//! most, measured in BENCHMARKS.md, "Responsiveness") runs where it is; bigger work runs on
+//! tokio's blocking pool, at most `permits` jobs at a time, so a burst of big requests can
+//! neither stall the WebSocket sessions and small requests on the worker threads nor fill the
+//! blocking pool with threads.
 
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 
-/// The largest body whose work runs on the async worker thread that received it. Parsing 16 KiB
-/// of JSON takes about 30 µs (BENCHMARKS.md, "Responsiveness"); a full 500 KB Segment batch
-/// takes milliseconds.
-pub const INLINE_MAX_BYTES: usize = 16 * 1024;
+/// The largest Segment body prepared on the async worker thread that received it: tiny events
+/// cost about 25 ns per byte (a 16 KiB batch of 390 events about 400 µs), so 4 KiB is about
+/// 100 µs. A gzip body always goes to the pool (it may inflate to 500 KB).
+pub const SEGMENT_INLINE_MAX_BYTES: usize = 4 * 1024;
+
+/// The largest Pusher API body verified (MD5, about 1.7 ns per byte) and parsed inline: 16 KiB
+/// is about 30 µs; a 256 KB body's MD5 alone takes about 450 µs.
+pub const API_INLINE_MAX_BYTES: usize = 16 * 1024;
 
 /// The gate to the blocking pool.
 #[derive(Debug, Clone)]
@@ -36,15 +42,16 @@ impl Offload {
         Offload::new(std::thread::available_parallelism().map_or(1, usize::from))
     }
 
-    /// Runs `work`, a job on a body of `size` bytes: here when it is small, else on the blocking
-    /// pool under a permit. A job that panics panics the caller, as it would inline. A job
-    /// whose caller went away (client disconnected) still runs to its end, holding its permit.
-    pub async fn run<T, F>(&self, size: usize, work: F) -> T
+    /// Runs `work`, a job on a body of `size` bytes: here when `size <= inline_max`, else on
+    /// the blocking pool under a permit. A job that panics panics the caller, as it would
+    /// inline. A job whose caller went away (client disconnected) still runs to its end,
+    /// holding its permit.
+    pub async fn run<T, F>(&self, size: usize, inline_max: usize, work: F) -> T
     where
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
     {
-        if size <= INLINE_MAX_BYTES {
+        if size <= inline_max {
             return work();
         }
         let permit = self
@@ -63,14 +70,17 @@ impl Offload {
         }
     }
 
-    /// Parses a JSON body, on the blocking pool when it is big.
+    /// Parses a Pusher API JSON body, on the blocking pool when it is over
+    /// [`API_INLINE_MAX_BYTES`].
     pub async fn json<T>(&self, body: &bytes::Bytes) -> Result<T, serde_json::Error>
     where
         T: DeserializeOwned + Send + 'static,
     {
         let body = body.clone();
-        self.run(body.len(), move || serde_json::from_slice(&body))
-            .await
+        self.run(body.len(), API_INLINE_MAX_BYTES, move || {
+            serde_json::from_slice(&body)
+        })
+        .await
     }
 }
 
@@ -115,11 +125,11 @@ pub(crate) mod tests {
     async fn big_work_runs_on_the_blocking_pool_and_the_runtime_keeps_ticking() {
         let offload = Offload::new(1);
         let here = std::thread::current().id();
-        let (thread, ticks) = ticks_during(offload.run(INLINE_MAX_BYTES + 1, busy)).await;
+        let (thread, ticks) = ticks_during(offload.run(2, 1, busy)).await;
         assert_ne!(thread, here);
         assert!(ticks >= 1, "the runtime was blocked for 50 ms");
         // The control: the same work inline blocks the runtime, so the ticker cannot run.
-        let (thread, ticks) = ticks_during(offload.run(INLINE_MAX_BYTES, busy)).await;
+        let (thread, ticks) = ticks_during(offload.run(1, 1, busy)).await;
         assert_eq!(thread, here);
         assert_eq!(ticks, 0);
     }
@@ -131,7 +141,7 @@ pub(crate) mod tests {
         let most = Arc::new(AtomicUsize::new(0));
         let job = || {
             let (running, most) = (running.clone(), most.clone());
-            offload.run(usize::MAX, move || {
+            offload.run(1, 0, move || {
                 let now = running.fetch_add(1, Ordering::SeqCst) + 1;
                 most.fetch_max(now, Ordering::SeqCst);
                 busy();

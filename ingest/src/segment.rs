@@ -19,6 +19,7 @@ use warp::{Filter, Rejection, Reply};
 
 use crate::error::{self, ApiError};
 use crate::forwarded::{client_ip, PeerAddr, TrustedProxy};
+use crate::offload::SEGMENT_INLINE_MAX_BYTES;
 use crate::{App, Apps, Gateway};
 
 /// How long browsers may cache a CORS preflight answer.
@@ -110,7 +111,10 @@ async fn handle_inner(gateway: &Arc<Gateway>, request: SegmentRequest) -> Result
             )
         }
     };
-    let envelopes = gateway.offload.run(size, job).await?;
+    let envelopes = gateway
+        .offload
+        .run(size, SEGMENT_INLINE_MAX_BYTES, job)
+        .await?;
     crate::http_api::publish(gateway, Source::Track, envelopes).await
 }
 
@@ -216,7 +220,7 @@ fn is_gzip(encoding: &str) -> bool {
 mod tests {
     use super::*;
     use crate::offload::tests::ticks_during;
-    use crate::offload::{Offload, INLINE_MAX_BYTES};
+    use crate::offload::Offload;
     use flate2::write::GzEncoder;
     use flate2::Compression;
     use std::io::Write;
@@ -278,13 +282,16 @@ mod tests {
         let offload = Offload::new(1);
         let prepare = |request: SegmentRequest, size: usize| {
             let apps = apps.clone();
-            offload.run(size, move || {
+            offload.run(size, SEGMENT_INLINE_MAX_BYTES, move || {
                 envelopes(&apps, &[], Utc::now(), None, &request)
             })
         };
         let request = big_gzip_batch();
         let size = work_size(&request);
-        assert!(request.body.len() < INLINE_MAX_BYTES && size > INLINE_MAX_BYTES);
+        assert_eq!(
+            size, MAX_REQUEST_BYTES,
+            "a gzip body goes to the pool, however small"
+        );
         let (prepared, ticks) = ticks_during(prepare(request, size)).await;
         let prepared = prepared.unwrap();
         assert!(

@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 
 use super::{gzip, http, ok, post, status_and_body, v1, CHROME, ROWS_SQL};
-use crate::common::{TestServer, APP_ID, KEY};
+use crate::common::{now, signed_query, TestServer, APP_ID, KEY, SECRET};
 
 /// A batch `context` of exactly `bytes` bytes of JSON text.
 fn context_of(bytes: usize) -> Value {
@@ -127,9 +127,25 @@ async fn big_bodies_are_processed_on_the_blocking_path() {
         .collect();
     let body = json!({ "batch": batch }).to_string();
     assert!(body.len() > 64 * 1024);
-    let response = server
-        .post_signed(&format!("/apps/{APP_ID}/batch_events"), &body)
-        .await;
+    let path = format!("/apps/{APP_ID}/batch_events");
+    // Signed for another body: its MD5, checked on the pool, refuses it.
+    let query = signed_query(
+        "POST",
+        &path,
+        &body.replace("big-trigger", "other"),
+        SECRET,
+        now(),
+    );
+    let response = http()
+        .post(server.url(&format!("{path}?{query}")))
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    let (status, error) = status_and_body(response).await;
+    assert_eq!(status, 401, "{error}");
+    let response = server.post_signed(&path, &body).await;
     assert_eq!(status_and_body(response).await, (200, json!({})));
 
     assert_eq!(server.wait_count(ROWS_SQL, 1010).await, 1010);
