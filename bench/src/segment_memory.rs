@@ -137,38 +137,42 @@ fn median(mut work: impl FnMut()) -> Duration {
     runs[runs.len() / 2]
 }
 
-/// What the gateway's inline limit (16 KiB) and its biggest inline step stand for on this
-/// machine, timed with the server's code: the work on a body of the limit's size, and the MD5 of
-/// a full 256 KB API body (which stays inline).
+/// What the gateway's inline limits stand for on this machine, timed with the server's code:
+/// the Segment work on a batch of tiny events of 4 KiB (`SEGMENT_INLINE_MAX_BYTES`) and 16 KiB,
+/// and the MD5 + JSON of Pusher `batch_events` bodies of 16 KiB (`API_INLINE_MAX_BYTES`) and
+/// 256 KB (the body limit), with JSON-in-string `data` as the SDKs send it.
 fn reference_costs() -> String {
-    let limit = 16 * 1024;
-    let events = limit / (TINY.len() + 1);
-    let segment = format!(r#"{{"batch":[{}]}}"#, vec![TINY; events].join(","));
     let edge = Edge {
         received_at: chrono::Utc::now(),
         ip: None,
         user_agent: Some("switchboard-bench"),
         live_channel: Some("private-analytics"),
     };
-    let segment_work = median(|| {
-        let request = Request::parse(Endpoint::Batch, segment.as_bytes()).expect("a valid batch");
-        std::hint::black_box(request.into_envelopes("app", &edge).expect("valid events"));
-    });
-    let trigger = serde_json::json!({"name": "e", "channel": "c", "data": "x".repeat(limit - 40)})
-        .to_string();
-    let json_work = median(|| {
-        std::hint::black_box(serde_json::from_str::<serde_json::Value>(&trigger).expect("JSON"));
-    });
-    let api_body = vec![b'x'; 256 * 1024];
-    let md5 = median(|| {
-        std::hint::black_box(protocol::signature::body_md5(&api_body));
-    });
+    let segment = |bytes: usize| {
+        let events = bytes / (TINY.len() + 1);
+        let body = format!(r#"{{"batch":[{}]}}"#, vec![TINY; events].join(","));
+        median(|| {
+            let request = Request::parse(Endpoint::Batch, body.as_bytes()).expect("a valid batch");
+            std::hint::black_box(request.into_envelopes("app", &edge).expect("valid events"));
+        })
+    };
+    let api = |bytes: usize| {
+        let data = serde_json::json!({"id": 1, "text": "x".repeat(100)}).to_string();
+        let item = serde_json::json!({"name": "e", "channel": "c", "data": data}).to_string();
+        let items = vec![item.as_str(); bytes / (item.len() + 1)].join(",");
+        let body = format!(r#"{{"batch":[{items}]}}"#);
+        median(|| {
+            std::hint::black_box(protocol::signature::body_md5(body.as_bytes()));
+            std::hint::black_box(serde_json::from_str::<serde_json::Value>(&body).expect("JSON"));
+        })
+    };
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     format!(
-        "16 KiB Segment batch ({events} events) {:.0} µs, 16 KiB trigger JSON {:.0} µs; MD5 of 256 KiB {:.0} µs",
-        us(segment_work),
-        us(json_work),
-        us(md5)
+        "Segment 4 KiB {:.0} µs, 16 KiB {:.0} µs; API MD5 + JSON 16 KiB {:.0} µs, 256 KB {:.0} µs",
+        us(segment(4 * 1024)),
+        us(segment(16 * 1024)),
+        us(api(16 * 1024)),
+        us(api(256 * 1024))
     )
 }
 
@@ -295,7 +299,7 @@ pub async fn run(target: &Target, args: SegmentMemoryArgs) -> anyhow::Result<Rep
             work.as_secs_f64() * 1000.0
         ),
     );
-    report.row("inline work at the 16 KiB limit, here", reference_costs());
+    report.row("inline limits, timed here", reference_costs());
     report.row(
         "server RSS: baseline / peak",
         format!("{} / {} KiB", baseline, peak),
