@@ -117,10 +117,10 @@ standard=(
   "ingest-segment|ingest --mode segment --events 100000 --concurrency 32 --duration 20 --database-url $database_url"
   "ingest-trigger|ingest --mode trigger --events 60000 --concurrency 32 --duration 20 --database-url $database_url"
   "client-events|client-events --channels 100 --members 10 --rate 2 --duration 15"
-  "segment-memory-attack|segment-memory --shape attack --concurrency 16 --requests 20"
-  "segment-memory-context|segment-memory --shape context --concurrency 16 --requests 20"
-  "segment-memory-tiny|segment-memory --shape tiny --concurrency 16 --requests 20"
-  "segment-memory-large|segment-memory --shape large --concurrency 16 --requests 20"
+  "segment-memory-attack|segment-memory --shape attack --concurrency 16 --requests 100"
+  "segment-memory-context|segment-memory --shape context --concurrency 16 --requests 100"
+  "segment-memory-tiny|segment-memory --shape tiny --concurrency 16 --requests 100"
+  "segment-memory-large|segment-memory --shape large --concurrency 16 --requests 100"
 )
 
 {
