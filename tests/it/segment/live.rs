@@ -46,6 +46,17 @@ async fn client_event(socket: &mut Client, channel: &str, name: &str) {
         .await;
 }
 
+/// Sends a client event into the analytics channel `channel` and expects its refusal.
+async fn assert_client_event_refused(socket: &mut Client, channel: &str, name: &str) {
+    client_event(socket, channel, name).await;
+    let refused = socket.next_app_event().await;
+    assert_eq!(refused["event"], "pusher:error", "{refused}");
+    assert_eq!(
+        data(&refused)["message"],
+        "Client events are not allowed on the analytics channel"
+    );
+}
+
 #[tokio::test]
 async fn a_configured_analytics_channel_gets_the_live_copy() {
     let server =
@@ -68,13 +79,7 @@ async fn a_configured_analytics_channel_gets_the_live_copy() {
         "nothing on the default channel"
     );
     // Client events: refused on the configured channel, allowed on the other.
-    client_event(&mut dashboard, "private-staff", "client-spoof").await;
-    let refused = dashboard.next_app_event().await;
-    assert_eq!(refused["event"], "pusher:error", "{refused}");
-    assert_eq!(
-        data(&refused)["message"],
-        "Client events are not allowed on the analytics channel"
-    );
+    assert_client_event_refused(&mut dashboard, "private-staff", "client-spoof").await;
     let mut peer = server.connect().await;
     peer.subscribe_private("private-analytics").await;
     client_event(&mut dashboard, "private-analytics", "client-fine").await;
@@ -119,13 +124,7 @@ async fn client_events_into_the_analytics_channel_are_refused_and_not_stored() {
         socket.subscribe_private("private-analytics").await;
         socket.subscribe_private("private-chat").await;
     }
-    client_event(&mut sender, "private-analytics", "client-forged").await;
-    let refused = sender.next_app_event().await;
-    assert_eq!(refused["event"], "pusher:error", "{refused}");
-    assert_eq!(
-        data(&refused)["message"],
-        "Client events are not allowed on the analytics channel"
-    );
+    assert_client_event_refused(&mut sender, "private-analytics", "client-forged").await;
     // The next client event, on another channel, is the first the watcher sees.
     client_event(&mut sender, "private-chat", "client-hello").await;
     let seen = watcher.next_app_event().await;
