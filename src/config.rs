@@ -95,6 +95,8 @@ impl Default for GatewaySection {
 #[serde(deny_unknown_fields, default)]
 pub struct PublisherSection {
     pub max_batch_envelopes: usize,
+    /// Most encoded bytes in one AMQP message; larger requests are split over several.
+    pub max_message_bytes: usize,
     pub max_in_flight: usize,
     pub confirm_timeout_ms: u64,
 }
@@ -103,6 +105,7 @@ impl Default for PublisherSection {
     fn default() -> Self {
         PublisherSection {
             max_batch_envelopes: 1000,
+            max_message_bytes: 256 * 1024,
             max_in_flight: 64,
             confirm_timeout_ms: 5000,
         }
@@ -219,7 +222,7 @@ impl Config {
         )?;
         check_url("amqp_url", &self.amqp_url, &["amqp"])?;
         let g = &self.gateway;
-        let checks: [(&'static str, bool, &'static str); 12] = [
+        let checks: [(&'static str, bool, &'static str); 13] = [
             (
                 "gateway.activity_timeout_secs",
                 g.activity_timeout_secs > 0,
@@ -259,6 +262,11 @@ impl Config {
                 "publisher.max_batch_envelopes",
                 self.publisher.max_batch_envelopes > 0,
                 "at least 1",
+            ),
+            (
+                "publisher.max_message_bytes",
+                self.publisher.max_message_bytes >= 4096,
+                "at least 4096",
             ),
             (
                 "publisher.max_in_flight",

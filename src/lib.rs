@@ -170,6 +170,7 @@ pub async fn start(
                 topology: topology.clone(),
                 persist_queue_type: queue_type,
                 max_batch_envelopes: config.publisher.max_batch_envelopes,
+                max_message_bytes: config.publisher.max_message_bytes,
                 max_in_flight: config.publisher.max_in_flight,
                 confirm_timeout: Duration::from_millis(config.publisher.confirm_timeout_ms),
             },
