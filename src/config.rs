@@ -2,6 +2,7 @@
 //! at start. Nothing falls back silently: a wrong value is an error that names it.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::Path;
 use std::time::Duration;
 
@@ -71,6 +72,9 @@ pub struct GatewaySection {
     pub cluster_node_timeout_ms: u64,
     /// Addresses or CIDR networks of the proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<TrustedProxy>,
+    /// Confirmed `X-Idempotency-Key`s (per envelope) remembered to answer retries without
+    /// publishing again; the least recently used go first.
+    pub idempotency_cache_entries: usize,
 }
 
 impl Default for GatewaySection {
@@ -87,6 +91,7 @@ impl Default for GatewaySection {
             cluster_heartbeat_ms: 1000,
             cluster_node_timeout_ms: 5000,
             trusted_proxies: g.trusted_proxies,
+            idempotency_cache_entries: g.idempotency_cache_entries.get(),
         }
     }
 }
@@ -123,6 +128,13 @@ pub struct WorkerSection {
     pub dedup_window_hours: u32,
     /// Drop events partitions older than this many days; unset keeps everything.
     pub retention_days: Option<u32>,
+}
+
+impl WorkerSection {
+    /// How long storage deduplicates Segment `messageId`s and idempotency keys.
+    pub fn dedup_window(&self) -> Duration {
+        Duration::from_secs(u64::from(self.dedup_window_hours) * 3600)
+    }
 }
 
 impl Default for WorkerSection {
@@ -222,7 +234,7 @@ impl Config {
         )?;
         check_url("amqp_url", &self.amqp_url, &["amqp"])?;
         let g = &self.gateway;
-        let checks: [(&'static str, bool, &'static str); 13] = [
+        let checks: [(&'static str, bool, &'static str); 14] = [
             (
                 "gateway.activity_timeout_secs",
                 g.activity_timeout_secs > 0,
@@ -257,6 +269,11 @@ impl Config {
                 "gateway.cluster_node_timeout_ms",
                 g.cluster_heartbeat_ms > 0 && g.cluster_node_timeout_ms > g.cluster_heartbeat_ms,
                 "greater than gateway.cluster_heartbeat_ms (which must be > 0)",
+            ),
+            (
+                "gateway.idempotency_cache_entries",
+                g.idempotency_cache_entries > 0,
+                "at least 1",
             ),
             (
                 "publisher.max_batch_envelopes",
@@ -320,6 +337,9 @@ impl Config {
             max_body_bytes: g.max_body_bytes,
             cache_ttl: Duration::from_secs(g.cache_ttl_secs),
             trusted_proxies: g.trusted_proxies.clone(),
+            idempotency_cache_entries: NonZeroUsize::new(g.idempotency_cache_entries)
+                .unwrap_or(NonZeroUsize::MIN),
+            idempotency_window: self.worker.dedup_window(),
         }
     }
 }

@@ -128,7 +128,7 @@ pub async fn start(
             max_batch: config.worker.max_batch,
             batch_linger: Duration::from_millis(config.worker.batch_linger_ms),
             partition_days_ahead: config.worker.partition_days_ahead,
-            dedup_window: Duration::from_secs(u64::from(config.worker.dedup_window_hours) * 3600),
+            dedup_window: config.worker.dedup_window(),
             retention_days: config.worker.retention_days,
         };
         tracker.spawn(consumer_worker::run(worker_config, pool, shutdown.clone()));
