@@ -128,6 +128,9 @@ pub struct WorkerSection {
     pub dedup_window_hours: u32,
     /// Drop events partitions older than this many days; unset keeps everything.
     pub retention_days: Option<u32>,
+    /// Attempts at a batch that fails (not for its data, nor because Postgres is unreachable)
+    /// before it is split and what still fails alone is dead-lettered.
+    pub max_attempts: u32,
 }
 
 impl WorkerSection {
@@ -146,6 +149,7 @@ impl Default for WorkerSection {
             partition_days_ahead: 3,
             dedup_window_hours: 48,
             retention_days: None,
+            max_attempts: 3,
         }
     }
 }
@@ -234,7 +238,7 @@ impl Config {
         )?;
         check_url("amqp_url", &self.amqp_url, &["amqp"])?;
         let g = &self.gateway;
-        let checks: [(&'static str, bool, &'static str); 14] = [
+        let checks: [(&'static str, bool, &'static str); 15] = [
             (
                 "gateway.activity_timeout_secs",
                 g.activity_timeout_secs > 0,
@@ -299,6 +303,11 @@ impl Config {
                 "worker.dedup_window_hours",
                 self.worker.dedup_window_hours >= 24,
                 "at least 24",
+            ),
+            (
+                "worker.max_attempts",
+                self.worker.max_attempts >= 1,
+                "at least 1",
             ),
             (
                 "worker.retention_days",

@@ -86,6 +86,9 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
 
 const LIVE_READY_TIMEOUT: Duration = Duration::from_secs(10);
 const DATABASE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the worker ensures the partitions ahead, applies retention and prunes the dedup
+/// tables (also once at start).
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Checks the dependencies, binds the listeners and starts the role's tasks. Everything stops
 /// when `shutdown` is cancelled; then await [`Running::finished`].
@@ -130,6 +133,8 @@ pub async fn start(
             partition_days_ahead: config.worker.partition_days_ahead,
             dedup_window: config.worker.dedup_window(),
             retention_days: config.worker.retention_days,
+            max_attempts: config.worker.max_attempts,
+            maintenance_interval: MAINTENANCE_INTERVAL,
         };
         tracker.spawn(consumer_worker::run(worker_config, pool, shutdown.clone()));
     }

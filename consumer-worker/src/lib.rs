@@ -7,8 +7,11 @@
 //! the dead-letter queue with the reason in the [`REASON_HEADER`] header; every other failure is
 //! retried with backoff while the deliveries stay unacked.
 
+mod link;
+mod maintenance;
 mod storage;
 mod worker;
 
 pub use storage::{prepare_database, StorageError};
-pub use worker::{run, WorkerConfig, FAILED_AT_HEADER, REASON_HEADER};
+pub use link::{FAILED_AT_HEADER, REASON_HEADER};
+pub use worker::{run, WorkerConfig};
