@@ -12,6 +12,6 @@ mod maintenance;
 mod storage;
 mod worker;
 
-pub use storage::{prepare_database, StorageError};
 pub use link::{FAILED_AT_HEADER, REASON_HEADER};
+pub use storage::{prepare_database, StorageError};
 pub use worker::{run, WorkerConfig};

@@ -31,7 +31,6 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long closing the link may take at shutdown.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-
 #[derive(Debug, Error)]
 pub(crate) enum LinkError {
     #[error(transparent)]
@@ -93,8 +92,11 @@ impl Link {
             channel.basic_qos(config.prefetch, BasicQosOptions::default()),
         )
         .await?;
-        let dead_letters =
-            setup_step("opening the dead-letter channel", connection.create_channel()).await?;
+        let dead_letters = setup_step(
+            "opening the dead-letter channel",
+            connection.create_channel(),
+        )
+        .await?;
         setup_step(
             "enabling publisher confirms",
             dead_letters.confirm_select(ConfirmSelectOptions::default()),

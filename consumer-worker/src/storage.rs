@@ -400,9 +400,7 @@ fn sqlstate_disposition(code: &str) -> Disposition {
     match code.get(..2) {
         Some("22" | "23" | "54") => Disposition::Reject,
         Some("08" | "53" | "28") => Disposition::Outage,
-        _ if matches!(code, "57P01" | "57P02" | "57P03" | "3D000" | "25006") => {
-            Disposition::Outage
-        }
+        _ if matches!(code, "57P01" | "57P02" | "57P03" | "3D000" | "25006") => Disposition::Outage,
         _ => Disposition::Failed,
     }
 }

@@ -301,7 +301,10 @@ impl Worker {
     /// once for its data, or after `max_attempts` failures for another reason — is bisected
     /// until each refused envelope stands alone; the others are written. Returns the refused
     /// envelopes with the reason, or `None` if shutdown interrupted.
-    async fn persist<'a>(&mut self, envelopes: &'a [Envelope]) -> Option<Vec<(&'a Envelope, Refusal)>> {
+    async fn persist<'a>(
+        &mut self,
+        envelopes: &'a [Envelope],
+    ) -> Option<Vec<(&'a Envelope, Refusal)>> {
         let mut rejected = Vec::new();
         let mut pending = vec![envelopes];
         while let Some(part) = pending.pop() {

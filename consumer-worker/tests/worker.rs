@@ -2,6 +2,7 @@
 //! topology (see `common`).
 
 mod common;
+mod durability;
 
 use std::time::{Duration, Instant};
 

@@ -130,8 +130,14 @@ mod tests {
         };
         check(&[], Some(None));
         check(&[b"order-17"], Some(Some("order-17")));
-        check(&[b"8e03978e-40d5-43e8-bc93-6894a57f9324"], Some(Some("8e03978e-40d5-43e8-bc93-6894a57f9324")));
-        check(&[&[b'k'; MAX_KEY_LEN]], Some(Some(&"k".repeat(MAX_KEY_LEN))));
+        check(
+            &[b"8e03978e-40d5-43e8-bc93-6894a57f9324"],
+            Some(Some("8e03978e-40d5-43e8-bc93-6894a57f9324")),
+        );
+        check(
+            &[&[b'k'; MAX_KEY_LEN]],
+            Some(Some(&"k".repeat(MAX_KEY_LEN))),
+        );
         check(&[&[b'k'; MAX_KEY_LEN + 1]], None);
         check(&[b""], None);
         check(&[b"has space"], None);

@@ -142,7 +142,8 @@ async fn open(config: &PublisherConfig) -> Result<(Connection, Channel), BusErro
     match setup.await {
         Ok(channel) => Ok((connection, channel)),
         Err(error) => {
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, "setup failed")).await;
+            let _ =
+                tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, "setup failed")).await;
             Err(error)
         }
     }
