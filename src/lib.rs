@@ -57,6 +57,8 @@ pub enum StartError {
     },
     #[error("the live queue was not ready within {0:?}")]
     LiveNotReady(Duration),
+    #[error("the publisher did not connect to RabbitMQ within {0:?}")]
+    PublisherNotReady(Duration),
 }
 
 /// A started process: its bound addresses and the tasks to wait for after shutdown.
@@ -164,7 +166,7 @@ pub async fn start(
             shutdown.clone(),
         ));
         // Events accepted before the live queue exists would not reach this node's sockets.
-        wait_for(&live_ready, LIVE_READY_TIMEOUT)
+        wait_for(|| live_ready.load(Ordering::Relaxed), LIVE_READY_TIMEOUT)
             .await
             .then_some(())
             .ok_or(StartError::LiveNotReady(LIVE_READY_TIMEOUT))?;
@@ -181,6 +183,11 @@ pub async fn start(
             },
             &tracker,
         );
+        // Requests that come before the first connection would be refused.
+        wait_for(|| publisher.is_connected(), LIVE_READY_TIMEOUT)
+            .await
+            .then_some(())
+            .ok_or(StartError::PublisherNotReady(LIVE_READY_TIMEOUT))?;
         let connected = publisher.clone();
         checks.push(Check {
             name: "publisher",
@@ -215,9 +222,9 @@ pub async fn start(
     })
 }
 
-async fn wait_for(flag: &AtomicBool, timeout: Duration) -> bool {
+async fn wait_for(ready: impl Fn() -> bool, timeout: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;
-    while !flag.load(Ordering::Relaxed) {
+    while !ready() {
         if tokio::time::Instant::now() >= deadline {
             return false;
         }

@@ -14,8 +14,9 @@
 //! The publishing task never waits for a connection: while there is none, requests fail at once
 //! ([`PublishError::Unavailable`], nothing was published). A message whose link broke before its
 //! confirm is published again, byte for byte (the same envelope ids, which storage
-//! deduplicates), on the next link, until its deadline (`confirm_timeout` after it was first
-//! published); only then does its caller get [`PublishError::Timeout`].
+//! deduplicates), on the next link if one comes within a second, and awaits its confirm until
+//! its deadline (`confirm_timeout` after it was first published); otherwise its caller gets
+//! [`PublishError::Timeout`].
 
 mod connector;
 mod outbox;

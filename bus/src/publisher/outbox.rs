@@ -29,6 +29,10 @@ use crate::EVENT_ROUTING_KEY;
 /// connection is stuck: the message is in doubt and the link is replaced, so a dead link holds
 /// up the publishing task once, briefly, and never for the whole confirm timeout.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a message whose link broke waits for the next link (within its deadline) before
+/// its callers are answered: a blip is bridged by publishing again, an outage answers 503
+/// within about a second.
+const RECONNECT_GRACE: Duration = Duration::from_secs(1);
 
 pub(super) async fn run(
     config: PublisherConfig,
@@ -320,15 +324,16 @@ impl Outbox {
         }
     }
 
-    /// Leaves message `seq` waiting for the next link, until its deadline.
+    /// Leaves message `seq` waiting for the next link, for [`RECONNECT_GRACE`] at most and
+    /// never past its deadline.
     fn await_link(&mut self, seq: u64, attempt: u32) {
         let Some(message) = self.in_flight.get_mut(&seq) else {
             return;
         };
         message.generation = None;
-        let deadline = message.deadline;
+        let expiry = message.deadline.min(Instant::now() + RECONNECT_GRACE);
         self.waits.push(Box::pin(async move {
-            tokio::time::sleep_until(deadline).await;
+            tokio::time::sleep_until(expiry).await;
             (seq, attempt, Outcome::Expired)
         }));
     }
