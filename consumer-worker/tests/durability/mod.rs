@@ -87,7 +87,10 @@ async fn an_envelope_that_keeps_failing_is_split_off_and_dead_lettered() {
     );
     let letters = env.take_dead_letters().await;
     assert_eq!(letters.len(), 1);
-    assert_eq!(decode_batch(&letters[0].body).unwrap(), [poison.clone()]);
+    assert_eq!(
+        decode_batch(&letters[0].body).unwrap(),
+        std::slice::from_ref(&poison)
+    );
     let reason = &letters[0].reason;
     assert!(
         reason.starts_with(&format!(
