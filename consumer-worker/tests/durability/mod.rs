@@ -30,6 +30,23 @@ async fn scalar_i64(env: &TestEnv, sql: &str) -> i64 {
         .expect(sql)
 }
 
+/// A worker that splits a failing batch after two attempts.
+fn impatient_worker(env: &TestEnv) -> RunningWorker {
+    let config = WorkerConfig {
+        max_attempts: 2,
+        ..env.config()
+    };
+    RunningWorker::start(config, env.pool.clone())
+}
+
+/// The ids in `events`, sorted.
+async fn stored_ids(env: &TestEnv) -> Vec<uuid::Uuid> {
+    sqlx::query_scalar("SELECT id FROM events ORDER BY id")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap()
+}
+
 async fn exists(env: &TestEnv, table: &str) -> bool {
     sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
         .bind(table)
@@ -57,11 +74,7 @@ async fn an_envelope_that_keeps_failing_is_split_off_and_dead_lettered() {
              FOR EACH ROW EXECUTE FUNCTION refuse_poison();",
     )
     .await;
-    let config = WorkerConfig {
-        max_attempts: 2,
-        ..env.config()
-    };
-    let worker = RunningWorker::start(config, env.pool.clone());
+    let worker = impatient_worker(&env);
     let good: Vec<Envelope> = (0..3)
         .map(|i| envelope(&format!("{{\"n\":{i}}}")))
         .collect();
@@ -72,11 +85,7 @@ async fn an_envelope_that_keeps_failing_is_split_off_and_dead_lettered() {
     env.wait_for_rows(3).await;
     worker.stop().await;
 
-    let mut stored: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM events")
-        .fetch_all(&env.pool)
-        .await
-        .unwrap();
-    stored.sort();
+    let stored = stored_ids(&env).await;
     let mut expected: Vec<uuid::Uuid> = good.iter().map(|e| e.id).collect();
     expected.sort();
     assert_eq!(stored, expected);
@@ -119,11 +128,7 @@ async fn a_database_that_refuses_everything_is_waited_for_not_dead_lettered() {
              FOR EACH STATEMENT EXECUTE FUNCTION refuse_all();",
     )
     .await;
-    let config = WorkerConfig {
-        max_attempts: 2,
-        ..env.config()
-    };
-    let worker = RunningWorker::start(config, env.pool.clone());
+    let worker = impatient_worker(&env);
     let sent: Vec<Envelope> = (0..3).map(|i| envelope(&i.to_string())).collect();
     env.publish(&sent).await;
     // Two rounds of attempts and probes (sequences are not transactional).
@@ -165,11 +170,7 @@ async fn idempotency_keys_are_stored_once_per_app() {
         .await;
     env.wait_for_event(other_key.id).await;
     worker.stop().await;
-    let mut stored: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM events")
-        .fetch_all(&env.pool)
-        .await
-        .unwrap();
-    stored.sort();
+    let stored = stored_ids(&env).await;
     let mut expected = vec![first.id, other_app.id, other_key.id];
     expected.sort();
     assert_eq!(stored, expected);
