@@ -424,6 +424,27 @@ mod tests {
                 ..
             })
         ));
+        for (adjust, field) in [
+            (
+                (|c: &mut Config| c.publisher.max_message_bytes = 4095) as fn(&mut Config),
+                "publisher.max_message_bytes",
+            ),
+            (
+                |c: &mut Config| c.gateway.idempotency_cache_entries = 0,
+                "gateway.idempotency_cache_entries",
+            ),
+            (
+                |c: &mut Config| c.worker.max_attempts = 0,
+                "worker.max_attempts",
+            ),
+        ] {
+            let mut config = Config::default();
+            adjust(&mut config);
+            assert!(
+                matches!(config.validate(), Err(ConfigError::OutOfRange { field: f, .. }) if f == field),
+                "{field}"
+            );
+        }
         let no_apps = Config {
             apps: vec![],
             ..Config::default()
@@ -457,8 +478,14 @@ mod tests {
             jail.set_env("SWITCHBOARD_GATEWAY__MAX_FRAME_BYTES", "4096");
             jail.set_env("DATABASE_URL", "postgres://db.example/x");
             jail.set_env("SWITCHBOARD_WORKER__RETENTION_DAYS", "30");
+            jail.set_env("SWITCHBOARD_PUBLISHER__MAX_MESSAGE_BYTES", "65536");
+            jail.set_env("SWITCHBOARD_WORKER__MAX_ATTEMPTS", "5");
+            jail.set_env("SWITCHBOARD_GATEWAY__IDEMPOTENCY_CACHE_ENTRIES", "10");
             let config = Config::load(Some(Path::new("switchboard.toml"))).unwrap();
             assert_eq!(config.worker.retention_days, Some(30));
+            assert_eq!(config.publisher.max_message_bytes, 65536);
+            assert_eq!(config.worker.max_attempts, 5);
+            assert_eq!(config.gateway_config().idempotency_cache_entries.get(), 10);
             assert_eq!(config.worker.dedup_window_hours, 48);
             assert_eq!(config.amqp_prefix, "fromenv");
             assert_eq!(config.bind.port(), 7001);
