@@ -253,6 +253,12 @@ impl Outbox {
         let Some(message) = self.in_flight.get_mut(&seq) else {
             return;
         };
+        if message.deadline <= Instant::now() {
+            // Too late to publish again: a write bounded by a past deadline would fail and
+            // wrongly condemn a healthy link.
+            self.fail(seq, PublishError::Timeout);
+            return;
+        }
         let first = message.attempt == 0;
         message.attempt += 1;
         message.generation = Some(link.generation);
