@@ -2,6 +2,7 @@
 //! at start. Nothing falls back silently: a wrong value is an error that names it.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::Path;
 use std::time::Duration;
 
@@ -71,6 +72,9 @@ pub struct GatewaySection {
     pub cluster_node_timeout_ms: u64,
     /// Addresses or CIDR networks of the proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<TrustedProxy>,
+    /// Confirmed `X-Idempotency-Key`s (per envelope) remembered to answer retries without
+    /// publishing again; the least recently used go first.
+    pub idempotency_cache_entries: usize,
 }
 
 impl Default for GatewaySection {
@@ -87,6 +91,7 @@ impl Default for GatewaySection {
             cluster_heartbeat_ms: 1000,
             cluster_node_timeout_ms: 5000,
             trusted_proxies: g.trusted_proxies,
+            idempotency_cache_entries: g.idempotency_cache_entries.get(),
         }
     }
 }
@@ -95,6 +100,8 @@ impl Default for GatewaySection {
 #[serde(deny_unknown_fields, default)]
 pub struct PublisherSection {
     pub max_batch_envelopes: usize,
+    /// Most encoded bytes in one AMQP message; larger requests are split over several.
+    pub max_message_bytes: usize,
     pub max_in_flight: usize,
     pub confirm_timeout_ms: u64,
 }
@@ -103,6 +110,7 @@ impl Default for PublisherSection {
     fn default() -> Self {
         PublisherSection {
             max_batch_envelopes: 1000,
+            max_message_bytes: 256 * 1024,
             max_in_flight: 64,
             confirm_timeout_ms: 5000,
         }
@@ -120,6 +128,16 @@ pub struct WorkerSection {
     pub dedup_window_hours: u32,
     /// Drop events partitions older than this many days; unset keeps everything.
     pub retention_days: Option<u32>,
+    /// Attempts at a batch that fails (not for its data, nor because Postgres is unreachable)
+    /// before it is split and what still fails alone is dead-lettered.
+    pub max_attempts: u32,
+}
+
+impl WorkerSection {
+    /// How long storage deduplicates Segment `messageId`s and idempotency keys.
+    pub fn dedup_window(&self) -> Duration {
+        Duration::from_secs(u64::from(self.dedup_window_hours) * 3600)
+    }
 }
 
 impl Default for WorkerSection {
@@ -131,6 +149,7 @@ impl Default for WorkerSection {
             partition_days_ahead: 3,
             dedup_window_hours: 48,
             retention_days: None,
+            max_attempts: 3,
         }
     }
 }
@@ -219,7 +238,7 @@ impl Config {
         )?;
         check_url("amqp_url", &self.amqp_url, &["amqp"])?;
         let g = &self.gateway;
-        let checks: [(&'static str, bool, &'static str); 12] = [
+        let checks: [(&'static str, bool, &'static str); 15] = [
             (
                 "gateway.activity_timeout_secs",
                 g.activity_timeout_secs > 0,
@@ -256,9 +275,19 @@ impl Config {
                 "greater than gateway.cluster_heartbeat_ms (which must be > 0)",
             ),
             (
+                "gateway.idempotency_cache_entries",
+                g.idempotency_cache_entries > 0,
+                "at least 1",
+            ),
+            (
                 "publisher.max_batch_envelopes",
                 self.publisher.max_batch_envelopes > 0,
                 "at least 1",
+            ),
+            (
+                "publisher.max_message_bytes",
+                self.publisher.max_message_bytes >= 4096,
+                "at least 4096",
             ),
             (
                 "publisher.max_in_flight",
@@ -274,6 +303,11 @@ impl Config {
                 "worker.dedup_window_hours",
                 self.worker.dedup_window_hours >= 24,
                 "at least 24",
+            ),
+            (
+                "worker.max_attempts",
+                self.worker.max_attempts >= 1,
+                "at least 1",
             ),
             (
                 "worker.retention_days",
@@ -312,6 +346,9 @@ impl Config {
             max_body_bytes: g.max_body_bytes,
             cache_ttl: Duration::from_secs(g.cache_ttl_secs),
             trusted_proxies: g.trusted_proxies.clone(),
+            idempotency_cache_entries: NonZeroUsize::new(g.idempotency_cache_entries)
+                .unwrap_or(NonZeroUsize::MIN),
+            idempotency_window: self.worker.dedup_window(),
         }
     }
 }
@@ -387,6 +424,27 @@ mod tests {
                 ..
             })
         ));
+        for (adjust, field) in [
+            (
+                (|c: &mut Config| c.publisher.max_message_bytes = 4095) as fn(&mut Config),
+                "publisher.max_message_bytes",
+            ),
+            (
+                |c: &mut Config| c.gateway.idempotency_cache_entries = 0,
+                "gateway.idempotency_cache_entries",
+            ),
+            (
+                |c: &mut Config| c.worker.max_attempts = 0,
+                "worker.max_attempts",
+            ),
+        ] {
+            let mut config = Config::default();
+            adjust(&mut config);
+            assert!(
+                matches!(config.validate(), Err(ConfigError::OutOfRange { field: f, .. }) if f == field),
+                "{field}"
+            );
+        }
         let no_apps = Config {
             apps: vec![],
             ..Config::default()
@@ -420,8 +478,14 @@ mod tests {
             jail.set_env("SWITCHBOARD_GATEWAY__MAX_FRAME_BYTES", "4096");
             jail.set_env("DATABASE_URL", "postgres://db.example/x");
             jail.set_env("SWITCHBOARD_WORKER__RETENTION_DAYS", "30");
+            jail.set_env("SWITCHBOARD_PUBLISHER__MAX_MESSAGE_BYTES", "65536");
+            jail.set_env("SWITCHBOARD_WORKER__MAX_ATTEMPTS", "5");
+            jail.set_env("SWITCHBOARD_GATEWAY__IDEMPOTENCY_CACHE_ENTRIES", "10");
             let config = Config::load(Some(Path::new("switchboard.toml"))).unwrap();
             assert_eq!(config.worker.retention_days, Some(30));
+            assert_eq!(config.publisher.max_message_bytes, 65536);
+            assert_eq!(config.worker.max_attempts, 5);
+            assert_eq!(config.gateway_config().idempotency_cache_entries.get(), 10);
             assert_eq!(config.worker.dedup_window_hours, 48);
             assert_eq!(config.amqp_prefix, "fromenv");
             assert_eq!(config.bind.port(), 7001);

@@ -57,6 +57,8 @@ pub enum StartError {
     },
     #[error("the live queue was not ready within {0:?}")]
     LiveNotReady(Duration),
+    #[error("the publisher did not connect to RabbitMQ within {0:?}")]
+    PublisherNotReady(Duration),
 }
 
 /// A started process: its bound addresses and the tasks to wait for after shutdown.
@@ -86,6 +88,9 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
 
 const LIVE_READY_TIMEOUT: Duration = Duration::from_secs(10);
 const DATABASE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the worker ensures the partitions ahead, applies retention and prunes the dedup
+/// tables (also once at start).
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Checks the dependencies, binds the listeners and starts the role's tasks. Everything stops
 /// when `shutdown` is cancelled; then await [`Running::finished`].
@@ -128,8 +133,10 @@ pub async fn start(
             max_batch: config.worker.max_batch,
             batch_linger: Duration::from_millis(config.worker.batch_linger_ms),
             partition_days_ahead: config.worker.partition_days_ahead,
-            dedup_window: Duration::from_secs(u64::from(config.worker.dedup_window_hours) * 3600),
+            dedup_window: config.worker.dedup_window(),
             retention_days: config.worker.retention_days,
+            max_attempts: config.worker.max_attempts,
+            maintenance_interval: MAINTENANCE_INTERVAL,
         };
         tracker.spawn(consumer_worker::run(worker_config, pool, shutdown.clone()));
     }
@@ -159,7 +166,7 @@ pub async fn start(
             shutdown.clone(),
         ));
         // Events accepted before the live queue exists would not reach this node's sockets.
-        wait_for(&live_ready, LIVE_READY_TIMEOUT)
+        wait_for(|| live_ready.load(Ordering::Relaxed), LIVE_READY_TIMEOUT)
             .await
             .then_some(())
             .ok_or(StartError::LiveNotReady(LIVE_READY_TIMEOUT))?;
@@ -170,11 +177,17 @@ pub async fn start(
                 topology: topology.clone(),
                 persist_queue_type: queue_type,
                 max_batch_envelopes: config.publisher.max_batch_envelopes,
+                max_message_bytes: config.publisher.max_message_bytes,
                 max_in_flight: config.publisher.max_in_flight,
                 confirm_timeout: Duration::from_millis(config.publisher.confirm_timeout_ms),
             },
             &tracker,
         );
+        // Requests that come before the first connection would be refused.
+        wait_for(|| publisher.is_connected(), LIVE_READY_TIMEOUT)
+            .await
+            .then_some(())
+            .ok_or(StartError::PublisherNotReady(LIVE_READY_TIMEOUT))?;
         let connected = publisher.clone();
         checks.push(Check {
             name: "publisher",
@@ -209,9 +222,9 @@ pub async fn start(
     })
 }
 
-async fn wait_for(flag: &AtomicBool, timeout: Duration) -> bool {
+async fn wait_for(ready: impl Fn() -> bool, timeout: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;
-    while !flag.load(Ordering::Relaxed) {
+    while !ready() {
         if tokio::time::Instant::now() >= deadline {
             return false;
         }

@@ -14,6 +14,7 @@ pub use topology::{
     EVENT_ROUTING_KEY,
 };
 
+use std::future::Future;
 use std::time::Duration;
 
 use lapin::{Connection, ConnectionProperties};
@@ -21,6 +22,9 @@ use thiserror::Error;
 
 /// How long one connection attempt may take before it counts as failed.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long each later setup step (open a channel, enable confirms, declare the topology, start
+/// consuming) may take before it counts as failed.
+pub const SETUP_STEP_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Error)]
 pub enum BusError {
@@ -34,6 +38,38 @@ pub enum BusError {
     ConnectTimeout { endpoint: String },
     #[error("RabbitMQ refused a topology declaration: {0}")]
     Declare(#[source] lapin::Error),
+    #[error("RabbitMQ failed while {step}: {source}")]
+    Setup {
+        step: &'static str,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("RabbitMQ did not answer within {SETUP_STEP_TIMEOUT:?} while {step}")]
+    SetupTimeout { step: &'static str },
+}
+
+/// Runs one setup step of a connection, bounded by [`SETUP_STEP_TIMEOUT`].
+pub async fn setup_step<T>(
+    step: &'static str,
+    future: impl Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, BusError> {
+    within(step, async {
+        future
+            .await
+            .map_err(|source| BusError::Setup { step, source })
+    })
+    .await
+}
+
+/// Runs a setup step that reports its own [`BusError`] (such as [`declare_durable`]), bounded by
+/// [`SETUP_STEP_TIMEOUT`].
+pub async fn within<T>(
+    step: &'static str,
+    future: impl Future<Output = Result<T, BusError>>,
+) -> Result<T, BusError> {
+    tokio::time::timeout(SETUP_STEP_TIMEOUT, future)
+        .await
+        .map_err(|_| BusError::SetupTimeout { step })?
 }
 
 /// The URL without credentials, for messages and logs.

@@ -5,7 +5,7 @@ use std::time::Duration;
 use bus::{PublishError, Publisher, PublisherConfig, QueueType, Topology};
 use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use protocol::envelope::decode_batch;
 use protocol::{Envelope, Source};
 use tokio_util::task::TaskTracker;
@@ -18,6 +18,7 @@ fn config(url: &str) -> PublisherConfig {
         topology: Topology::new(format!("bustest{:x}", rand::random::<u64>())),
         persist_queue_type: QueueType::Classic,
         max_batch_envelopes: 1000,
+        max_message_bytes: 256 * 1024,
         max_in_flight: 16,
         confirm_timeout: Duration::from_secs(5),
     }
@@ -178,8 +179,153 @@ async fn unreachable_broker_fails_fast() {
         publisher.publish(vec![envelope(1)]).await,
         Err(PublishError::Unavailable)
     );
-    assert!(started.elapsed() < Duration::from_secs(6));
+    assert!(started.elapsed() < Duration::from_secs(1));
     assert!(!publisher.is_connected());
+}
+
+/// A broker that accepts TCP connections and never says a word: connecting hangs until its
+/// timeout, which publishing must never wait for.
+#[tokio::test]
+async fn silent_broker_fails_fast_while_the_connector_waits() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            sockets.push(socket);
+        }
+    });
+    let tracker = TaskTracker::new();
+    let publisher = Publisher::spawn(
+        config(&format!("amqp://guest:guest@127.0.0.1:{port}/%2f")),
+        &tracker,
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for i in 0..3 {
+        let started = std::time::Instant::now();
+        assert_eq!(
+            publisher.publish(vec![envelope(i)]).await,
+            Err(PublishError::Unavailable)
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "answered after {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(!publisher.is_connected());
+    held.abort();
+}
+
+#[tokio::test]
+async fn a_large_request_is_split_into_messages_within_the_byte_cap() {
+    const CAP: usize = 4096;
+    let config = PublisherConfig {
+        max_message_bytes: CAP,
+        ..config(AMQP)
+    };
+    let tracker = TaskTracker::new();
+    let publisher = Publisher::spawn(config.clone(), &tracker);
+    connected(&publisher).await;
+    let padded = |i: usize| {
+        let mut e = envelope(i);
+        e.data = format!("{i:04}{}", "x".repeat(700));
+        e
+    };
+    let large: Vec<Envelope> = (0..30).map(padded).collect();
+    let mut huge = envelope(99);
+    huge.data = "y".repeat(2 * CAP);
+    let (a, b) = tokio::join!(
+        publisher.publish(large.clone()),
+        publisher.publish(vec![huge.clone()])
+    );
+    assert_eq!((a, b), (Ok(()), Ok(())));
+
+    let connection = bus::connect(AMQP, "test-sizes").await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let mut bodies = Vec::new();
+    while let Some(message) = channel
+        .basic_get(&config.topology.persist_queue(), Default::default())
+        .await
+        .unwrap()
+    {
+        bodies.push(message.delivery.data.clone());
+        message.delivery.ack(Default::default()).await.unwrap();
+    }
+    let mut received = Vec::new();
+    for body in &bodies {
+        let envelopes = decode_batch(body).unwrap();
+        assert!(
+            body.len() <= CAP || envelopes.len() == 1,
+            "a message of {} bytes with {} envelopes",
+            body.len(),
+            envelopes.len()
+        );
+        received.extend(envelopes);
+    }
+    assert!(bodies.len() >= 6, "{} messages", bodies.len());
+    let in_order: Vec<Envelope> = received
+        .iter()
+        .filter(|e| e.id != huge.id)
+        .cloned()
+        .collect();
+    assert_eq!(in_order, large, "every envelope once, in order");
+    assert_eq!(received.iter().filter(|e| e.id == huge.id).count(), 1);
+    drain(&config.topology, 0).await;
+}
+
+/// A request split over several messages is confirmed only when every part is: here a queue
+/// that takes two messages and refuses the rest (`reject-publish`, which nacks) is bound too.
+#[tokio::test]
+async fn a_split_request_fails_when_one_of_its_messages_fails() {
+    let config = PublisherConfig {
+        max_message_bytes: 2048,
+        ..config(AMQP)
+    };
+    let tracker = TaskTracker::new();
+    let publisher = Publisher::spawn(config.clone(), &tracker);
+    connected(&publisher).await;
+    let connection = bus::connect(AMQP, "test-reject").await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let small = format!("{}.small", config.topology.prefix);
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongInt(2));
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    channel
+        .queue_declare(&small, QueueDeclareOptions::default(), args)
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            &small,
+            &config.topology.events_exchange(),
+            bus::EVENT_ROUTING_KEY,
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let request: Vec<Envelope> = (0..10)
+        .map(|i| {
+            let mut e = envelope(i);
+            e.data = "z".repeat(900);
+            e
+        })
+        .collect();
+    assert_eq!(
+        publisher.publish(request).await,
+        Err(PublishError::Nacked),
+        "two of five parts confirmed is no confirm"
+    );
+    channel
+        .queue_delete(&small, QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(publisher.publish(vec![envelope(1)]).await, Ok(()));
+    drain(&config.topology, 0).await;
 }
 
 #[tokio::test]

@@ -155,8 +155,10 @@ pub(crate) fn missing_days(envelopes: &[Envelope], known: &HashSet<NaiveDate>) -
 
 /// One statement per batch, in one transaction with the rollups. A row whose `(id,
 /// received_at)` exists already is skipped, which makes redeliveries harmless; a Segment event
-/// is inserted only when its `(app_id, message_id)` is new to `event_dedup`, which makes client
-/// retries (same messageId, new id and received_at) harmless too. The rollups are fed from the
+/// is inserted only when its `(app_id, message_id)` is new to `event_dedup`, and an HTTP API
+/// event with an idempotency key only when its `(app_id, idempotency_key)` is new to
+/// `idempotency_dedup`, which makes client retries (same key, new id and received_at) harmless
+/// too. The rollups are fed from the
 /// rows actually inserted. Rows are sorted by key before the upserts so that concurrent
 /// workers take their row locks in the same order.
 const INSERT_EVENTS: &str = "\
@@ -168,18 +170,26 @@ WITH batch AS (
         $18::text[], $19::text[], $20::text[], $21::text[], $22::text[], $23::text[],
         $24::text[], $25::text[], $26::text[], $27::text[], $28::text[], $29::text[],
         $30::text[], $31::text[], $32::text[], $33::text[], $34::text[], $35::text[],
-        $36::bool[])
+        $36::bool[], $37::text[])
     AS b (id, app_id, source, channel, name, data, user_id, socket_id, received_at,
           anonymous_id, message_id, occurred_at, context, type, original_timestamp, sent_at,
           group_id, previous_id, page_url, page_path, page_referrer, page_search, page_title,
           utm_source, utm_medium, utm_campaign, utm_term, utm_content, ip, user_agent,
-          browser, browser_version, os, os_version, device_class, is_bot)
+          browser, browser_version, os, os_version, device_class, is_bot, idempotency_key)
 ),
 new_messages AS (
     INSERT INTO event_dedup (app_id, message_id, event_id, received_at)
     SELECT app_id, message_id, id, received_at FROM batch
     WHERE message_id IS NOT NULL
     ORDER BY app_id, message_id
+    ON CONFLICT DO NOTHING
+    RETURNING event_id
+),
+new_keys AS (
+    INSERT INTO idempotency_dedup (app_id, idempotency_key, event_id, received_at)
+    SELECT app_id, idempotency_key, id, received_at FROM batch
+    WHERE idempotency_key IS NOT NULL
+    ORDER BY app_id, idempotency_key
     ON CONFLICT DO NOTHING
     RETURNING event_id
 ),
@@ -196,7 +206,8 @@ inserted AS (
            page_title, utm_source, utm_medium, utm_campaign, utm_term, utm_content, ip::inet,
            user_agent, browser, browser_version, os, os_version, device_class, is_bot
     FROM batch
-    WHERE message_id IS NULL OR id IN (SELECT event_id FROM new_messages)
+    WHERE (message_id IS NULL OR id IN (SELECT event_id FROM new_messages))
+      AND (idempotency_key IS NULL OR id IN (SELECT event_id FROM new_keys))
     ON CONFLICT DO NOTHING
     RETURNING app_id, source, name, occurred_at, coalesce(user_id, anonymous_id) AS user_key
 ),
@@ -310,34 +321,28 @@ pub(crate) async fn insert_events(
                 .iter()
                 .map(|e| e.segment.as_deref().is_some_and(|s| s.client.agent.is_bot))
                 .collect::<Vec<_>>(),
-        );
+        )
+        .bind(optional(|e| e.idempotency_key.as_deref()));
     let mut transaction = pool.begin().await?;
     let inserted = query.fetch_one(&mut *transaction).await?;
     transaction.commit().await?;
     Ok(u64::try_from(inserted).unwrap_or_default())
 }
 
-/// Deletes the dedup rows first seen more than `window` ago; returns how many.
+/// Deletes the Segment and idempotency-key dedup rows first seen more than `window` ago;
+/// returns how many.
 pub(crate) async fn prune_dedup(pool: &PgPool, window: Duration) -> Result<u64, sqlx::Error> {
-    let deleted = sqlx::query(
-        "DELETE FROM event_dedup WHERE received_at < now() - make_interval(secs => $1)",
-    )
-    .bind(window.as_secs_f64())
-    .execute(pool)
-    .await?
-    .rows_affected();
+    let mut deleted = 0;
+    for table in ["event_dedup", "idempotency_dedup"] {
+        deleted += sqlx::query(&format!(
+            "DELETE FROM {table} WHERE received_at < now() - make_interval(secs => $1)"
+        ))
+        .bind(window.as_secs_f64())
+        .execute(pool)
+        .await?
+        .rows_affected();
+    }
     Ok(deleted)
-}
-
-/// Drops the events partitions of the days before `cutoff`; returns their names.
-pub(crate) async fn drop_partitions_before(
-    pool: &PgPool,
-    cutoff: NaiveDate,
-) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT switchboard_drop_partitions_before($1)")
-        .bind(cutoff)
-        .fetch_all(pool)
-        .await
 }
 
 /// The JSON text stored in `data`: the payload itself when it is JSON, else the payload as a
@@ -353,34 +358,58 @@ pub(crate) fn data_json(data: &str) -> Cow<'_, str> {
 /// What to do about a failed write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Disposition {
-    /// The database, or the way to it, failed: keep the deliveries and try again later.
-    Retry,
+    /// Postgres, or the way to it, is down as a whole: keep the deliveries and retry, without
+    /// limit and without dead-lettering anything.
+    Outage,
     /// Postgres refused the data itself: retrying the same rows cannot succeed.
     Reject,
+    /// The write failed for another reason (a trigger, a lock or statement timeout, a
+    /// serialization failure, a missing object, …): retried a bounded number of times, then
+    /// the envelopes are split and, if the database works without them, dead-lettered.
+    Failed,
 }
 
-/// Only errors that blame the data reject it; everything else is retried, including errors
-/// nobody expected (a missing table, a revoked privilege): those are the operator's to fix, and
-/// dead-lettering every event meanwhile would not help.
+/// Outages are the errors of reaching Postgres: I/O and TLS errors, the pool's timeout (no
+/// connection could be made within [`ACQUIRE_TIMEOUT`]) and a closed pool, and the SQLSTATEs of
+/// a server that cannot serve at all (see [`sqlstate_disposition`]). Data errors reject; every
+/// other error fails the write.
 pub(crate) fn disposition(error: &sqlx::Error) -> Disposition {
     match error {
         sqlx::Error::Database(_) => sqlstate(error)
             .as_deref()
-            .map_or(Disposition::Retry, sqlstate_disposition),
+            .map_or(Disposition::Failed, sqlstate_disposition),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => Disposition::Outage,
         sqlx::Error::Encode(_) => Disposition::Reject,
-        _ => Disposition::Retry,
+        _ => Disposition::Failed,
     }
 }
 
 /// SQLSTATE classes that blame the data: 22 data exception (e.g. `\u0000` in jsonb, a NUL byte
 /// in text), 23 integrity constraint violation, 54 program limit exceeded (e.g. an index row
-/// too large). Connection (08), insufficient resources (53), operator intervention (57P…) and
-/// transaction rollback (40001, 40P01) are the transient ones; anything else is retried too.
+/// too large). Those of a server that cannot serve anyone: 08 connection exception, 53
+/// insufficient resources (disk full, out of memory, too many connections), 28 invalid
+/// authorization, 57P01–57P03 (shutting down, crashed, not yet accepting connections), 3D000
+/// (no such database), 25006 (a read-only server, e.g. a standby after a failover). Anything
+/// else — including transaction rollbacks (40001, 40P01) and cancelled statements (57014) —
+/// fails this write.
 fn sqlstate_disposition(code: &str) -> Disposition {
     match code.get(..2) {
         Some("22" | "23" | "54") => Disposition::Reject,
-        _ => Disposition::Retry,
+        Some("08" | "53" | "28") => Disposition::Outage,
+        _ if matches!(code, "57P01" | "57P02" | "57P03" | "3D000" | "25006") => Disposition::Outage,
+        _ => Disposition::Failed,
     }
+}
+
+/// Runs the insert statement without any rows: it fails only for reasons that have nothing to
+/// do with the envelopes of a failed write (a missing table, a revoked privilege, a read-only
+/// database, a statement-level trigger that refuses everything).
+pub(crate) async fn probe(pool: &PgPool) -> Result<(), sqlx::Error> {
+    insert_events(pool, &[]).await.map(drop)
 }
 
 fn sqlstate(error: &sqlx::Error) -> Option<String> {
@@ -434,7 +463,7 @@ mod tests {
     }
 
     #[test]
-    fn only_data_errors_reject() {
+    fn data_errors_reject_outages_wait_and_the_rest_fail() {
         let check = |code: &str, expected: Disposition| {
             assert_eq!(sqlstate_disposition(code), expected, "{code}")
         };
@@ -444,27 +473,34 @@ mod tests {
         check("23514", Disposition::Reject); // check violation
         check("23502", Disposition::Reject); // not null violation
         check("54000", Disposition::Reject); // index row too large
-        check("08006", Disposition::Retry); // connection failure
-        check("08001", Disposition::Retry);
-        check("57P01", Disposition::Retry); // admin shutdown
-        check("57P03", Disposition::Retry); // cannot connect now
-        check("40001", Disposition::Retry); // serialization failure
-        check("40P01", Disposition::Retry); // deadlock
-        check("53300", Disposition::Retry); // too many connections
-        check("53100", Disposition::Retry); // disk full
-        check("42P01", Disposition::Retry); // undefined table: the operator's problem
-        check("", Disposition::Retry);
+        check("08006", Disposition::Outage); // connection failure
+        check("08001", Disposition::Outage);
+        check("57P01", Disposition::Outage); // admin shutdown
+        check("57P03", Disposition::Outage); // cannot connect now
+        check("53300", Disposition::Outage); // too many connections
+        check("53100", Disposition::Outage); // disk full
+        check("28P01", Disposition::Outage); // password authentication failed
+        check("3D000", Disposition::Outage); // database does not exist
+        check("25006", Disposition::Outage); // read-only transaction (a standby)
+        check("40001", Disposition::Failed); // serialization failure
+        check("40P01", Disposition::Failed); // deadlock
+        check("57014", Disposition::Failed); // statement timeout
+        check("55P03", Disposition::Failed); // lock not available
+        check("P0001", Disposition::Failed); // raised by a trigger
+        check("42P01", Disposition::Failed); // undefined table
+        check("42501", Disposition::Failed); // insufficient privilege
+        check("", Disposition::Failed);
     }
 
     #[test]
     fn client_side_errors_are_classified_by_kind() {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
-        assert_eq!(disposition(&sqlx::Error::Io(io)), Disposition::Retry);
-        assert_eq!(disposition(&sqlx::Error::PoolTimedOut), Disposition::Retry);
-        assert_eq!(disposition(&sqlx::Error::PoolClosed), Disposition::Retry);
+        assert_eq!(disposition(&sqlx::Error::Io(io)), Disposition::Outage);
+        assert_eq!(disposition(&sqlx::Error::PoolTimedOut), Disposition::Outage);
+        assert_eq!(disposition(&sqlx::Error::PoolClosed), Disposition::Outage);
         assert_eq!(
             disposition(&sqlx::Error::Protocol("unexpected message".into())),
-            Disposition::Retry
+            Disposition::Failed
         );
         assert_eq!(
             disposition(&sqlx::Error::Encode("out of range".into())),

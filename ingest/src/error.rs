@@ -55,6 +55,8 @@ pub enum ApiError {
     NotPresence(String),
     #[error("user id must be 1 to 128 characters")]
     InvalidUserId,
+    #[error("X-Idempotency-Key must be one header of 1 to {max} visible ASCII characters")]
+    InvalidIdempotencyKey { max: usize },
     #[error("events could not be accepted: {0}; retry later")]
     Unavailable(#[source] PublishError),
     #[error("no write key: send it as the Basic username or as `writeKey` in the body")]
@@ -93,6 +95,7 @@ impl ApiError {
             | ApiError::InvalidInfo { .. }
             | ApiError::NotPresence(_)
             | ApiError::InvalidUserId
+            | ApiError::InvalidIdempotencyKey { .. }
             | ApiError::BadGzip(_) => StatusCode::BAD_REQUEST,
             ApiError::SegmentBody(body) if body.too_large() => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::SegmentBody(_) => StatusCode::BAD_REQUEST,

@@ -10,11 +10,13 @@ use protocol::{Channel, ChannelKind, Envelope, SocketId, Source};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
+use warp::http::HeaderMap;
 use warp::reply::Response;
 use warp::Reply;
 
 use crate::apps::App;
 use crate::error::ApiError;
+use crate::idempotency::IdempotencyKey;
 use crate::offload::API_INLINE_MAX_BYTES;
 use crate::Gateway;
 
@@ -41,6 +43,7 @@ pub struct ApiRequest {
     pub method: &'static str,
     pub path: String,
     pub query: String,
+    pub headers: HeaderMap,
     pub body: Bytes,
 }
 
@@ -80,21 +83,20 @@ async fn handle_inner(
                 .json(&request.body)
                 .await
                 .map_err(ApiError::BadBody)?;
-            let info = trigger.info.clone();
-            let envelopes = trigger.into_envelopes(app)?;
-            let channels: Vec<String> = envelopes.iter().map(|e| e.channel.clone()).collect();
-            publish(gateway, Source::Api, envelopes).await?;
-            match info {
-                Some(info) => {
-                    let attributes = parse_info(&info)?;
-                    let described: Map<String, Value> = channels
-                        .iter()
-                        .map(|c| (c.clone(), describe(gateway, app, c, &attributes)))
-                        .collect();
-                    Ok(json!({ "channels": described }))
+            let key = IdempotencyKey::from_headers(&request.headers)?;
+            let info = trigger.info.as_deref().map(parse_info).transpose()?;
+            let mut envelopes = trigger.into_envelopes(app)?;
+            if let Some(key) = &key {
+                for envelope in &mut envelopes {
+                    envelope.idempotency_key = Some(key.for_trigger(&envelope.channel));
                 }
-                None => Ok(json!({})),
             }
+            let channels: Vec<String> = envelopes.iter().map(|e| e.channel.clone()).collect();
+            publish_once(gateway, envelopes).await?;
+            Ok(match info {
+                Some(attributes) => describe_channels(gateway, app, &channels, &attributes),
+                None => json!({}),
+            })
         }
         Endpoint::BatchTrigger => {
             let batch: BatchRequest = gateway
@@ -108,23 +110,36 @@ async fn handle_inner(
                     max: app.limits.max_batch_events,
                 });
             }
+            let key = IdempotencyKey::from_headers(&request.headers)?;
             let mut envelopes = Vec::with_capacity(batch.batch.len());
-            let mut infos = Vec::with_capacity(batch.batch.len());
-            for item in batch.batch {
-                infos.push(item.info.as_deref().map(parse_info).transpose()?);
-                envelopes.extend(item.into_envelopes(app)?);
+            // Per item, in request order: its channels and the attributes it asked for.
+            let mut items = Vec::with_capacity(batch.batch.len());
+            for (index, item) in batch.batch.into_iter().enumerate() {
+                let info = item.info.as_deref().map(parse_info).transpose()?;
+                let mut item_envelopes = item.into_envelopes(app)?;
+                if let Some(key) = &key {
+                    for envelope in &mut item_envelopes {
+                        envelope.idempotency_key =
+                            Some(key.for_batch_item(index, &envelope.channel));
+                    }
+                }
+                let channels: Vec<String> =
+                    item_envelopes.iter().map(|e| e.channel.clone()).collect();
+                items.push((channels, info));
+                envelopes.extend(item_envelopes);
             }
-            let channels: Vec<String> = envelopes.iter().map(|e| e.channel.clone()).collect();
-            publish(gateway, Source::Api, envelopes).await?;
-            if infos.iter().all(Option::is_none) {
+            publish_once(gateway, envelopes).await?;
+            if items.iter().all(|(_, info)| info.is_none()) {
                 return Ok(json!({}));
             }
-            let described: Vec<Value> = channels
+            let described: Vec<Value> = items
                 .iter()
-                .zip(&infos)
-                .map(|(channel, info)| match info {
-                    Some(attributes) => describe(gateway, app, channel, attributes),
-                    None => json!({}),
+                .map(|(channels, info)| match (info, channels.as_slice()) {
+                    (None, _) => json!({}),
+                    (Some(attributes), [channel]) => describe(gateway, app, channel, attributes),
+                    (Some(attributes), channels) => {
+                        describe_channels(gateway, app, channels, attributes)
+                    }
                 })
                 .collect();
             Ok(json!({ "batch": described }))
@@ -231,6 +246,25 @@ fn authenticate<'g>(
     Ok((app, params))
 }
 
+/// Publishes the envelopes of a trigger whose idempotency keys this node has not had confirmed
+/// (all of them when the request had no key) and remembers their keys once confirmed.
+async fn publish_once(gateway: &Gateway, mut envelopes: Vec<Envelope>) -> Result<(), ApiError> {
+    let known = gateway.recent_keys.drop_known(&mut envelopes);
+    if known > 0 {
+        metrics::counter!("switchboard_idempotent_duplicates_total").increment(known as u64);
+    }
+    if envelopes.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<(String, String)> = envelopes
+        .iter()
+        .filter_map(|e| Some((e.app_id.clone(), e.idempotency_key.clone()?)))
+        .collect();
+    publish(gateway, Source::Api, envelopes).await?;
+    gateway.recent_keys.remember(keys);
+    Ok(())
+}
+
 /// Publishes a request's envelopes and waits for the broker's confirm; counts them by source.
 pub(crate) async fn publish(
     gateway: &Gateway,
@@ -273,6 +307,20 @@ fn attributes_of(occupancy: Occupancy, attributes: &[String]) -> Map<String, Val
         };
     }
     info
+}
+
+/// A trigger's `info` reply: `{"channels": {name: attributes}}`.
+fn describe_channels(
+    gateway: &Gateway,
+    app: &App,
+    channels: &[String],
+    attributes: &[String],
+) -> Value {
+    let described: Map<String, Value> = channels
+        .iter()
+        .map(|c| (c.clone(), describe(gateway, app, c, attributes)))
+        .collect();
+    json!({ "channels": described })
 }
 
 /// The requested attributes of one channel; those that do not apply to its type are left out

@@ -8,11 +8,13 @@ pub mod apps;
 pub mod error;
 pub mod forwarded;
 pub mod http_api;
+pub mod idempotency;
 pub mod offload;
 pub mod segment;
 pub mod websocket;
 
 use std::convert::Infallible;
+use std::num::NonZeroUsize;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +49,10 @@ pub struct GatewayConfig {
     pub cache_ttl: Duration,
     /// Proxies whose `X-Forwarded-For` gives the client's address (Segment `ip`).
     pub trusted_proxies: Vec<TrustedProxy>,
+    /// How many confirmed idempotency keys the node remembers (the least recently used go).
+    pub idempotency_cache_entries: NonZeroUsize,
+    /// How long a confirmed idempotency key is remembered (storage's dedup window).
+    pub idempotency_window: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -59,6 +65,8 @@ impl Default for GatewayConfig {
             max_body_bytes: 256 * 1024,
             cache_ttl: Duration::from_secs(30 * 60),
             trusted_proxies: Vec::new(),
+            idempotency_cache_entries: NonZeroUsize::new(100_000).expect("not zero"),
+            idempotency_window: Duration::from_secs(48 * 3600),
         }
     }
 }
@@ -69,6 +77,8 @@ pub struct Gateway {
     pub config: GatewayConfig,
     pub publisher: Publisher,
     pub registry: Arc<Registry>,
+    /// Idempotency keys this node published and had confirmed.
+    pub recent_keys: idempotency::RecentKeys,
     /// This node's id: the first half of every socket id it hands out.
     pub node: u32,
     /// The bounded way to the blocking pool for big request bodies.
@@ -89,6 +99,10 @@ impl Gateway {
     ) -> Gateway {
         Gateway {
             apps,
+            recent_keys: idempotency::RecentKeys::new(
+                config.idempotency_cache_entries,
+                config.idempotency_window,
+            ),
             config,
             publisher,
             registry,
@@ -148,7 +162,8 @@ pub fn routes(
         warp::path::full()
             .map(|p: warp::path::FullPath| p.as_str().to_owned())
             .and(raw_query())
-            .map(move |path, query| (method, path, query))
+            .and(warp::header::headers_cloned())
+            .map(move |path, query, headers| (method, path, query, headers))
     };
     let limit = gateway.config.max_body_bytes;
     let body = move || warp::body::content_length_limit(limit).and(warp::body::bytes());
@@ -204,12 +219,16 @@ pub fn routes(
         .unify()
         .and(with_gateway(gateway.clone()))
         .then(
-            |(app_id, endpoint), (method, path, query), body: Bytes, gateway: Arc<Gateway>| {
+            |(app_id, endpoint),
+             (method, path, query, headers),
+             body: Bytes,
+             gateway: Arc<Gateway>| {
                 let request = http_api::ApiRequest {
                     app_id,
                     method,
                     path,
                     query,
+                    headers,
                     body,
                 };
                 http_api::handle(gateway, endpoint, request)

@@ -50,6 +50,11 @@ pub struct Envelope {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
     pub received_at: DateTime<Utc>,
+    /// The sender's dedup key for this envelope, derived from the HTTP API request's
+    /// `X-Idempotency-Key`: storage keeps the first envelope of an `(app_id, idempotency_key)`
+    /// within the dedup window and drops the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
     /// What a Segment call carries beyond the common fields (`source` is `track`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub segment: Option<Box<SegmentFields>>,
@@ -68,6 +73,7 @@ impl Envelope {
             socket_id: None,
             user_id: None,
             received_at: Utc::now(),
+            idempotency_key: None,
             segment: None,
         }
     }
@@ -80,6 +86,26 @@ pub struct EnvelopeError(#[from] serde_json::Error);
 /// Encodes the body of one bus message: a JSON array of envelopes.
 pub fn encode_batch(envelopes: &[Envelope]) -> Vec<u8> {
     serde_json::to_vec(envelopes).expect("envelopes always serialize")
+}
+
+/// Encodes one envelope as it appears inside a batch, so that a publisher can size its messages
+/// before joining the parts with [`join_encoded`].
+pub fn encode_envelope(envelope: &Envelope) -> Vec<u8> {
+    serde_json::to_vec(envelope).expect("envelopes always serialize")
+}
+
+/// Joins envelopes encoded by [`encode_envelope`] into one batch body, byte for byte what
+/// [`encode_batch`] makes of the same envelopes.
+pub fn join_encoded<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut body = vec![b'['];
+    for (i, part) in parts.into_iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(part);
+    }
+    body.push(b']');
+    body
 }
 
 pub fn decode_batch(body: &[u8]) -> Result<Vec<Envelope>, EnvelopeError> {
@@ -103,6 +129,29 @@ mod tests {
         );
         let decoded = decode_batch(&encode_batch(&[a.clone(), b.clone()])).unwrap();
         assert_eq!(decoded, vec![a, b]);
+    }
+
+    #[test]
+    fn joined_parts_are_the_batch_encoding() {
+        let mut keyed = Envelope::new("1", Source::Api, "a", "e", "{}".into());
+        keyed.idempotency_key = Some("key-1 a".into());
+        let plain = Envelope::new("1", Source::Api, "b", "e", "x".into());
+        for batch in [vec![], vec![plain.clone()], vec![keyed, plain]] {
+            let parts: Vec<Vec<u8>> = batch.iter().map(encode_envelope).collect();
+            let joined = join_encoded(parts.iter().map(Vec::as_slice));
+            assert_eq!(joined, encode_batch(&batch));
+            assert_eq!(decode_batch(&joined).unwrap(), batch);
+        }
+    }
+
+    #[test]
+    fn envelopes_without_a_key_decode_as_before() {
+        let old = br#"[{"id":"01890a5d-ac96-774b-bcce-b302099a8057","app_id":"1","source":"api","channel":"c","name":"e","data":"d","received_at":"2024-01-01T00:00:00Z"}]"#;
+        let decoded = decode_batch(old).unwrap();
+        assert_eq!(decoded[0].idempotency_key, None);
+        assert!(!String::from_utf8(encode_batch(&decoded))
+            .unwrap()
+            .contains("idempotency_key"));
     }
 
     #[test]

@@ -91,6 +91,8 @@ impl TestEnv {
             partition_days_ahead: 3,
             dedup_window: Duration::from_secs(48 * 3600),
             retention_days: None,
+            max_attempts: 3,
+            maintenance_interval: Duration::from_secs(3600),
         }
     }
 

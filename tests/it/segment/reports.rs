@@ -397,7 +397,7 @@ async fn the_analyst_reads_and_cannot_write() {
         "DELETE FROM event_dedup",
         "CREATE TABLE reports.mine (x int)",
         "CREATE TABLE public.mine (x int)",
-        "SELECT switchboard_drop_partitions_before(current_date + 10)",
+        "SELECT * FROM idempotency_dedup",
         "SELECT switchboard_ensure_partition(current_date + 30)",
     ] {
         let error = sqlx::query(statement)

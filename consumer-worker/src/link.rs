@@ -1,0 +1,221 @@
+//! The worker's AMQP link: one connection with a channel that consumes and acks and a
+//! confirm-mode channel for dead letters.
+
+use std::time::Duration;
+
+use bus::{setup_step, within};
+use chrono::{SecondsFormat, Utc};
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions,
+};
+use lapin::publisher_confirm::Confirmation;
+use lapin::types::{AMQPValue, DeliveryTag, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, Consumer};
+use thiserror::Error;
+use tracing::debug;
+
+use crate::worker::WorkerConfig;
+
+/// Header of a dead-lettered message: why it could not be persisted (short text).
+pub const REASON_HEADER: &str = "x-switchboard-reason";
+/// Header of a dead-lettered message: when it was dead-lettered (RFC 3339, UTC).
+pub const FAILED_AT_HEADER: &str = "x-switchboard-failed-at";
+
+/// Longest reason put into [`REASON_HEADER`], in bytes.
+const MAX_REASON_BYTES: usize = 1024;
+/// How long RabbitMQ may take to confirm a dead-lettered message before the link is reset.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long closing the link may take at shutdown.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Error)]
+pub(crate) enum LinkError {
+    #[error(transparent)]
+    Bus(#[from] bus::BusError),
+    #[error("RabbitMQ channel failed: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("RabbitMQ cancelled the consumer")]
+    ConsumerCancelled,
+    #[error("RabbitMQ nacked a dead-lettered message")]
+    DeadLetterNacked,
+    #[error("RabbitMQ returned a dead-lettered message: the dead-letter queue is missing")]
+    DeadLetterReturned,
+    #[error("RabbitMQ did not confirm a dead-lettered message in time")]
+    DeadLetterTimeout,
+}
+
+/// One connection: a channel that consumes and acks, and a confirm-mode channel for dead letters.
+pub(crate) struct Link {
+    connection: Connection,
+    channel: Channel,
+    dead_letters: Channel,
+    consumer: Consumer,
+    dead_letter_queue: String,
+}
+
+impl Link {
+    pub(crate) async fn open(config: &WorkerConfig) -> Result<Link, LinkError> {
+        let connection = bus::connect(&config.amqp_url, "switchboard-worker").await?;
+        match Self::open_channels(config, &connection).await {
+            Ok((channel, dead_letters, consumer)) => Ok(Link {
+                connection,
+                channel,
+                dead_letters,
+                consumer,
+                dead_letter_queue: config.topology.dead_letter_queue(),
+            }),
+            Err(error) => {
+                // Best effort: the connection is of no use, whether or not it closes cleanly.
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, "setup failed"))
+                    .await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Opens both channels and starts consuming; every step is bounded.
+    async fn open_channels(
+        config: &WorkerConfig,
+        connection: &Connection,
+    ) -> Result<(Channel, Channel, Consumer), LinkError> {
+        let channel = setup_step("opening a channel", connection.create_channel()).await?;
+        within(
+            "declaring the topology",
+            bus::declare_durable(&channel, &config.topology, config.persist_queue_type),
+        )
+        .await?;
+        setup_step(
+            "setting the prefetch",
+            channel.basic_qos(config.prefetch, BasicQosOptions::default()),
+        )
+        .await?;
+        let dead_letters = setup_step(
+            "opening the dead-letter channel",
+            connection.create_channel(),
+        )
+        .await?;
+        setup_step(
+            "enabling publisher confirms",
+            dead_letters.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await?;
+        let consumer = setup_step(
+            "starting to consume",
+            channel.basic_consume(
+                &config.topology.persist_queue(),
+                "",
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await?;
+        Ok((channel, dead_letters, consumer))
+    }
+
+    /// The next delivery; `None` from the consumer means RabbitMQ cancelled it.
+    pub(crate) async fn next_delivery(&mut self) -> Result<Delivery, LinkError> {
+        match self.consumer.next().await {
+            Some(delivery) => Ok(delivery?),
+            None => Err(LinkError::ConsumerCancelled),
+        }
+    }
+
+    /// Publishes `body` to the dead-letter queue with `reason` and waits for the confirm.
+    pub(crate) async fn dead_letter(&self, body: &[u8], reason: &str) -> Result<(), LinkError> {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            REASON_HEADER.into(),
+            AMQPValue::LongString(truncated(reason, MAX_REASON_BYTES).into()),
+        );
+        headers.insert(
+            FAILED_AT_HEADER.into(),
+            AMQPValue::LongString(
+                Utc::now()
+                    .to_rfc3339_opts(SecondsFormat::Millis, true)
+                    .into(),
+            ),
+        );
+        let confirm = self
+            .dead_letters
+            .basic_publish(
+                "",
+                &self.dead_letter_queue,
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                body,
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_headers(headers),
+            )
+            .await?;
+        match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
+            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+            Ok(Ok(Confirmation::Ack(Some(_)))) => Err(LinkError::DeadLetterReturned),
+            Ok(Ok(Confirmation::Nack(_) | Confirmation::NotRequested)) => {
+                Err(LinkError::DeadLetterNacked)
+            }
+            Ok(Err(error)) => Err(error.into()),
+            Err(_) => Err(LinkError::DeadLetterTimeout),
+        }
+    }
+
+    pub(crate) async fn ack(&self, tag: DeliveryTag, multiple: bool) -> Result<(), LinkError> {
+        Ok(self
+            .channel
+            .basic_ack(tag, BasicAckOptions { multiple })
+            .await?)
+    }
+
+    /// Cancels the consumer and closes the channel and connection. Deliveries still unacked go
+    /// back to the queue. Best effort: a broken link fails these steps, with the same result.
+    pub(crate) async fn close(self) {
+        let closing = async {
+            let tag = self.consumer.tag();
+            if let Err(error) = self
+                .channel
+                .basic_cancel(tag.as_str(), BasicCancelOptions::default())
+                .await
+            {
+                debug!(%error, "cannot cancel the consumer");
+            }
+            if let Err(error) = self.channel.close(200, "worker stopping").await {
+                debug!(%error, "cannot close the channel");
+            }
+            if let Err(error) = self.connection.close(200, "worker stopping").await {
+                debug!(%error, "cannot close the connection");
+            }
+        };
+        if tokio::time::timeout(CLOSE_TIMEOUT, closing).await.is_err() {
+            debug!("timed out closing the RabbitMQ connection");
+        }
+    }
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+fn truncated(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_keeps_whole_characters() {
+        assert_eq!(truncated("short", 10), "short");
+        assert_eq!(truncated("exactly", 7), "exactly");
+        assert_eq!(truncated("abcdef", 3), "abc");
+        assert_eq!(truncated("aé", 2), "a");
+        assert_eq!(truncated("😀😀", 5), "😀");
+        assert_eq!(truncated("", 3), "");
+    }
+}
