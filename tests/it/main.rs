@@ -4,6 +4,7 @@
 mod api;
 mod channels;
 mod common;
+mod edge;
 mod faults;
 mod gateway;
 mod processes;
