@@ -9,3 +9,4 @@ mod faults;
 mod gateway;
 mod processes;
 mod segment;
+mod tls;
