@@ -493,6 +493,53 @@ mod tests {
     }
 
     #[test]
+    fn urls_are_redacted_in_debug_and_errors() {
+        let config = Config {
+            database_url: "postgres://analyst:hunter2@db.example:5432/x?password=hunter3".into(),
+            amqp_url: "amqp://guest:hunter4@mq.example:5672/%2f".into(),
+            ..Config::default()
+        };
+        let debug = format!("{config:?}");
+        for secret in ["hunter2", "hunter3", "hunter4"] {
+            assert!(!debug.contains(secret), "{debug}");
+        }
+        assert!(
+            debug.contains(r#"database_url: "postgres://db.example:5432/x""#)
+                && debug.contains(r#"amqp_url: "amqp://mq.example:5672/%2f""#),
+            "{debug}"
+        );
+        let bad = Config {
+            amqp_url: "amqps://guest:hunter5@mq.example/%2f".into(),
+            ..Config::default()
+        };
+        let error = bad.validate().unwrap_err().to_string();
+        assert!(!error.contains("hunter5"), "{error}");
+        assert!(error.contains("mq.example"), "{error}");
+    }
+
+    #[test]
+    fn edge_limits_must_be_positive() {
+        let mut config = Config::default();
+        config.gateway.idle_timeout_secs = 0;
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::OutOfRange {
+                field: "gateway.idle_timeout_secs",
+                ..
+            })
+        ));
+        let mut config = Config::default();
+        config.admin.max_connections = 0;
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::OutOfRange {
+                field: "admin.max_connections",
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn dev_credentials_on_public_bind_are_flagged() {
         let config = Config {
             bind: "0.0.0.0:6001".parse().unwrap(),
@@ -564,7 +611,19 @@ mod tests {
             jail.set_env("SWITCHBOARD_GATEWAY__MAX_FRAME_BYTES", "4096");
             jail.set_env("DATABASE_URL", "postgres://db.example/x");
             jail.set_env("SWITCHBOARD_WORKER__RETENTION_DAYS", "30");
+            jail.set_env("SWITCHBOARD_GATEWAY__TLS__CERT_PATH", "/etc/sb/cert.pem");
+            jail.set_env("SWITCHBOARD_GATEWAY__TLS__KEY_PATH", "/etc/sb/key.pem");
+            jail.set_env("SWITCHBOARD_ADMIN__MAX_CONNECTIONS", "8");
             let config = Config::load(Some(Path::new("switchboard.toml"))).unwrap();
+            let tls = config.gateway.tls.as_ref().unwrap();
+            assert_eq!(tls.cert_path, Path::new("/etc/sb/cert.pem"));
+            assert_eq!(tls.reload_interval_secs, 10);
+            assert!(config.admin.tls.is_none());
+            assert_eq!(config.admin.max_connections, 8);
+            assert_eq!(
+                config.admin_limits().header_read_timeout,
+                Duration::from_secs(10)
+            );
             assert_eq!(config.worker.retention_days, Some(30));
             assert_eq!(config.worker.dedup_window_hours, 48);
             assert_eq!(config.amqp_prefix, "fromenv");

@@ -9,4 +9,5 @@ mod faults;
 mod gateway;
 mod processes;
 mod segment;
+mod startup;
 mod tls;
