@@ -2,7 +2,8 @@
 # Runs the end-to-end suites with the real client libraries against a real `switchboard serve`
 # process (apps from tests/e2e.toml) with its own database, RabbitMQ vhost and AMQP prefix:
 # tests/python (the PyPI `pusher` SDK, unittest, in the venv tests/python/.venv made here) and
-# tests/js (pusher-js, Laravel Echo and the npm `pusher` SDK, node's built-in test runner). Then
+# tests/js (pusher-js, Laravel Echo and the npm `pusher` SDK, node's built-in test runner; one suite
+# starts a second server with TLS, whose CA this script makes for the run with openssl). Then
 # it stops the server (it must exit 0 on SIGTERM within 10 s) and removes the database and the
 # vhost. Expects PostgreSQL and RabbitMQ to be up (scripts/ensure-services.sh).
 #
@@ -44,6 +45,10 @@ database_url=postgres://postgres@$PG_HOST:$PG_PORT/$database
 amqp_url=amqp://guest:guest@127.0.0.1:5672/$vhost
 server_log=$(mktemp -t switchboard-e2e.XXXXXX.log)
 server_pid=
+# A certificate authority made for this run only, and a server certificate it signs for
+# 127.0.0.1 / localhost: tests/js/tls.test.mjs serves them; node trusts the CA through
+# NODE_EXTRA_CA_CERTS. Nothing of it outlives the run.
+tls_dir=$(mktemp -d -t switchboard-e2e-tls.XXXXXX)
 
 print_log() {
   echo "---- switchboard log ($server_log, last ${1} lines) ----" >&2
@@ -91,6 +96,7 @@ cleanup() {
     log "could not drop database $database"
   timeout 60 rabbitmqctl -q delete_vhost "$vhost" >/dev/null 2>&1 ||
     log "could not delete RabbitMQ vhost $vhost"
+  rm -rf "$tls_dir"
   if [[ $rc -eq 0 ]]; then
     rm -f "$server_log"
   else
@@ -101,6 +107,19 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+make_test_pki() {
+  local ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+  openssl req -x509 "${ec[@]}" -days 2 -subj "/CN=Switchboard e2e CA $suffix" \
+    -keyout "$tls_dir/ca.key" -out "$tls_dir/ca.crt" 2>/dev/null
+  openssl req "${ec[@]}" -subj /CN=localhost \
+    -keyout "$tls_dir/server.key" -out "$tls_dir/server.csr" 2>/dev/null
+  printf '%s\n' 'subjectAltName=DNS:localhost,IP:127.0.0.1' 'basicConstraints=CA:FALSE' \
+    'keyUsage=digitalSignature' 'extendedKeyUsage=serverAuth' >"$tls_dir/server.ext"
+  openssl x509 -req -in "$tls_dir/server.csr" -CA "$tls_dir/ca.crt" -CAkey "$tls_dir/ca.key" \
+    -CAcreateserial -days 2 -extfile "$tls_dir/server.ext" -out "$tls_dir/server.crt" 2>/dev/null
+}
+make_test_pki
 
 rabbitmqctl -q add_vhost "$vhost" >/dev/null
 rabbitmqctl -q set_permissions -p "$vhost" guest '.*' '.*' '.*' >/dev/null
@@ -167,6 +186,8 @@ test_env=(
   SWITCHBOARD_E2E_AMQP_PREFIX="$amqp_prefix"
   SWITCHBOARD_BIN="$server_bin"
   SWITCHBOARD_CONFIG="$server_config"
+  SWITCHBOARD_E2E_TLS_CERT="$tls_dir/server.crt"
+  SWITCHBOARD_E2E_TLS_KEY="$tls_dir/server.key"
   SWITCHBOARD_APP_ID=app-id
   SWITCHBOARD_APP_KEY=app-key
   SWITCHBOARD_APP_SECRET=app-secret
@@ -214,6 +235,7 @@ if ((${#js_tests[@]})); then
   log "tests/js (pusher-js, Laravel Echo, npm pusher SDK): ${js_tests[*]}"
   # --test-force-exit: pusher-js's WebSocket library leaves a 30 s close timer behind when it
   # closes a socket the server already closed (4001-4099), which would keep each file alive.
-  env "${test_env[@]}" node --test --test-force-exit "${js_tests[@]}" || status=$?
+  env "${test_env[@]}" NODE_EXTRA_CA_CERTS="$tls_dir/ca.crt" \
+    node --test --test-force-exit "${js_tests[@]}" || status=$?
 fi
 exit "$status"

@@ -4,8 +4,8 @@ use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use ingest::server::Listener;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use warp::http::StatusCode;
 use warp::{Filter, Reply};
@@ -48,7 +48,9 @@ impl Check {
     }
 }
 
-pub async fn serve(listener: TcpListener, checks: Vec<Check>, shutdown: CancellationToken) {
+/// Serves `/health`, `/ready` and `/metrics` on `listener` (the edge the gateway uses: same
+/// accept loop, timeouts and graceful shutdown) until `shutdown`.
+pub async fn serve(listener: Listener, checks: Vec<Check>, shutdown: CancellationToken) {
     let handle = metrics_handle();
     let checks = Arc::new(checks);
     let health = warp::path!("health").map(|| "ok".into_response());
@@ -66,11 +68,10 @@ pub async fn serve(listener: TcpListener, checks: Vec<Check>, shutdown: Cancella
         warp::reply::with_status(warp::reply::json(&states), status).into_response()
     });
     let metrics = warp::path!("metrics").map(move || handle.render().into_response());
-    let routes = warp::get().and(health.or(ready).unify().or(metrics).unify());
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    warp::serve(routes.recover(|_| async {
-        Ok::<_, Infallible>(warp::reply::with_status("not found", StatusCode::NOT_FOUND))
-    }))
-    .serve_incoming_with_graceful_shutdown(incoming, shutdown.cancelled_owned())
-    .await;
+    let routes = warp::get()
+        .and(health.or(ready).unify().or(metrics).unify())
+        .recover(|_| async {
+            Ok::<_, Infallible>(warp::reply::with_status("not found", StatusCode::NOT_FOUND))
+        });
+    ingest::server::serve(listener, warp::service(routes), shutdown).await;
 }

@@ -3,14 +3,18 @@
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
+use ingest::server::Limits;
+use ingest::tls::TlsFiles;
 use ingest::{App, Apps, AppsError, GatewayConfig, TrustedProxy};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+use crate::Role;
 
 /// The customary development credentials; a loud warning is logged when they are used on a
 /// non-loopback bind.
@@ -32,14 +36,18 @@ impl From<PersistQueueType> for bus::QueueType {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `Debug` shows the URLs without their credentials.
+#[derive(custom_debug::Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Client-facing listener (WebSocket, Pusher HTTP API).
     pub bind: SocketAddr,
-    /// Admin listener: `/metrics`, `/health`, `/ready`.
-    pub admin_bind: SocketAddr,
+    /// Admin listener: `/metrics`, `/health`, `/ready`; unset is the role's default
+    /// ([`Config::admin_bind`]).
+    pub admin_bind: Option<SocketAddr>,
+    #[debug(with = debug_redacted)]
     pub database_url: String,
+    #[debug(with = debug_redacted)]
     pub amqp_url: String,
     /// Prefix of every exchange and queue name.
     pub amqp_prefix: String,
@@ -50,6 +58,7 @@ pub struct Config {
     pub shutdown_timeout_secs: u64,
     pub apps: Vec<App>,
     pub gateway: GatewaySection,
+    pub admin: AdminSection,
     pub publisher: PublisherSection,
     pub worker: WorkerSection,
 }
@@ -75,6 +84,58 @@ pub struct GatewaySection {
     /// Confirmed `X-Idempotency-Key`s (per envelope) remembered to answer retries without
     /// publishing again; the least recently used go first.
     pub idempotency_cache_entries: usize,
+    /// Seconds a request head may take from its first byte (from the connection's start for
+    /// the first request, from the start of the TLS handshake for it); both listeners.
+    pub header_read_timeout_secs: u64,
+    /// Seconds a keep-alive connection may wait for its next request; both listeners.
+    pub idle_timeout_secs: u64,
+    /// Open client connections (WebSockets included) beyond which new ones are refused.
+    pub max_connections: usize,
+    /// `wss://` and `https://` on `bind`.
+    pub tls: Option<TlsSection>,
+}
+
+/// The admin listener's own settings (its timeouts are the gateway's).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    pub max_connections: usize,
+    /// `https://` on `admin_bind`.
+    pub tls: Option<TlsSection>,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection {
+            max_connections: 64,
+            tls: None,
+        }
+    }
+}
+
+/// A listener's certificate: PEM files, checked every `reload_interval_secs` and reloaded
+/// when they changed (a broken new file keeps the previous certificate).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    #[serde(default = "TlsSection::default_reload_interval_secs")]
+    pub reload_interval_secs: u64,
+}
+
+impl TlsSection {
+    fn default_reload_interval_secs() -> u64 {
+        10
+    }
+
+    pub fn files(&self) -> TlsFiles {
+        TlsFiles {
+            cert_path: self.cert_path.clone(),
+            key_path: self.key_path.clone(),
+            reload_interval: Duration::from_secs(self.reload_interval_secs),
+        }
+    }
 }
 
 impl Default for GatewaySection {
@@ -92,6 +153,10 @@ impl Default for GatewaySection {
             cluster_node_timeout_ms: 5000,
             trusted_proxies: g.trusted_proxies,
             idempotency_cache_entries: g.idempotency_cache_entries.get(),
+            header_read_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            max_connections: 100_000,
+            tls: None,
         }
     }
 }
@@ -159,7 +224,7 @@ impl Default for Config {
         let (id, key, secret) = DEV_APP;
         Config {
             bind: ([127, 0, 0, 1], 6001).into(),
-            admin_bind: ([127, 0, 0, 1], 9601).into(),
+            admin_bind: None,
             database_url: "postgres://postgres@127.0.0.1:5432/switchboard".into(),
             amqp_url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
             amqp_prefix: "switchboard".into(),
@@ -171,6 +236,7 @@ impl Default for Config {
                 ..App::new(id, key, secret)
             }],
             gateway: GatewaySection::default(),
+            admin: AdminSection::default(),
             publisher: PublisherSection::default(),
             worker: WorkerSection::default(),
         }
@@ -237,6 +303,7 @@ impl Config {
             &["postgres", "postgresql"],
         )?;
         check_url("amqp_url", &self.amqp_url, &["amqp"])?;
+        self.validate_edge()?;
         let g = &self.gateway;
         let checks: [(&'static str, bool, &'static str); 15] = [
             (
@@ -323,6 +390,62 @@ impl Config {
         Ok(())
     }
 
+    /// The listeners' timeouts, connection limits and TLS reload intervals.
+    fn validate_edge(&self) -> Result<(), ConfigError> {
+        let g = &self.gateway;
+        let reload_ok =
+            |tls: &Option<TlsSection>| tls.as_ref().is_none_or(|tls| tls.reload_interval_secs >= 1);
+        let checks = [
+            (
+                "gateway.header_read_timeout_secs",
+                g.header_read_timeout_secs >= 1,
+            ),
+            ("gateway.idle_timeout_secs", g.idle_timeout_secs >= 1),
+            ("gateway.max_connections", g.max_connections >= 1),
+            ("gateway.tls.reload_interval_secs", reload_ok(&g.tls)),
+            ("admin.max_connections", self.admin.max_connections >= 1),
+            ("admin.tls.reload_interval_secs", reload_ok(&self.admin.tls)),
+        ];
+        for (field, ok) in checks {
+            if !ok {
+                return Err(ConfigError::OutOfRange {
+                    field,
+                    expected: "at least 1",
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The admin listener's address: `admin_bind`, else the role's default, chosen so that a
+    /// gateway (or `serve`) and a worker started with defaults on one host do not collide.
+    pub fn admin_bind(&self, role: Role) -> SocketAddr {
+        self.admin_bind.unwrap_or_else(|| {
+            let port = match role {
+                Role::Serve | Role::Gateway => 9601,
+                Role::Worker => 9602,
+            };
+            ([127, 0, 0, 1], port).into()
+        })
+    }
+
+    /// Timeouts and connection limit of the gateway's listener.
+    pub fn gateway_limits(&self) -> Limits {
+        Limits {
+            header_read_timeout: Duration::from_secs(self.gateway.header_read_timeout_secs),
+            idle_timeout: Duration::from_secs(self.gateway.idle_timeout_secs),
+            max_connections: self.gateway.max_connections,
+        }
+    }
+
+    /// The admin listener's: the gateway's timeouts, its own connection limit.
+    pub fn admin_limits(&self) -> Limits {
+        Limits {
+            max_connections: self.admin.max_connections,
+            ..self.gateway_limits()
+        }
+    }
+
     pub fn apps(&self) -> Result<Apps, AppsError> {
         Apps::new(self.apps.clone())
     }
@@ -349,8 +472,21 @@ impl Config {
             idempotency_cache_entries: NonZeroUsize::new(g.idempotency_cache_entries)
                 .unwrap_or(NonZeroUsize::MIN),
             idempotency_window: self.worker.dedup_window(),
+            about: ingest::About::default(),
         }
     }
+}
+
+/// A URL without its credentials or query (which may carry a password), for errors and `Debug`.
+pub fn redacted(url: &str) -> String {
+    let without_query = url.split_once('?').map_or(url, |(base, _)| base);
+    bus::redacted_endpoint(without_query)
+}
+
+// custom_debug passes the field itself.
+#[allow(clippy::ptr_arg)]
+fn debug_redacted(url: &String, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    std::fmt::Debug::fmt(&redacted(url), f)
 }
 
 fn check_url(
@@ -366,7 +502,7 @@ fn check_url(
     } else {
         Err(ConfigError::BadUrl {
             field,
-            value: value.to_owned(),
+            value: redacted(value),
             scheme: schemes[0],
         })
     }
@@ -381,8 +517,63 @@ mod tests {
         let config = Config::default();
         config.validate().unwrap();
         assert_eq!(config.bind.to_string(), "127.0.0.1:6001");
-        assert_eq!(config.admin_bind.to_string(), "127.0.0.1:9601");
+        assert_eq!(config.admin_bind(Role::Serve).to_string(), "127.0.0.1:9601");
+        assert_eq!(
+            config.admin_bind(Role::Gateway).to_string(),
+            "127.0.0.1:9601"
+        );
+        assert_eq!(
+            config.admin_bind(Role::Worker).to_string(),
+            "127.0.0.1:9602"
+        );
         assert!(!config.dev_credentials_exposed());
+    }
+
+    #[test]
+    fn urls_are_redacted_in_debug_and_errors() {
+        let config = Config {
+            database_url: "postgres://analyst:hunter2@db.example:5432/x?password=hunter3".into(),
+            amqp_url: "amqp://guest:hunter4@mq.example:5672/%2f".into(),
+            ..Config::default()
+        };
+        let debug = format!("{config:?}");
+        for secret in ["hunter2", "hunter3", "hunter4"] {
+            assert!(!debug.contains(secret), "{debug}");
+        }
+        assert!(
+            debug.contains(r#"database_url: "postgres://db.example:5432/x""#)
+                && debug.contains(r#"amqp_url: "amqp://mq.example:5672/%2f""#),
+            "{debug}"
+        );
+        let bad = Config {
+            amqp_url: "amqps://guest:hunter5@mq.example/%2f".into(),
+            ..Config::default()
+        };
+        let error = bad.validate().unwrap_err().to_string();
+        assert!(!error.contains("hunter5"), "{error}");
+        assert!(error.contains("mq.example"), "{error}");
+    }
+
+    #[test]
+    fn edge_limits_must_be_positive() {
+        let mut config = Config::default();
+        config.gateway.idle_timeout_secs = 0;
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::OutOfRange {
+                field: "gateway.idle_timeout_secs",
+                ..
+            })
+        ));
+        let mut config = Config::default();
+        config.admin.max_connections = 0;
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::OutOfRange {
+                field: "admin.max_connections",
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -481,7 +672,19 @@ mod tests {
             jail.set_env("SWITCHBOARD_PUBLISHER__MAX_MESSAGE_BYTES", "65536");
             jail.set_env("SWITCHBOARD_WORKER__MAX_ATTEMPTS", "5");
             jail.set_env("SWITCHBOARD_GATEWAY__IDEMPOTENCY_CACHE_ENTRIES", "10");
+            jail.set_env("SWITCHBOARD_GATEWAY__TLS__CERT_PATH", "/etc/sb/cert.pem");
+            jail.set_env("SWITCHBOARD_GATEWAY__TLS__KEY_PATH", "/etc/sb/key.pem");
+            jail.set_env("SWITCHBOARD_ADMIN__MAX_CONNECTIONS", "8");
             let config = Config::load(Some(Path::new("switchboard.toml"))).unwrap();
+            let tls = config.gateway.tls.as_ref().unwrap();
+            assert_eq!(tls.cert_path, Path::new("/etc/sb/cert.pem"));
+            assert_eq!(tls.reload_interval_secs, 10);
+            assert!(config.admin.tls.is_none());
+            assert_eq!(config.admin.max_connections, 8);
+            assert_eq!(
+                config.admin_limits().header_read_timeout,
+                Duration::from_secs(10)
+            );
             assert_eq!(config.worker.retention_days, Some(30));
             assert_eq!(config.publisher.max_message_bytes, 65536);
             assert_eq!(config.worker.max_attempts, 5);

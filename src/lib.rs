@@ -14,7 +14,9 @@ use bus::{Publisher, PublisherConfig, Topology};
 use config::Config;
 use consumer_worker::WorkerConfig;
 use dispatcher::{LiveConfig, Registry};
-use ingest::Gateway;
+use ingest::server::{Limits, Listener, Liveness};
+use ingest::tls::{Tls, TlsError};
+use ingest::{About, Gateway};
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -59,6 +61,12 @@ pub enum StartError {
     LiveNotReady(Duration),
     #[error("the publisher did not connect to RabbitMQ within {0:?}")]
     PublisherNotReady(Duration),
+    #[error("TLS of the {listener} listener: {source}")]
+    Tls {
+        listener: &'static str,
+        #[source]
+        source: TlsError,
+    },
 }
 
 /// A started process: its bound addresses and the tasks to wait for after shutdown.
@@ -80,10 +88,56 @@ impl Running {
     }
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, source })
+/// A bound listener, not yet served: its address is known (for `GET /` and the tests) before
+/// anything else starts.
+struct Bound {
+    name: &'static str,
+    socket: TcpListener,
+    addr: SocketAddr,
+    limits: Limits,
+    tls: Option<Arc<Tls>>,
+}
+
+impl Bound {
+    async fn bind(
+        name: &'static str,
+        addr: SocketAddr,
+        limits: Limits,
+        tls: Option<&config::TlsSection>,
+    ) -> Result<Bound, StartError> {
+        let tls = tls
+            .map(|tls| Tls::load(tls.files()))
+            .transpose()
+            .map_err(|source| StartError::Tls {
+                listener: name,
+                source,
+            })?
+            .map(Arc::new);
+        let bind_error = |source| StartError::Bind { addr, source };
+        let socket = TcpListener::bind(addr).await.map_err(bind_error)?;
+        let addr = socket.local_addr().map_err(bind_error)?;
+        Ok(Bound {
+            name,
+            socket,
+            addr,
+            limits,
+            tls,
+        })
+    }
+
+    /// The listener for `ingest::server::serve`; its certificate is re-read until `shutdown`.
+    fn listen(self, tracker: &TaskTracker, shutdown: &CancellationToken) -> Listener {
+        if let Some(tls) = &self.tls {
+            tracker.spawn(tls.clone().watch(self.name, shutdown.clone()));
+        }
+        Listener {
+            name: self.name,
+            socket: self.socket,
+            limits: self.limits,
+            tls: self.tls,
+            liveness: Liveness::started(),
+        }
+    }
 }
 
 const LIVE_READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -110,6 +164,28 @@ pub async fn start(
         .close(200, "startup check")
         .await
         .ok();
+
+    // Both listeners first: a port in use or an unusable certificate stops the start at once.
+    let gateway_listener = match role.has_gateway() {
+        true => Some(
+            Bound::bind(
+                "gateway",
+                config.bind,
+                config.gateway_limits(),
+                config.gateway.tls.as_ref(),
+            )
+            .await?,
+        ),
+        false => None,
+    };
+    let admin_listener = Bound::bind(
+        "admin",
+        config.admin_bind(role),
+        config.admin_limits(),
+        config.admin.tls.as_ref(),
+    )
+    .await?;
+    let admin_addr = admin_listener.addr;
 
     let tracker = TaskTracker::new();
     let topology = Topology::new(config.amqp_prefix.clone());
@@ -141,12 +217,14 @@ pub async fn start(
         tracker.spawn(consumer_worker::run(worker_config, pool, shutdown.clone()));
     }
 
-    let mut gateway_addr = None;
-    if role.has_gateway() {
-        let listener = bind(config.bind).await?;
-        gateway_addr = listener.local_addr().ok();
+    let gateway_addr = gateway_listener.as_ref().map(|bound| bound.addr);
+    if let Some(bound) = gateway_listener {
         let node = config.node_id.unwrap_or_else(rand::random);
-        let gateway_config = config.gateway_config();
+        let mut gateway_config = config.gateway_config();
+        gateway_config.about = About {
+            tls: bound.tls.is_some(),
+            admin: Some((admin_addr, admin_listener.tls.is_some())),
+        };
         let (registry, outbox) = Registry::new(node, gateway_config.cache_ttl);
         let registry = Arc::new(registry);
         let live_ready = Arc::new(AtomicBool::new(false));
@@ -201,19 +279,18 @@ pub async fn start(
             node,
             shutdown.clone(),
         ));
-        info!(addr = ?gateway_addr, node, "gateway listening");
+        info!(addr = %bound.addr, tls = bound.tls.is_some(), node, "gateway listening");
+        let listener = bound.listen(&tracker, &shutdown);
+        checks.push(Check {
+            name: "gateway_listener",
+            ok: Arc::new(listener.liveness.probe()),
+        });
         tracker.spawn(ingest::serve(listener, gateway));
     }
 
-    let admin_listener = bind(config.admin_bind).await?;
-    let admin_addr = admin_listener
-        .local_addr()
-        .map_err(|source| StartError::Bind {
-            addr: config.admin_bind,
-            source,
-        })?;
-    info!(%admin_addr, "admin listening");
-    tracker.spawn(admin::serve(admin_listener, checks, shutdown.clone()));
+    info!(%admin_addr, tls = admin_listener.tls.is_some(), "admin listening");
+    let listener = admin_listener.listen(&tracker, &shutdown);
+    tracker.spawn(admin::serve(listener, checks, shutdown.clone()));
     Ok(Running {
         gateway_addr,
         admin_addr,

@@ -46,7 +46,8 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            // Each cause once: many errors print their source and also return it.
+            eprintln!("error: {}", ingest::error::Chain(error.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -9,6 +9,8 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::Reply;
 
+use crate::body;
+
 /// Seconds a client is told to wait when the broker cannot take events.
 pub const RETRY_AFTER_SECS: u32 = 1;
 
@@ -151,15 +153,15 @@ impl Reply for ApiError {
 pub async fn recover(rejection: warp::Rejection) -> Result<Response, std::convert::Infallible> {
     let (status, message) = if rejection.is_not_found() {
         (StatusCode::NOT_FOUND, "not found".to_owned())
-    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+    } else if rejection.find::<body::TooLarge>().is_some() {
         (
             StatusCode::PAYLOAD_TOO_LARGE,
             "request body is too large".to_owned(),
         )
-    } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
+    } else if let Some(body::Unreadable(error)) = rejection.find() {
         (
-            StatusCode::LENGTH_REQUIRED,
-            "Content-Length is required".to_owned(),
+            StatusCode::BAD_REQUEST,
+            format!("request body could not be read: {error}"),
         )
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         (
@@ -170,4 +172,45 @@ pub async fn recover(rejection: warp::Rejection) -> Result<Response, std::conver
         (StatusCode::BAD_REQUEST, format!("{rejection:?}"))
     };
     Ok(error_response(status, &message))
+}
+
+/// Displays an error with its chain of sources, each cause once: a source whose text the
+/// message already holds (an error that prints its source and also returns it) is skipped.
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut text = self.0.to_string();
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !text.contains(&cause_text) {
+                text.push_str(": ");
+                text.push_str(&cause_text);
+            }
+            source = cause.source();
+        }
+        f.write_str(&text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Error)]
+    enum Outer {
+        #[error("cannot listen on 127.0.0.1:1: {0}")]
+        Repeats(#[source] std::io::Error),
+        #[error("cannot listen on 127.0.0.1:1")]
+        Adds(#[source] std::io::Error),
+    }
+
+    #[test]
+    fn chain_prints_each_cause_once() {
+        let io = || std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        let expected = format!("cannot listen on 127.0.0.1:1: {}", io());
+        assert_eq!(Chain(&Outer::Repeats(io())).to_string(), expected);
+        assert_eq!(Chain(&Outer::Adds(io())).to_string(), expected);
+    }
 }

@@ -5,12 +5,16 @@
 //! WebSocket sessions register their subscriptions in the dispatcher's [`Registry`].
 
 pub mod apps;
+pub mod body;
 pub mod error;
 pub mod forwarded;
 pub mod http_api;
 pub mod idempotency;
 pub mod offload;
+pub mod root;
 pub mod segment;
+pub mod server;
+pub mod tls;
 pub mod websocket;
 
 use std::convert::Infallible;
@@ -22,15 +26,13 @@ use std::time::Duration;
 use bus::Publisher;
 use bytes::Bytes;
 use dispatcher::Registry;
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use warp::Filter;
 
 pub use apps::{AnalyticsChannel, App, Apps, AppsError, Limits};
 pub use forwarded::{PeerAddr, TrustedProxy};
+pub use root::About;
 
 /// Gateway limits and timings.
 #[derive(Debug, Clone)]
@@ -53,6 +55,8 @@ pub struct GatewayConfig {
     pub idempotency_cache_entries: NonZeroUsize,
     /// How long a confirmed idempotency key is remembered (storage's dedup window).
     pub idempotency_window: Duration,
+    /// What `GET /` tells a visitor.
+    pub about: About,
 }
 
 impl Default for GatewayConfig {
@@ -67,6 +71,7 @@ impl Default for GatewayConfig {
             trusted_proxies: Vec::new(),
             idempotency_cache_entries: NonZeroUsize::new(100_000).expect("not zero"),
             idempotency_window: Duration::from_secs(48 * 3600),
+            about: About::default(),
         }
     }
 }
@@ -166,43 +171,41 @@ pub fn routes(
             .map(move |path, query, headers| (method, path, query, headers))
     };
     let limit = gateway.config.max_body_bytes;
-    let body = move || warp::body::content_length_limit(limit).and(warp::body::bytes());
-    let trigger = warp::post()
-        .and(warp::path!("apps" / String / "events"))
+    let body = move || body::limited(limit);
+    let trigger = warp::path!("apps" / String / "events")
+        .and(warp::post())
         .map(|app: String| (Some(app), http_api::Endpoint::Trigger))
         .and(api("POST"))
         .and(body());
-    let batch = warp::post()
-        .and(warp::path!("apps" / String / "batch_events"))
+    let batch = warp::path!("apps" / String / "batch_events")
+        .and(warp::post())
         .map(|app: String| (Some(app), http_api::Endpoint::BatchTrigger))
         .and(api("POST"))
         .and(body());
-    let terminate = warp::post()
-        .and(warp::path!(
-            "apps" / String / "users" / String / "terminate_connections"
-        ))
+    let terminate = warp::path!("apps" / String / "users" / String / "terminate_connections")
+        .and(warp::post())
         .map(|app: String, user: String| {
             (Some(app), http_api::Endpoint::TerminateConnections(user))
         })
-        .or(warp::post()
-            .and(warp::path!("users" / String / "terminate_connections"))
+        .or(warp::path!("users" / String / "terminate_connections")
+            .and(warp::post())
             .map(|user: String| (None, http_api::Endpoint::TerminateConnections(user))))
         .unify()
         .and(api("POST"))
         .and(body());
     let no_body = || warp::any().map(Bytes::new);
-    let channels = warp::get()
-        .and(warp::path!("apps" / String / "channels"))
+    let channels = warp::path!("apps" / String / "channels")
+        .and(warp::get())
         .map(|app: String| (Some(app), http_api::Endpoint::Channels))
         .and(api("GET"))
         .and(no_body());
-    let channel = warp::get()
-        .and(warp::path!("apps" / String / "channels" / String))
+    let channel = warp::path!("apps" / String / "channels" / String)
+        .and(warp::get())
         .map(|app: String, name: String| (Some(app), http_api::Endpoint::Channel(name)))
         .and(api("GET"))
         .and(no_body());
-    let users = warp::get()
-        .and(warp::path!("apps" / String / "channels" / String / "users"))
+    let users = warp::path!("apps" / String / "channels" / String / "users")
+        .and(warp::get())
         .map(|app: String, name: String| (Some(app), http_api::Endpoint::Users(name)))
         .and(api("GET"))
         .and(no_body());
@@ -235,45 +238,23 @@ pub fn routes(
             },
         );
 
+    let about = root::route(gateway.config.about.clone());
     websocket
         .or(api_routes)
         .unify()
         .or(segment::routes(gateway))
+        .unify()
+        .or(about)
         .unify()
         .recover(error::recover)
         .unify()
 }
 
 /// Serves the gateway on `listener` until the gateway's shutdown token fires, then closes every
-/// WebSocket with 4200 and waits for the sessions (and in-flight requests) to end. Each request
-/// carries its connection's [`PeerAddr`] (warp's own `serve_incoming` would not know it).
-pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>) {
-    let shutdown = gateway.shutdown.clone();
-    let incoming = TcpListenerStream::new(listener).map(|stream| {
-        let stream = stream?;
-        stream.set_nodelay(true)?;
-        Ok::<_, std::io::Error>(stream)
-    });
-    let routes = routes(gateway.clone());
-    let make_service = hyper::service::make_service_fn(move |stream: &tokio::net::TcpStream| {
-        let peer = stream.peer_addr().ok().map(PeerAddr);
-        let service = warp::service(routes.clone());
-        std::future::ready(Ok::<_, Infallible>(hyper::service::service_fn(
-            move |mut request: hyper::Request<hyper::Body>| {
-                if let Some(peer) = peer {
-                    request.extensions_mut().insert(peer);
-                }
-                hyper::service::Service::call(&mut service.clone(), request)
-            },
-        )))
-    });
-    let served = hyper::Server::builder(hyper::server::accept::from_stream(incoming))
-        .serve(make_service)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await;
-    if let Err(error) = served {
-        tracing::error!(%error, "the gateway's HTTP server failed");
-    }
+/// WebSocket with 4200 and waits for the sessions (and in-flight requests) to end.
+pub async fn serve(listener: server::Listener, gateway: Arc<Gateway>) {
+    let service = warp::service(routes(gateway.clone()));
+    server::serve(listener, service, gateway.shutdown.clone()).await;
     gateway.sessions.close();
     gateway.sessions.wait().await;
 }

@@ -43,8 +43,7 @@ pub fn routes(
         .and(warp::path::end())
         .and(warp::header::headers_cloned())
         .and(warp::ext::optional::<PeerAddr>())
-        .and(warp::body::content_length_limit(MAX_REQUEST_BYTES as u64))
-        .and(warp::body::bytes())
+        .and(crate::body::limited(MAX_REQUEST_BYTES as u64))
         .and(warp::any().map(move || gateway.clone()))
         .then(
             |endpoint, headers, peer, body, gateway: Arc<Gateway>| async move {

@@ -443,7 +443,7 @@ async fn admin_endpoints_report_health_readiness_and_metrics() {
     let states: Value = ready.json().await.unwrap();
     assert_eq!(
         states,
-        json!({"database": true, "live_queue": true, "publisher": true})
+        json!({"database": true, "gateway_listener": true, "live_queue": true, "publisher": true})
     );
     let metrics = server.metrics().await;
     for name in [

@@ -10,9 +10,9 @@ use sqlx::Connection;
 use crate::common::ws::{self, Client};
 use crate::common::{self, APP_ID, KEY};
 
-const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -21,19 +21,19 @@ fn free_port() -> u16 {
 }
 
 /// One deployment: a database and a queue prefix shared by its processes.
-struct Deployment {
+pub(crate) struct Deployment {
     database_url: String,
     prefix: String,
-    env: Vec<(&'static str, &'static str)>,
+    pub(crate) env: Vec<(&'static str, &'static str)>,
 }
 
-struct Node {
-    child: Child,
-    http: u16,
+pub(crate) struct Node {
+    pub(crate) child: Child,
+    pub(crate) http: u16,
 }
 
 impl Deployment {
-    fn new() -> Deployment {
+    pub(crate) fn new() -> Deployment {
         let config = common::test_config();
         Deployment {
             database_url: config.database_url,
@@ -42,7 +42,7 @@ impl Deployment {
         }
     }
 
-    fn command(&self, role: &str) -> (Command, u16, u16) {
+    pub(crate) fn command(&self, role: &str) -> (Command, u16, u16) {
         let (http, admin) = (free_port(), free_port());
         let mut command = Command::new(BIN);
         command
@@ -60,7 +60,7 @@ impl Deployment {
     }
 
     /// Starts a role and waits until its `/ready` answers 200.
-    async fn start(&self, role: &str) -> Node {
+    pub(crate) async fn start(&self, role: &str) -> Node {
         let (mut command, http, admin) = self.command(role);
         let child = command.spawn().expect("switchboard binary runs");
         let node = Node { child, http };
@@ -79,7 +79,7 @@ impl Deployment {
         common::wait_count(&self.database_url, "SELECT count(*) FROM events", expected).await
     }
 
-    async fn cleanup(&self) {
+    pub(crate) async fn cleanup(&self) {
         let mut config = common::test_config();
         config.database_url.clone_from(&self.database_url);
         config.amqp_prefix.clone_from(&self.prefix);
@@ -88,7 +88,7 @@ impl Deployment {
 }
 
 impl Node {
-    fn http(&self) -> std::net::SocketAddr {
+    pub(crate) fn http(&self) -> std::net::SocketAddr {
         ([127, 0, 0, 1], self.http).into()
     }
 
@@ -251,7 +251,7 @@ async fn sigterm_closes_sockets_with_4200_and_exits_zero() {
 }
 
 /// Runs the binary expecting it to fail at start; returns its stderr.
-async fn failing_start(deployment: &Deployment, env: &[(&str, &str)]) -> String {
+pub(crate) async fn failing_start(deployment: &Deployment, env: &[(&str, &str)]) -> String {
     let (mut command, _, _) = deployment.command("serve");
     for (k, v) in env {
         command.env(k, v);

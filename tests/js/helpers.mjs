@@ -23,6 +23,10 @@ export const config = {
   amqpPrefix: process.env.SWITCHBOARD_E2E_AMQP_PREFIX ?? 'e2e',
   serverBin: process.env.SWITCHBOARD_BIN ?? 'target/debug/switchboard',
   serverConfig: process.env.SWITCHBOARD_CONFIG ?? 'tests/e2e.toml',
+  /** A certificate and key for 127.0.0.1 / localhost, signed by the CA scripts/e2e.sh made for
+   * this run and passed to node as NODE_EXTRA_CA_CERTS. */
+  tlsCert: process.env.SWITCHBOARD_E2E_TLS_CERT ?? '',
+  tlsKey: process.env.SWITCHBOARD_E2E_TLS_KEY ?? '',
 };
 
 function appFromEnv(name, id, key, secret) {
@@ -423,9 +427,10 @@ export async function freePort() {
  * `adminPort` with the same database and RabbitMQ vhost but its own AMQP prefix, and resolves
  * once `/ready` answers 200. The returned handle's `stop()` sends SIGTERM and resolves with the
  * exit `{code, signal}`; when a test context is given, a server still running when the test ends
- * is killed.
+ * is killed. `env` adds configuration variables; `adminTls` makes `/ready` be asked over https
+ * (trusted through NODE_EXTRA_CA_CERTS).
  */
-export async function startServer(t, { port, adminPort, amqpPrefix }) {
+export async function startServer(t, { port, adminPort, amqpPrefix, env: extra = {}, adminTls = false }) {
   // `switchboard` reads every SWITCHBOARD_* variable as config: pass on none of the tests' own.
   const env = Object.fromEntries(
     Object.entries(process.env).filter(([name]) => !name.startsWith('SWITCHBOARD_')),
@@ -437,6 +442,7 @@ export async function startServer(t, { port, adminPort, amqpPrefix }) {
     SWITCHBOARD_ADMIN_BIND: `${config.host}:${adminPort}`,
     SWITCHBOARD_AMQP_PREFIX: amqpPrefix,
     RUST_LOG: 'info',
+    ...extra,
   });
   const child = spawn(config.serverBin, ['serve', '--config', config.serverConfig], {
     env,
@@ -476,7 +482,8 @@ export async function startServer(t, { port, adminPort, amqpPrefix }) {
     async () => {
       if (!server.running()) throw new Error(`switchboard exited before it was ready:\n${log()}`);
       try {
-        const response = await fetch(`http://${config.host}:${adminPort}/ready`);
+        const scheme = adminTls ? 'https' : 'http';
+        const response = await fetch(`${scheme}://${config.host}:${adminPort}/ready`);
         return response.ok;
       } catch {
         return false;

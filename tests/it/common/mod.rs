@@ -30,7 +30,7 @@ pub fn test_config() -> Config {
     let suffix = random_suffix();
     let mut config = Config {
         bind: "127.0.0.1:0".parse().unwrap(),
-        admin_bind: "127.0.0.1:0".parse().unwrap(),
+        admin_bind: Some("127.0.0.1:0".parse().unwrap()),
         database_url: format!("{PG}/switchboard_test_{suffix}"),
         amqp_url: AMQP.into(),
         amqp_prefix: format!("t{suffix}"),
