@@ -4,6 +4,7 @@
 
 mod api;
 mod baseline;
+mod chaos;
 mod client_events;
 mod connections;
 mod fanout;
@@ -68,6 +69,9 @@ enum Scenario {
     Ingest(ingest::IngestArgs),
     /// Connections on presence channels exchanging client events.
     ClientEvents(client_events::ClientEventsArgs),
+    /// Starts its own two gateways and two workers and injects faults while events of every
+    /// kind flow; fails unless nothing acknowledged was lost or doubled (RELIABILITY.md).
+    Chaos(chaos::ChaosArgs),
 }
 
 /// The server under test.
@@ -165,12 +169,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");
     let outcome = runtime.block_on(async {
-        let target = Target::new(cli.target)?;
         let report = match cli.scenario {
-            Scenario::Fanout(args) => fanout::run(&target, args).await?,
-            Scenario::Connections(args) => connections::run(&target, args).await?,
-            Scenario::Ingest(args) => ingest::run(&target, args).await?,
-            Scenario::ClientEvents(args) => client_events::run(&target, args).await?,
+            Scenario::Chaos(args) => chaos::run(args).await?,
+            scenario => {
+                let target = Target::new(cli.target)?;
+                match scenario {
+                    Scenario::Fanout(args) => fanout::run(&target, args).await?,
+                    Scenario::Connections(args) => connections::run(&target, args).await?,
+                    Scenario::Ingest(args) => ingest::run(&target, args).await?,
+                    Scenario::ClientEvents(args) => client_events::run(&target, args).await?,
+                    Scenario::Chaos(_) => unreachable!("handled above"),
+                }
+            }
         };
         println!("{report}");
         anyhow::Ok(())
