@@ -299,12 +299,12 @@ pub async fn run_client_sender(
                     let Some(seqs) = ledger.allocate(1) else { break None };
                     let sent_us = payload::now_us();
                     ledger.sent(seqs.start, Kind::Client, channel, sent_us);
-                    let frame = json!({
-                        "event": "client-chaos",
-                        "channel": name,
-                        "data": payload::encode(seqs.start, sent_us, 64),
-                    });
-                    if socket.send(Message::Text(frame.to_string())).await.is_err() {
+                    // `data` as an object, as pusher-js sends it: stored as that object.
+                    let frame = format!(
+                        r#"{{"event":"client-chaos","channel":"{name}","data":{}}}"#,
+                        payload::encode(seqs.start, sent_us, 64)
+                    );
+                    if socket.send(Message::Text(frame)).await.is_err() {
                         break Some("send failed".to_owned());
                     }
                     pending.push_back((seqs.start, Instant::now()));
