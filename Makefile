@@ -1,7 +1,7 @@
 # Developer and CI entry points. `make test` is what CI runs (via .ci/run).
 CARGO ?= cargo
 
-.PHONY: all services run migrate test lint fmt fmt-check clippy unit e2e bench
+.PHONY: all services run migrate test lint fmt fmt-check clippy unit e2e bench chaos chaos-short
 
 all: test
 
@@ -40,3 +40,11 @@ e2e: services
 # The standard benchmark set against a fresh release build (BENCHMARKS.md); not part of `test`.
 bench: services
 	bash scripts/bench.sh
+
+# The full chaos run (RELIABILITY.md): 1,000,000 events through two gateways and two workers
+# while faults are injected; not part of `test` (which runs the short one).
+chaos: services
+	bash scripts/chaos.sh
+
+chaos-short: services
+	bash scripts/chaos.sh --short

@@ -4,6 +4,7 @@
 
 mod api;
 mod baseline;
+mod chaos;
 mod client_events;
 mod connections;
 mod fanout;
@@ -72,6 +73,9 @@ enum Scenario {
     /// Server memory per Segment request (as a multiple of its body) and WebSocket ping round
     /// trips while big gzip batches of one shape arrive.
     SegmentMemory(segment_memory::SegmentMemoryArgs),
+    /// Starts its own two gateways and two workers and injects faults while events of every
+    /// kind flow; fails unless nothing acknowledged was lost or doubled (RELIABILITY.md).
+    Chaos(chaos::ChaosArgs),
 }
 
 /// The server under test.
@@ -169,13 +173,19 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");
     let outcome = runtime.block_on(async {
-        let target = Target::new(cli.target)?;
         let report = match cli.scenario {
-            Scenario::Fanout(args) => fanout::run(&target, args).await?,
-            Scenario::Connections(args) => connections::run(&target, args).await?,
-            Scenario::Ingest(args) => ingest::run(&target, args).await?,
-            Scenario::ClientEvents(args) => client_events::run(&target, args).await?,
-            Scenario::SegmentMemory(args) => segment_memory::run(&target, args).await?,
+            Scenario::Chaos(args) => chaos::run(args).await?,
+            scenario => {
+                let target = Target::new(cli.target)?;
+                match scenario {
+                    Scenario::Fanout(args) => fanout::run(&target, args).await?,
+                    Scenario::Connections(args) => connections::run(&target, args).await?,
+                    Scenario::Ingest(args) => ingest::run(&target, args).await?,
+                    Scenario::ClientEvents(args) => client_events::run(&target, args).await?,
+                    Scenario::SegmentMemory(args) => segment_memory::run(&target, args).await?,
+                    Scenario::Chaos(_) => unreachable!("handled above"),
+                }
+            }
         };
         println!("{report}");
         anyhow::Ok(())
