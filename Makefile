@@ -1,7 +1,7 @@
 # Developer and CI entry points. `make test` is what CI runs (via .ci/run).
 CARGO ?= cargo
 
-.PHONY: all services run migrate test lint fmt fmt-check clippy unit e2e bench chaos chaos-short
+.PHONY: all services run migrate test lint fmt fmt-check clippy unit e2e bench chaos chaos-short fuzz
 
 all: test
 
@@ -48,3 +48,8 @@ chaos: services
 
 chaos-short: services
 	bash scripts/chaos.sh --short
+
+# Every cargo-fuzz target (fuzz/) for FUZZ_SECONDS each (default 60), one after the other;
+# installs cargo-fuzz when missing (RELIABILITY.md); not part of `test`.
+fuzz:
+	bash scripts/fuzz.sh

@@ -308,13 +308,13 @@ impl Config {
         let checks: [(&'static str, bool, &'static str); 15] = [
             (
                 "gateway.activity_timeout_secs",
-                g.activity_timeout_secs > 0,
-                "at least 1",
+                (1..=3600).contains(&g.activity_timeout_secs),
+                "1 to 3600",
             ),
             (
                 "gateway.pong_timeout_secs",
-                g.pong_timeout_secs > 0,
-                "at least 1",
+                (1..=3600).contains(&g.pong_timeout_secs),
+                "1 to 3600",
             ),
             (
                 "gateway.socket_queue_len",
@@ -509,6 +509,9 @@ fn check_url(
 }
 
 #[cfg(test)]
+mod properties;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -636,6 +639,17 @@ mod tests {
                 "{field}"
             );
         }
+        // Found by `whatever_validates_is_usable`: a timeout this long overflowed the clock
+        // at the first connection (a panic in the session).
+        let mut endless = Config::default();
+        endless.gateway.activity_timeout_secs = i64::MAX as u64;
+        assert!(matches!(
+            endless.validate(),
+            Err(ConfigError::OutOfRange {
+                field: "gateway.activity_timeout_secs",
+                ..
+            })
+        ));
         let no_apps = Config {
             apps: vec![],
             ..Config::default()

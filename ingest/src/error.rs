@@ -2,7 +2,7 @@
 
 use bus::PublishError;
 use protocol::segment::{BodyError, InvalidEvents};
-use protocol::signature::HttpAuthError;
+use protocol::signature::{HttpAuthError, QueryError};
 use protocol::ChannelError;
 use thiserror::Error;
 use warp::http::StatusCode;
@@ -23,7 +23,7 @@ pub enum ApiError {
     #[error(transparent)]
     Unauthorized(#[from] HttpAuthError),
     #[error("query string is not valid: {0}")]
-    BadQuery(#[source] serde_urlencoded::de::Error),
+    BadQuery(#[source] QueryError),
     #[error("body is not a valid trigger: {0}")]
     BadBody(#[source] serde_json::Error),
     #[error("invalid channel {name:?}: {source}")]

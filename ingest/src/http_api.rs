@@ -5,7 +5,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use dispatcher::Occupancy;
 use protocol::control::Control;
-use protocol::signature::{verify_http_request, HttpRequestToVerify};
+use protocol::signature::{query_params, verify_http_request, HttpRequestToVerify};
 use protocol::{Channel, ChannelKind, Envelope, SocketId, Source};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -218,8 +218,7 @@ fn authenticate<'g>(
     gateway: &'g Gateway,
     request: &ApiRequest,
 ) -> Result<(&'g Arc<App>, QueryParams), ApiError> {
-    let params: QueryParams =
-        serde_urlencoded::from_str(&request.query).map_err(ApiError::BadQuery)?;
+    let params = query_params(&request.query).map_err(ApiError::BadQuery)?;
     let app = match &request.app_id {
         Some(id) => gateway.apps.by_id(id),
         None => params

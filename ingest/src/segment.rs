@@ -184,7 +184,7 @@ fn basic_username(authorization: &str) -> Result<String, ApiError> {
 
 /// The body after `Content-Encoding`: identity or gzip. A gzip body is inflated into at most
 /// [`MAX_REQUEST_BYTES`] (+1 to notice the excess): a bomb costs that much and no more.
-fn decoded<'b>(encoding: Option<&str>, body: &'b [u8]) -> Result<Cow<'b, [u8]>, ApiError> {
+pub fn decoded<'b>(encoding: Option<&str>, body: &'b [u8]) -> Result<Cow<'b, [u8]>, ApiError> {
     match encoding {
         None => Ok(Cow::Borrowed(body)),
         Some(identity) if is_identity(identity) => Ok(Cow::Borrowed(body)),

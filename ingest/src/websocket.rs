@@ -5,6 +5,7 @@
 //! outbound queue into the socket and sends the close frame when the [`CloseSignal`] fires.
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +13,10 @@ use std::time::Duration;
 use dispatcher::{AppOptions, Frame, SocketHandle, SubscribeError};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
 use protocol::frame::{self, ClientMessage};
 use protocol::presence::{Member, SignedInUser, SigninError};
 use protocol::signature::{channel_string_to_sign, signin_string_to_sign, verify_client_auth};
@@ -117,13 +122,15 @@ pub async fn run(gateway: Arc<Gateway>, handshake: Handshake, socket: WebSocket)
             max_presence_members: app.limits.max_presence_members,
         };
         gateway.registry.connect(&app.id, options, &handle);
+        let rate =
+            ClientEventLimit::new(app.limits.client_events_per_second, DefaultClock::default());
         let mut session = Session {
             gateway,
             app,
             handle,
             subscriptions: HashMap::new(),
             user: None,
-            rate: RateWindow::new(),
+            rate,
         };
         session.read_loop(stream).await;
         let channels: Vec<String> = session.subscriptions.drain().map(|(c, _)| c).collect();
@@ -208,29 +215,24 @@ fn close_reason(code: u16) -> &'static str {
     }
 }
 
-/// Counts client events in the current one-second window.
-struct RateWindow {
-    started: Instant,
-    count: u32,
+/// Client events of one connection: a token bucket of `per_second` tokens refilled continuously
+/// (governor's GCRA), so at most `per_second` pass in a burst, even across a second's boundary.
+struct ClientEventLimit<C: Clock = DefaultClock> {
+    /// None when the app allows no client events at all.
+    limiter: Option<RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<C::Instant>>>,
 }
 
-impl RateWindow {
-    fn new() -> Self {
-        RateWindow {
-            started: Instant::now(),
-            count: 0,
+impl<C: Clock> ClientEventLimit<C> {
+    fn new(per_second: u32, clock: C) -> Self {
+        ClientEventLimit {
+            limiter: NonZeroU32::new(per_second)
+                .map(|rate| RateLimiter::direct_with_clock(Quota::per_second(rate), clock)),
         }
     }
 
-    /// Counts one event; false when over `per_second` in the current window.
-    fn allow(&mut self, per_second: u32) -> bool {
-        let now = Instant::now();
-        if now.duration_since(self.started) >= Duration::from_secs(1) {
-            self.started = now;
-            self.count = 0;
-        }
-        self.count += 1;
-        self.count <= per_second
+    /// Takes a token for one event; false when the bucket is empty.
+    fn allow(&self) -> bool {
+        self.limiter.as_ref().is_some_and(|l| l.check().is_ok())
     }
 }
 
@@ -260,7 +262,7 @@ struct Session {
     /// Subscribed channels, with this socket's presence user id where there is one.
     subscriptions: HashMap<String, Option<String>>,
     user: Option<SignedInUser>,
-    rate: RateWindow,
+    rate: ClientEventLimit,
 }
 
 impl Session {
@@ -396,7 +398,16 @@ impl Session {
         match channel.kind {
             ChannelKind::Public => Ok(None),
             ChannelKind::Private | ChannelKind::PrivateEncrypted => {
-                check(channel_string_to_sign(socket_id, channel.name, None)).map(|()| None)
+                // pusher-js's own suite sends `channel_data` on private channels too, signed
+                // over `socket_id:channel:channel_data`: either form is accepted then.
+                check(channel_string_to_sign(socket_id, channel.name, None))
+                    .or_else(|refused| match channel_data {
+                        Some(data) => {
+                            check(channel_string_to_sign(socket_id, channel.name, Some(data)))
+                        }
+                        None => Err(refused),
+                    })
+                    .map(|()| None)
             }
             ChannelKind::Presence => {
                 let data = channel_data.ok_or_else(|| auth_error("Missing channel_data"))?;
@@ -453,9 +464,10 @@ impl Session {
         if data.len() > self.app.limits.max_event_data_bytes {
             return self.error("Client event data is too large", None);
         }
-        if !self.rate.allow(self.app.limits.client_events_per_second) {
+        if !self.rate.allow() {
+            let limit = self.app.limits.client_events_per_second;
             return self.error(
-                "Client event rate limit reached: at most 10 per second",
+                &format!("Client event rate limit reached: at most {limit} per second"),
                 Some(code::CLIENT_EVENT_RATE_LIMIT),
             );
         }
@@ -507,5 +519,54 @@ impl Session {
                 self.handle.close_signal().close(code::UNAUTHORIZED);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use governor::clock::FakeRelativeClock;
+
+    fn passed(limit: &ClientEventLimit<FakeRelativeClock>, attempts: usize) -> usize {
+        (0..attempts).filter(|_| limit.allow()).count()
+    }
+
+    #[test]
+    fn client_event_limit_is_a_token_bucket() {
+        let clock = FakeRelativeClock::default();
+        let limit = ClientEventLimit::new(10, clock.clone());
+        // A full bucket: a burst of 10 passes, the 11th does not.
+        assert_eq!(passed(&limit, 15), 10);
+        // 99 ms later, less than one token has refilled.
+        clock.advance(Duration::from_millis(99));
+        assert_eq!(passed(&limit, 5), 0);
+        // One token every 100 ms.
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(passed(&limit, 5), 1);
+        clock.advance(Duration::from_millis(350));
+        assert_eq!(passed(&limit, 5), 3);
+        // Idle for long, the bucket holds no more than its size.
+        clock.advance(Duration::from_secs(60));
+        assert_eq!(passed(&limit, 30), 10);
+    }
+
+    #[test]
+    fn no_burst_across_a_second_boundary() {
+        let clock = FakeRelativeClock::default();
+        let limit = ClientEventLimit::new(10, clock.clone());
+        clock.advance(Duration::from_millis(990));
+        assert_eq!(passed(&limit, 10), 10);
+        // 20 ms later, across the boundary a fixed window had: only what refilled meanwhile.
+        clock.advance(Duration::from_millis(20));
+        assert_eq!(passed(&limit, 10), 0);
+        // A second after the burst, the bucket is full again: 10, not 20, in any short span.
+        clock.advance(Duration::from_millis(980));
+        assert_eq!(passed(&limit, 20), 10);
+    }
+
+    #[test]
+    fn a_zero_limit_allows_nothing() {
+        let limit = ClientEventLimit::new(0, FakeRelativeClock::default());
+        assert_eq!(passed(&limit, 3), 0);
     }
 }

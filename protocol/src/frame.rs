@@ -134,13 +134,23 @@ struct OutFrame<'a> {
     event: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     channel: Option<&'a str>,
-    data: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     user_id: Option<&'a str>,
 }
 
 /// Encodes a server → client frame. `data` is sent as a JSON string, byte-for-byte.
 pub fn encode(event: &str, channel: Option<&str>, data: &str, user_id: Option<&str>) -> String {
+    encode_frame(event, channel, Some(data), user_id)
+}
+
+fn encode_frame(
+    event: &str,
+    channel: Option<&str>,
+    data: Option<&str>,
+    user_id: Option<&str>,
+) -> String {
     serde_json::to_string(&OutFrame {
         event,
         channel,
@@ -228,8 +238,9 @@ pub fn encode_member_removed(channel: &str, user_id: &str) -> String {
     encode("pusher_internal:member_removed", Some(channel), &data, None)
 }
 
+/// `pusher:cache_miss`: the event and the channel only, no `data` (as Pusher sends it).
 pub fn encode_cache_miss(channel: &str) -> String {
-    encode("pusher:cache_miss", Some(channel), "{}", None)
+    encode_frame("pusher:cache_miss", Some(channel), None, None)
 }
 
 pub fn encode_subscription_count(channel: &str, count: usize) -> String {
@@ -376,7 +387,7 @@ mod tests {
         );
         assert_eq!(
             encode_cache_miss("cache-a"),
-            r#"{"event":"pusher:cache_miss","channel":"cache-a","data":"{}"}"#
+            r#"{"event":"pusher:cache_miss","channel":"cache-a"}"#
         );
         assert_eq!(
             encode_subscription_count("a", 3),

@@ -37,7 +37,8 @@ struct ChannelData {
     user_info: Option<Box<serde_json::value::RawValue>>,
 }
 
-/// User ids are compared as strings: `10` and `"10"` are the same user.
+/// User ids are compared as strings: `10` and `"10"` are the same user (presence `user_id` and
+/// sign-in `id` alike).
 fn id_string(value: &Value) -> Option<String> {
     match value {
         Value::String(s) => Some(s.clone()),
@@ -75,7 +76,7 @@ pub struct SignedInUser {
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum SigninError {
-    #[error("user_data must be a JSON object with a non-empty string id")]
+    #[error("user_data must be a JSON object with a non-empty string or number id")]
     Malformed,
     #[error("watchlist has {0} user ids; at most {MAX_WATCHLIST} allowed")]
     WatchlistTooLong(usize),
@@ -91,10 +92,9 @@ struct UserData {
 impl SignedInUser {
     pub fn from_user_data(user_data: &str) -> Result<SignedInUser, SigninError> {
         let data: UserData = serde_json::from_str(user_data).map_err(|_| SigninError::Malformed)?;
-        let id = match data.id {
-            Value::String(id) if !id.is_empty() => id,
-            _ => return Err(SigninError::Malformed),
-        };
+        let id = id_string(&data.id)
+            .filter(|id| !id.is_empty())
+            .ok_or(SigninError::Malformed)?;
         if data.watchlist.len() > MAX_WATCHLIST {
             return Err(SigninError::WatchlistTooLong(data.watchlist.len()));
         }
@@ -154,10 +154,21 @@ mod tests {
             SignedInUser::from_user_data(r#"{"id":""}"#),
             Err(SigninError::Malformed)
         );
+        // Laravel apps and soketi users send numeric ids: the string form is the id.
         assert_eq!(
             SignedInUser::from_user_data(r#"{"id":5}"#),
-            Err(SigninError::Malformed)
+            Ok(SignedInUser {
+                id: "5".into(),
+                watchlist: vec![]
+            })
         );
+        for bad in [r#"{"id":null}"#, r#"{"id":true}"#, r#"{"id":["1"]}"#, "{}"] {
+            assert_eq!(
+                SignedInUser::from_user_data(bad),
+                Err(SigninError::Malformed),
+                "{bad}"
+            );
+        }
         assert_eq!(
             SignedInUser::from_user_data("[]"),
             Err(SigninError::Malformed)

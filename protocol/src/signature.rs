@@ -10,7 +10,7 @@ use thiserror::Error;
 type HmacSha256 = Hmac<Sha256>;
 
 /// How far `auth_timestamp` may be from the server's clock, in seconds.
-pub const MAX_TIMESTAMP_SKEW_SECS: i64 = 600;
+pub const MAX_TIMESTAMP_SKEW_SECS: u64 = 600;
 
 fn mac(secret: &str) -> HmacSha256 {
     HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC accepts keys of any length")
@@ -80,6 +80,38 @@ pub fn http_string_to_sign(method: &str, path: &str, params: &[(String, String)]
     format!("{}\n{}\n{}", method.to_ascii_uppercase(), path, query)
 }
 
+/// Why a signed request's query string was refused.
+#[derive(Debug, Error)]
+pub enum QueryError {
+    #[error("{0}")]
+    Malformed(#[from] serde_urlencoded::de::Error),
+    #[error("query parameter {0:?} is given twice")]
+    Duplicate(String),
+    #[error("query parameter {0:?} contains `&` (or `=` in its name), which the signed string cannot tell from a separator")]
+    Ambiguous(String),
+}
+
+/// The parameters of a signed request's query string, as the gateway reads and verifies them:
+/// keys lower-cased (they are signed lower-cased), each at most once, and no `&` in a key or
+/// value nor `=` in a key. The signed string joins `k=v` with `&`, unescaped, so without these
+/// rules two different queries could sign the same string (`a=1%26b%3D2` and `a=1&b=2`), and
+/// a captured request could be altered without breaking its signature.
+pub fn query_params(query: &str) -> Result<Vec<(String, String)>, QueryError> {
+    let mut params: Vec<(String, String)> = serde_urlencoded::from_str(query)?;
+    for (key, value) in &mut params {
+        key.make_ascii_lowercase();
+        if key.contains(['&', '=']) || value.contains('&') {
+            return Err(QueryError::Ambiguous(key.clone()));
+        }
+    }
+    let mut keys: Vec<&str> = params.iter().map(|(k, _)| k.as_str()).collect();
+    keys.sort_unstable();
+    if let Some(pair) = keys.windows(2).find(|pair| pair[0] == pair[1]) {
+        return Err(QueryError::Duplicate(pair[0].to_owned()));
+    }
+    Ok(params)
+}
+
 /// Why an HTTP API request's signature was refused. The messages are shown to API users.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum HttpAuthError {
@@ -92,7 +124,7 @@ pub enum HttpAuthError {
     #[error("auth_timestamp is not a unix time in seconds")]
     BadTimestamp,
     #[error("auth_timestamp is {skew_secs} s away from server time; at most {MAX_TIMESTAMP_SKEW_SECS} s allowed, check the clock")]
-    StaleTimestamp { skew_secs: i64 },
+    StaleTimestamp { skew_secs: u64 },
     #[error("body_md5 does not match the MD5 of the request body")]
     BodyMd5Mismatch,
     #[error(
@@ -132,7 +164,7 @@ pub fn verify_http_request(
     let ts: i64 = required("auth_timestamp")?
         .parse()
         .map_err(|_| HttpAuthError::BadTimestamp)?;
-    let skew_secs = (now_unix - ts).abs();
+    let skew_secs = now_unix.abs_diff(ts);
     if skew_secs > MAX_TIMESTAMP_SKEW_SECS {
         return Err(HttpAuthError::StaleTimestamp { skew_secs });
     }
@@ -323,5 +355,55 @@ mod tests {
             body: b"",
         };
         assert_eq!(verify_http_request(KEY, SECRET, &req, 1000), Ok(()));
+    }
+
+    #[test]
+    fn timestamps_far_from_now_are_stale_not_a_panic() {
+        // Found by the property `verification_never_panics_on_any_parameters`: `now - ts`
+        // overflowed (a panic in debug builds, a wrapped skew in release ones).
+        let mut params = vector_params(&[("auth_signature", SIG)]);
+        for (ts, skew_secs) in [
+            (i64::MIN, 1353088179 + i64::MAX.unsigned_abs() + 1),
+            (i64::MAX, i64::MAX.unsigned_abs() - 1353088179),
+        ] {
+            params.retain(|(k, _)| k != "auth_timestamp");
+            params.push(("auth_timestamp".into(), ts.to_string()));
+            assert_eq!(
+                verify_vector(&params, BODY, 1353088179),
+                Err(HttpAuthError::StaleTimestamp { skew_secs })
+            );
+        }
+    }
+
+    #[test]
+    fn query_params_refuse_what_the_signed_string_cannot_tell_apart() {
+        // Found by the property `the_signed_string_spells_exactly_the_accepted_parameters`:
+        // `filter_by_prefix=presence-%26info%3Duser_count` signs the same string as
+        // `filter_by_prefix=presence-&info=user_count`.
+        let params = |q: &str| query_params(q).map_err(|e| e.to_string());
+        assert_eq!(
+            params("Auth_Key=k&info=user_count%2Csubscription_count"),
+            Ok(vec![
+                ("auth_key".into(), "k".into()),
+                ("info".into(), "user_count,subscription_count".into())
+            ])
+        );
+        assert_eq!(params("a=b%3Dc"), Ok(vec![("a".into(), "b=c".into())]));
+        for (query, error) in [
+            (
+                "filter_by_prefix=presence-%26info%3Duser_count",
+                "\"filter_by_prefix\" contains `&`",
+            ),
+            ("a%3Db=c", "\"a=b\" contains `&`"),
+            ("a%26b=c", "\"a&b\" contains `&`"),
+            ("info=a&INFO=b", "\"info\" is given twice"),
+            (
+                "auth_signature=1&auth_signature=2",
+                "\"auth_signature\" is given twice",
+            ),
+        ] {
+            let got = params(query).unwrap_err();
+            assert!(got.contains(error), "{query}: {got}");
+        }
     }
 }

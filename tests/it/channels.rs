@@ -126,7 +126,7 @@ async fn client_events_rules() {
         .send(json!({"event":"client-typing","channel":"public-chat","data":{}}))
         .await;
     assert_eq!(sender.next_event().await["event"], "pusher:error");
-    // Rate limit: more than 10 in a second (a fresh second: the events above counted too).
+    // Rate limit: a burst beyond the bucket of 10 (refilled after the event above).
     tokio::time::sleep(Duration::from_millis(1100)).await;
     for i in 0..15 {
         sender

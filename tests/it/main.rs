@@ -4,9 +4,11 @@
 mod api;
 mod channels;
 mod common;
+mod conformance;
 mod durable;
 mod edge;
 mod faults;
+mod fuzz_findings;
 mod gateway;
 mod processes;
 mod segment;
