@@ -1,0 +1,180 @@
+//! The config file's sections other than the top level, with their defaults.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ingest::tls::TlsFiles;
+use ingest::{GatewayConfig, TrustedProxy};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PersistQueueType {
+    Quorum,
+    Classic,
+}
+
+impl From<PersistQueueType> for bus::QueueType {
+    fn from(value: PersistQueueType) -> Self {
+        match value {
+            PersistQueueType::Quorum => bus::QueueType::Quorum,
+            PersistQueueType::Classic => bus::QueueType::Classic,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewaySection {
+    pub activity_timeout_secs: u64,
+    pub pong_timeout_secs: u64,
+    pub socket_queue_len: usize,
+    pub max_frame_bytes: usize,
+    pub max_body_bytes: u64,
+    /// Seconds a cache channel keeps its last event (Pusher: at most 30 min).
+    pub cache_ttl_secs: u64,
+    /// Messages the node's live queue holds before dropping the oldest.
+    pub live_queue_max_len: u32,
+    /// How often a node announces its presence/occupancy state to the others.
+    pub cluster_heartbeat_ms: u64,
+    /// How long without an announcement before a node's members are dropped.
+    pub cluster_node_timeout_ms: u64,
+    /// Addresses or CIDR networks of the proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<TrustedProxy>,
+    /// Confirmed `X-Idempotency-Key`s (per envelope) remembered to answer retries without
+    /// publishing again; the least recently used go first.
+    pub idempotency_cache_entries: usize,
+    /// Seconds a request head may take from its first byte (from the connection's start for
+    /// the first request, from the start of the TLS handshake for it); both listeners.
+    pub header_read_timeout_secs: u64,
+    /// Seconds a keep-alive connection may wait for its next request; both listeners.
+    pub idle_timeout_secs: u64,
+    /// Open client connections (WebSockets included) beyond which new ones are refused.
+    pub max_connections: usize,
+    /// `wss://` and `https://` on `bind`.
+    pub tls: Option<TlsSection>,
+}
+
+/// The admin listener's own settings (its timeouts are the gateway's).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    pub max_connections: usize,
+    /// `https://` on `admin_bind`.
+    pub tls: Option<TlsSection>,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection {
+            max_connections: 64,
+            tls: None,
+        }
+    }
+}
+
+/// A listener's certificate: PEM files, checked every `reload_interval_secs` and reloaded
+/// when they changed (a broken new file keeps the previous certificate).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    #[serde(default = "TlsSection::default_reload_interval_secs")]
+    pub reload_interval_secs: u64,
+}
+
+impl TlsSection {
+    fn default_reload_interval_secs() -> u64 {
+        10
+    }
+
+    pub fn files(&self) -> TlsFiles {
+        TlsFiles {
+            cert_path: self.cert_path.clone(),
+            key_path: self.key_path.clone(),
+            reload_interval: Duration::from_secs(self.reload_interval_secs),
+        }
+    }
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        let g = GatewayConfig::default();
+        GatewaySection {
+            activity_timeout_secs: g.activity_timeout.as_secs(),
+            pong_timeout_secs: g.pong_timeout.as_secs(),
+            socket_queue_len: g.socket_queue_len,
+            max_frame_bytes: g.max_frame_bytes,
+            max_body_bytes: g.max_body_bytes,
+            cache_ttl_secs: g.cache_ttl.as_secs(),
+            live_queue_max_len: 100_000,
+            cluster_heartbeat_ms: 1000,
+            cluster_node_timeout_ms: 5000,
+            trusted_proxies: g.trusted_proxies,
+            idempotency_cache_entries: g.idempotency_cache_entries.get(),
+            header_read_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            max_connections: 100_000,
+            tls: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublisherSection {
+    pub max_batch_envelopes: usize,
+    /// Most encoded bytes in one AMQP message; larger requests are split over several.
+    pub max_message_bytes: usize,
+    pub max_in_flight: usize,
+    pub confirm_timeout_ms: u64,
+}
+
+impl Default for PublisherSection {
+    fn default() -> Self {
+        PublisherSection {
+            max_batch_envelopes: 1000,
+            max_message_bytes: 256 * 1024,
+            max_in_flight: 64,
+            confirm_timeout_ms: 5000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerSection {
+    pub prefetch: u16,
+    pub max_batch: usize,
+    pub batch_linger_ms: u64,
+    pub partition_days_ahead: u32,
+    /// Hours a Segment `messageId` is remembered for deduplication (at least 24).
+    pub dedup_window_hours: u32,
+    /// Drop events partitions older than this many days; unset keeps everything.
+    pub retention_days: Option<u32>,
+    /// Attempts at a batch that fails (not for its data, nor because Postgres is unreachable)
+    /// before it is split and what still fails alone is dead-lettered.
+    pub max_attempts: u32,
+}
+
+impl WorkerSection {
+    /// How long storage deduplicates Segment `messageId`s and idempotency keys.
+    pub fn dedup_window(&self) -> Duration {
+        Duration::from_secs(u64::from(self.dedup_window_hours) * 3600)
+    }
+}
+
+impl Default for WorkerSection {
+    fn default() -> Self {
+        WorkerSection {
+            prefetch: 2000,
+            max_batch: 5000,
+            batch_linger_ms: 5,
+            partition_days_ahead: 3,
+            dedup_window_hours: 48,
+            retention_days: None,
+            max_attempts: 3,
+        }
+    }
+}

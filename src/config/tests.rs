@@ -1,0 +1,232 @@
+//! Unit tests of loading, validation and redaction.
+
+use super::*;
+
+#[test]
+fn defaults_are_valid_and_local() {
+    let config = Config::default();
+    config.validate().unwrap();
+    assert_eq!(config.bind.to_string(), "127.0.0.1:6001");
+    assert_eq!(config.admin_bind(Role::Serve).to_string(), "127.0.0.1:9601");
+    assert_eq!(
+        config.admin_bind(Role::Gateway).to_string(),
+        "127.0.0.1:9601"
+    );
+    assert_eq!(
+        config.admin_bind(Role::Worker).to_string(),
+        "127.0.0.1:9602"
+    );
+    assert!(!config.dev_credentials_exposed());
+}
+
+#[test]
+fn urls_are_redacted_in_debug_and_errors() {
+    let config = Config {
+        database_url: "postgres://analyst:hunter2@db.example:5432/x?password=hunter3".into(),
+        amqp_url: "amqp://guest:hunter4@mq.example:5672/%2f".into(),
+        ..Config::default()
+    };
+    let debug = format!("{config:?}");
+    for secret in ["hunter2", "hunter3", "hunter4"] {
+        assert!(!debug.contains(secret), "{debug}");
+    }
+    assert!(
+        debug.contains(r#"database_url: "postgres://db.example:5432/x""#)
+            && debug.contains(r#"amqp_url: "amqp://mq.example:5672/%2f""#),
+        "{debug}"
+    );
+    let bad = Config {
+        amqp_url: "amqps://guest:hunter5@mq.example/%2f".into(),
+        ..Config::default()
+    };
+    let error = bad.validate().unwrap_err().to_string();
+    assert!(!error.contains("hunter5"), "{error}");
+    assert!(error.contains("mq.example"), "{error}");
+}
+
+#[test]
+fn edge_limits_must_be_positive() {
+    let mut config = Config::default();
+    config.gateway.idle_timeout_secs = 0;
+    assert!(matches!(
+        config.validate(),
+        Err(ConfigError::OutOfRange {
+            field: "gateway.idle_timeout_secs",
+            ..
+        })
+    ));
+    let mut config = Config::default();
+    config.admin.max_connections = 0;
+    assert!(matches!(
+        config.validate(),
+        Err(ConfigError::OutOfRange {
+            field: "admin.max_connections",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn dev_credentials_on_public_bind_are_flagged() {
+    let config = Config {
+        bind: "0.0.0.0:6001".parse().unwrap(),
+        ..Config::default()
+    };
+    assert!(config.dev_credentials_exposed());
+}
+
+#[test]
+fn rejects_bad_values() {
+    let bad_prefix = Config {
+        amqp_prefix: "has space".into(),
+        ..Config::default()
+    };
+    assert!(matches!(
+        bad_prefix.validate(),
+        Err(ConfigError::BadPrefix(_))
+    ));
+    let bad_url = Config {
+        database_url: "mysql://x".into(),
+        ..Config::default()
+    };
+    assert!(matches!(
+        bad_url.validate(),
+        Err(ConfigError::BadUrl {
+            field: "database_url",
+            ..
+        })
+    ));
+    let mut zero_queue = Config::default();
+    zero_queue.gateway.socket_queue_len = 0;
+    assert!(matches!(
+        zero_queue.validate(),
+        Err(ConfigError::OutOfRange {
+            field: "gateway.socket_queue_len",
+            ..
+        })
+    ));
+    for (adjust, field) in [
+        (
+            (|c: &mut Config| c.publisher.max_message_bytes = 4095) as fn(&mut Config),
+            "publisher.max_message_bytes",
+        ),
+        (
+            |c: &mut Config| c.gateway.idempotency_cache_entries = 0,
+            "gateway.idempotency_cache_entries",
+        ),
+        (
+            |c: &mut Config| c.worker.max_attempts = 0,
+            "worker.max_attempts",
+        ),
+    ] {
+        let mut config = Config::default();
+        adjust(&mut config);
+        assert!(
+            matches!(config.validate(), Err(ConfigError::OutOfRange { field: f, .. }) if f == field),
+            "{field}"
+        );
+    }
+    // Found by `whatever_validates_is_usable`: a timeout this long overflowed the clock
+    // at the first connection (a panic in the session).
+    let mut endless = Config::default();
+    endless.gateway.activity_timeout_secs = i64::MAX as u64;
+    assert!(matches!(
+        endless.validate(),
+        Err(ConfigError::OutOfRange {
+            field: "gateway.activity_timeout_secs",
+            ..
+        })
+    ));
+    let no_apps = Config {
+        apps: vec![],
+        ..Config::default()
+    };
+    assert!(matches!(
+        no_apps.validate(),
+        Err(ConfigError::Apps(AppsError::Empty))
+    ));
+}
+
+// figment::Jail's closures return figment's own (large) error type.
+#[test]
+#[allow(clippy::result_large_err)]
+fn file_then_environment() {
+    figment::Jail::expect_with(|jail| {
+        jail.create_file(
+            "switchboard.toml",
+            r#"
+            amqp_prefix = "fromfile"
+            bind = "127.0.0.1:7001"
+            [gateway]
+            socket_queue_len = 7
+            trusted_proxies = ["10.0.0.0/8", "127.0.0.1"]
+            [[apps]]
+            id = "1"
+            key = "k"
+            secret = "s"
+            "#,
+        )?;
+        jail.set_env("SWITCHBOARD_AMQP_PREFIX", "fromenv");
+        jail.set_env("SWITCHBOARD_GATEWAY__MAX_FRAME_BYTES", "4096");
+        jail.set_env("DATABASE_URL", "postgres://db.example/x");
+        jail.set_env("SWITCHBOARD_WORKER__RETENTION_DAYS", "30");
+        jail.set_env("SWITCHBOARD_PUBLISHER__MAX_MESSAGE_BYTES", "65536");
+        jail.set_env("SWITCHBOARD_WORKER__MAX_ATTEMPTS", "5");
+        jail.set_env("SWITCHBOARD_GATEWAY__IDEMPOTENCY_CACHE_ENTRIES", "10");
+        jail.set_env("SWITCHBOARD_GATEWAY__TLS__CERT_PATH", "/etc/sb/cert.pem");
+        jail.set_env("SWITCHBOARD_GATEWAY__TLS__KEY_PATH", "/etc/sb/key.pem");
+        jail.set_env("SWITCHBOARD_ADMIN__MAX_CONNECTIONS", "8");
+        let config = Config::load(Some(Path::new("switchboard.toml"))).unwrap();
+        let tls = config.gateway.tls.as_ref().unwrap();
+        assert_eq!(tls.cert_path, Path::new("/etc/sb/cert.pem"));
+        assert_eq!(tls.reload_interval_secs, 10);
+        assert!(config.admin.tls.is_none());
+        assert_eq!(config.admin.max_connections, 8);
+        assert_eq!(
+            config.admin_limits().header_read_timeout,
+            Duration::from_secs(10)
+        );
+        assert_eq!(config.worker.retention_days, Some(30));
+        assert_eq!(config.publisher.max_message_bytes, 65536);
+        assert_eq!(config.worker.max_attempts, 5);
+        assert_eq!(config.gateway_config().idempotency_cache_entries.get(), 10);
+        assert_eq!(config.worker.dedup_window_hours, 48);
+        assert_eq!(config.amqp_prefix, "fromenv");
+        assert_eq!(config.bind.port(), 7001);
+        assert_eq!(config.gateway.socket_queue_len, 7);
+        assert_eq!(config.gateway.max_frame_bytes, 4096);
+        let proxies: Vec<String> = config
+            .gateway
+            .trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(proxies, ["10.0.0.0/8", "127.0.0.1/32"]);
+        assert_eq!(config.database_url, "postgres://db.example/x");
+        assert_eq!(config.apps.len(), 1);
+        assert_eq!(config.apps[0].id, "1");
+        Ok(())
+    });
+}
+
+#[test]
+#[allow(clippy::result_large_err)]
+fn unknown_keys_and_missing_files_fail() {
+    figment::Jail::expect_with(|jail| {
+        jail.create_file("bad.toml", "bindd = \"127.0.0.1:1\"\n")?;
+        let err = Config::load(Some(Path::new("bad.toml"))).unwrap_err();
+        assert!(err.to_string().contains("bindd"), "{err}");
+        let err = Config::load(Some(Path::new("nope.toml"))).unwrap_err();
+        assert!(matches!(err, ConfigError::MissingFile(_)));
+        jail.create_file(
+            "proxy.toml",
+            "[gateway]\ntrusted_proxies = [\"10.0.0.0/33\"]\n",
+        )?;
+        let err = Config::load(Some(Path::new("proxy.toml"))).unwrap_err();
+        assert!(err.to_string().contains("trusted_proxies"), "{err}");
+        jail.set_env("SWITCHBOARD_BIND", "not an address");
+        let err = Config::load(None).unwrap_err().to_string();
+        assert!(err.to_lowercase().contains("bind"), "{err}");
+        Ok(())
+    });
+}

@@ -1,0 +1,155 @@
+//! Checks of the values that a type alone does not bound.
+
+use super::{redacted, Config, ConfigError, TlsSection};
+
+impl Config {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.apps()?;
+        let prefix_ok = !self.amqp_prefix.is_empty()
+            && self.amqp_prefix.len() <= 64
+            && self
+                .amqp_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !prefix_ok {
+            return Err(ConfigError::BadPrefix(self.amqp_prefix.clone()));
+        }
+        check_url(
+            "database_url",
+            &self.database_url,
+            &["postgres", "postgresql"],
+        )?;
+        check_url("amqp_url", &self.amqp_url, &["amqp"])?;
+        self.validate_edge()?;
+        let g = &self.gateway;
+        let checks: [(&'static str, bool, &'static str); 15] = [
+            (
+                "gateway.activity_timeout_secs",
+                (1..=3600).contains(&g.activity_timeout_secs),
+                "1 to 3600",
+            ),
+            (
+                "gateway.pong_timeout_secs",
+                (1..=3600).contains(&g.pong_timeout_secs),
+                "1 to 3600",
+            ),
+            (
+                "gateway.socket_queue_len",
+                g.socket_queue_len > 0,
+                "at least 1",
+            ),
+            (
+                "gateway.max_frame_bytes",
+                g.max_frame_bytes >= 1024,
+                "at least 1024",
+            ),
+            (
+                "gateway.live_queue_max_len",
+                g.live_queue_max_len > 0,
+                "at least 1",
+            ),
+            (
+                "gateway.cache_ttl_secs",
+                (1..=1800).contains(&g.cache_ttl_secs),
+                "1 to 1800",
+            ),
+            (
+                "gateway.cluster_node_timeout_ms",
+                g.cluster_heartbeat_ms > 0 && g.cluster_node_timeout_ms > g.cluster_heartbeat_ms,
+                "greater than gateway.cluster_heartbeat_ms (which must be > 0)",
+            ),
+            (
+                "gateway.idempotency_cache_entries",
+                g.idempotency_cache_entries > 0,
+                "at least 1",
+            ),
+            (
+                "publisher.max_batch_envelopes",
+                self.publisher.max_batch_envelopes > 0,
+                "at least 1",
+            ),
+            (
+                "publisher.max_message_bytes",
+                self.publisher.max_message_bytes >= 4096,
+                "at least 4096",
+            ),
+            (
+                "publisher.max_in_flight",
+                self.publisher.max_in_flight > 0,
+                "at least 1",
+            ),
+            (
+                "worker.max_batch",
+                self.worker.max_batch > 0 && self.worker.prefetch > 0,
+                "at least 1 (and prefetch too)",
+            ),
+            (
+                "worker.dedup_window_hours",
+                self.worker.dedup_window_hours >= 24,
+                "at least 24",
+            ),
+            (
+                "worker.max_attempts",
+                self.worker.max_attempts >= 1,
+                "at least 1",
+            ),
+            (
+                "worker.retention_days",
+                self.worker.retention_days.is_none_or(|days| days >= 1),
+                "at least 1 (or unset to keep everything)",
+            ),
+        ];
+        for (field, ok, expected) in checks {
+            if !ok {
+                return Err(ConfigError::OutOfRange { field, expected });
+            }
+        }
+        Ok(())
+    }
+
+    /// The listeners' timeouts, connection limits and TLS reload intervals.
+    fn validate_edge(&self) -> Result<(), ConfigError> {
+        let g = &self.gateway;
+        let reload_ok =
+            |tls: &Option<TlsSection>| tls.as_ref().is_none_or(|tls| tls.reload_interval_secs >= 1);
+        let checks = [
+            (
+                "gateway.header_read_timeout_secs",
+                g.header_read_timeout_secs >= 1,
+            ),
+            ("gateway.idle_timeout_secs", g.idle_timeout_secs >= 1),
+            ("gateway.max_connections", g.max_connections >= 1),
+            ("gateway.tls.reload_interval_secs", reload_ok(&g.tls)),
+            ("admin.max_connections", self.admin.max_connections >= 1),
+            ("admin.tls.reload_interval_secs", reload_ok(&self.admin.tls)),
+        ];
+        for (field, ok) in checks {
+            if !ok {
+                return Err(ConfigError::OutOfRange {
+                    field,
+                    expected: "at least 1",
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_url(
+    field: &'static str,
+    value: &str,
+    schemes: &[&'static str],
+) -> Result<(), ConfigError> {
+    let ok = value
+        .split_once("://")
+        .is_some_and(|(scheme, rest)| schemes.contains(&scheme) && !rest.is_empty());
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::BadUrl {
+            field,
+            value: redacted(value),
+            scheme: schemes[0],
+        })
+    }
+}
