@@ -8,12 +8,14 @@
 
 mod live;
 mod registry;
+mod transition;
 
 pub use live::{run_live, LiveConfig};
 pub use registry::{
     AppOptions, CachedEvent, CloseSignal, Frame, Occupancy, Registry, SocketHandle, SubscribeError,
     CLOSE_TERMINATED,
 };
+pub use transition::Transition;
 
 /// Pusher close code for a socket that could not keep up (4100–4199: client backs off, reconnects).
 pub const CLOSE_SLOW_CONSUMER: u16 = 4100;
