@@ -283,7 +283,7 @@ async fn partitions_are_created_for_the_days_of_a_batch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_outage_keeps_deliveries_until_they_are_committed() {
     let env = TestEnv::new(QueueType::Classic).await;
-    let proxy = Proxy::start(POSTGRES_ADDR).await;
+    let proxy = Proxy::start(POSTGRES_ADDR).await.unwrap();
     let pool = prepare_database(&env.database_url_via(proxy.addr()), 3)
         .await
         .unwrap();
@@ -327,7 +327,7 @@ async fn database_outage_keeps_deliveries_until_they_are_committed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_outage_reconnects_and_carries_on() {
     let env = TestEnv::new(QueueType::Classic).await;
-    let proxy = Proxy::start(AMQP_ADDR).await;
+    let proxy = Proxy::start(AMQP_ADDR).await.unwrap();
     let config = WorkerConfig {
         amqp_url: format!("amqp://guest:guest@{}/%2f", proxy.addr()),
         ..env.config()

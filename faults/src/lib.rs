@@ -1,25 +1,55 @@
 //! Fault injection for tests and the chaos run (as Toxiproxy does, in process): a TCP proxy on
-//! 127.0.0.1 that forwards to a target until it is cut. Cutting drops every forwarded
-//! connection and refuses new ones (they are accepted and closed at once) until restored.
+//! 127.0.0.1 in front of a target that forwards until it is told otherwise. It can cut (drop
+//! every forwarded connection and refuse new ones), hold back the target's replies (so a request
+//! reaches the target and its answer never comes back), or go silent (accept connections and
+//! never answer, as a host behind a dropping firewall does).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::copy_bidirectional;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Forward,
+    /// New connections are accepted and closed at once.
+    Cut,
+    /// Client bytes still reach the target; the target's bytes are held back.
+    HoldReplies,
+    /// New connections are accepted and left unanswered.
+    Silent,
+}
+
 pub struct Proxy {
     addr: SocketAddr,
-    state: Arc<Mutex<State>>,
+    control: Arc<Control>,
     accept: JoinHandle<()>,
 }
 
-struct State {
-    open: bool,
-    /// Cancelled to drop every connection forwarded so far.
-    connections: CancellationToken,
+struct Control {
+    mode: watch::Sender<Mode>,
+    /// Cancelled to drop every connection accepted so far.
+    connections: Mutex<CancellationToken>,
+}
+
+impl Control {
+    /// Switches the mode; `drop_open` also ends every connection accepted so far.
+    fn set(&self, mode: Mode, drop_open: bool) {
+        if drop_open {
+            let mut connections = self.connections.lock().expect("proxy state");
+            connections.cancel();
+            *connections = CancellationToken::new();
+        }
+        self.mode.send_replace(mode);
+    }
+
+    fn connection_token(&self) -> CancellationToken {
+        self.connections.lock().expect("proxy state").clone()
+    }
 }
 
 impl Proxy {
@@ -27,14 +57,14 @@ impl Proxy {
     pub async fn start(target: SocketAddr) -> std::io::Result<Proxy> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let state = Arc::new(Mutex::new(State {
-            open: true,
-            connections: CancellationToken::new(),
-        }));
-        let accept = tokio::spawn(accept(listener, target, state.clone()));
+        let control = Arc::new(Control {
+            mode: watch::Sender::new(Mode::Forward),
+            connections: Mutex::new(CancellationToken::new()),
+        });
+        let accept = tokio::spawn(accept(listener, target, control.clone()));
         Ok(Proxy {
             addr,
-            state,
+            control,
             accept,
         })
     }
@@ -46,20 +76,26 @@ impl Proxy {
 
     /// Drops every forwarded connection and refuses new ones.
     pub fn cut(&self) {
-        let mut state = self.state.lock().expect("proxy state");
-        state.open = false;
-        state.connections.cancel();
+        self.control.set(Mode::Cut, true);
     }
 
-    /// Forwards new connections again.
+    /// Keeps every connection open but stops passing the target's bytes on.
+    pub fn hold_replies(&self) {
+        self.control.set(Mode::HoldReplies, false);
+    }
+
+    /// Drops every connection; new ones are accepted and never answered.
+    pub fn silence(&self) {
+        self.control.set(Mode::Silent, true);
+    }
+
+    /// Drops every connection left (held or silent ones too) and forwards new ones again.
     pub fn restore(&self) {
-        let mut state = self.state.lock().expect("proxy state");
-        state.open = true;
-        state.connections = CancellationToken::new();
+        self.control.set(Mode::Forward, true);
     }
 
     pub fn is_cut(&self) -> bool {
-        !self.state.lock().expect("proxy state").open
+        *self.control.mode.borrow() == Mode::Cut
     }
 }
 
@@ -70,82 +106,58 @@ impl Drop for Proxy {
     }
 }
 
-async fn accept(listener: TcpListener, target: SocketAddr, state: Arc<Mutex<State>>) {
+async fn accept(listener: TcpListener, target: SocketAddr, control: Arc<Control>) {
     loop {
         // Accept errors (EMFILE, a connection reset before accept) end nothing: try again.
-        let Ok((mut inbound, _)) = listener.accept().await else {
+        let Ok((inbound, _)) = listener.accept().await else {
             tokio::task::yield_now().await;
             continue;
         };
-        let cut = {
-            let state = state.lock().expect("proxy state");
-            state.open.then(|| state.connections.clone())
-        };
-        let Some(cut) = cut else {
-            drop(inbound);
-            continue;
-        };
+        let mode = control.mode.subscribe();
+        let token = control.connection_token();
+        match *mode.borrow() {
+            Mode::Cut => continue,
+            Mode::Silent => {
+                tokio::spawn(async move {
+                    token.cancelled().await;
+                    drop(inbound);
+                });
+                continue;
+            }
+            Mode::Forward | Mode::HoldReplies => {}
+        }
         tokio::spawn(async move {
-            let Ok(mut outbound) = TcpStream::connect(target).await else {
-                return;
-            };
-            let _ = inbound.set_nodelay(true);
-            let _ = outbound.set_nodelay(true);
             tokio::select! {
-                () = cut.cancelled() => {}
-                _ = copy_bidirectional(&mut inbound, &mut outbound) => {}
+                () = token.cancelled() => {}
+                () = relay(inbound, target, mode) => {}
             }
         });
+    }
+}
+
+/// Copies both ways until either side ends; the target's bytes wait while replies are held.
+async fn relay(mut client: TcpStream, target: SocketAddr, mut mode: watch::Receiver<Mode>) {
+    let Ok(mut server) = TcpStream::connect(target).await else {
+        return;
+    };
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    let (mut up, mut down) = (vec![0u8; 32 * 1024], vec![0u8; 32 * 1024]);
+    loop {
+        let hold = *mode.borrow_and_update() == Mode::HoldReplies;
+        tokio::select! {
+            changed = mode.changed() => if changed.is_err() { return },
+            read = client.read(&mut up) => match read {
+                Ok(n) if n > 0 => if server.write_all(&up[..n]).await.is_err() { return },
+                _ => return,
+            },
+            read = server.read(&mut down), if !hold => match read {
+                Ok(n) if n > 0 => if client.write_all(&down[..n]).await.is_err() { return },
+                _ => return,
+            },
+        }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    async fn echo_server() -> SocketAddr {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            while let Ok((mut socket, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let (mut reader, mut writer) = socket.split();
-                    let _ = tokio::io::copy(&mut reader, &mut writer).await;
-                });
-            }
-        });
-        addr
-    }
-
-    async fn round_trip(addr: SocketAddr) -> std::io::Result<Vec<u8>> {
-        let mut stream = TcpStream::connect(addr).await?;
-        stream.write_all(b"ping").await?;
-        let mut reply = [0u8; 4];
-        stream.read_exact(&mut reply).await?;
-        Ok(reply.to_vec())
-    }
-
-    #[tokio::test]
-    async fn forwards_until_cut_and_again_after_restore() {
-        let proxy = Proxy::start(echo_server().await).await.unwrap();
-        assert_eq!(round_trip(proxy.addr()).await.unwrap(), b"ping");
-
-        let mut open = TcpStream::connect(proxy.addr()).await.unwrap();
-        open.write_all(b"x").await.unwrap();
-        let mut one = [0u8; 1];
-        open.read_exact(&mut one).await.unwrap();
-        proxy.cut();
-        assert!(proxy.is_cut());
-        let mut rest = Vec::new();
-        assert_eq!(
-            open.read_to_end(&mut rest).await.unwrap_or(0),
-            0,
-            "a forwarded connection ends when cut"
-        );
-        assert!(round_trip(proxy.addr()).await.is_err(), "refused while cut");
-
-        proxy.restore();
-        assert_eq!(round_trip(proxy.addr()).await.unwrap(), b"ping");
-    }
-}
+mod tests;

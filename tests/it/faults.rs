@@ -3,14 +3,13 @@
 
 use std::time::Duration;
 
-use crate::common::proxy::Proxy;
-use crate::common::TestServer;
+use crate::common::{amqp_url_via, broker_proxy, TestServer};
 
 #[tokio::test]
 async fn broker_outage_gives_503_then_recovers_without_loss() {
-    let proxy = Proxy::start(([127, 0, 0, 1], 5672).into()).await;
+    let proxy = broker_proxy().await;
     let server = TestServer::start_with(|c| {
-        c.amqp_url = format!("amqp://guest:guest@{}/%2f", proxy.addr);
+        c.amqp_url = amqp_url_via(&proxy);
         c.publisher.confirm_timeout_ms = 1000;
     })
     .await;

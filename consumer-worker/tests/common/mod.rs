@@ -2,11 +2,10 @@
 //! real Postgres and RabbitMQ on 127.0.0.1, removed again when the [`TestEnv`] is dropped (also
 //! when the test fails).
 
-mod proxy;
-
-pub use proxy::Proxy;
+pub use faults::Proxy;
 
 use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use bus::{QueueType, Topology, EVENT_ROUTING_KEY};
@@ -25,8 +24,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-pub const POSTGRES_ADDR: &str = "127.0.0.1:5432";
-pub const AMQP_ADDR: &str = "127.0.0.1:5672";
+pub const POSTGRES_ADDR: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 5432));
+pub const AMQP_ADDR: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 5672));
 
 /// How long a condition may take to become true.
 const WAIT: Duration = Duration::from_secs(30);
@@ -76,7 +75,7 @@ impl TestEnv {
     }
 
     /// The test database's URL through `addr` (Postgres itself or a proxy in front of it).
-    pub fn database_url_via(&self, addr: &str) -> String {
+    pub fn database_url_via(&self, addr: SocketAddr) -> String {
         database_url(addr, &self.database)
     }
 
@@ -276,7 +275,7 @@ impl RunningWorker {
     }
 }
 
-pub fn database_url(addr: &str, database: &str) -> String {
+pub fn database_url(addr: SocketAddr, database: &str) -> String {
     format!("postgres://postgres@{addr}/{database}")
 }
 

@@ -1,12 +1,12 @@
 //! Shared harness for the integration tests: a real Switchboard on port 0 against the real
 //! RabbitMQ and Postgres, isolated by a random queue prefix and a fresh database per test.
 
-pub mod proxy;
 pub mod ws;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use faults::Proxy;
 use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
 use sha2::Sha256;
@@ -17,9 +17,22 @@ use tokio_util::sync::CancellationToken;
 
 pub const PG: &str = "postgres://postgres@127.0.0.1:5432";
 pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const AMQP_ADDR: ([u8; 4], u16) = ([127, 0, 0, 1], 5672);
 pub const APP_ID: &str = "app-id";
 pub const KEY: &str = "app-key";
 pub const SECRET: &str = "app-secret";
+
+/// A fault proxy in front of the broker.
+pub async fn broker_proxy() -> Proxy {
+    Proxy::start(AMQP_ADDR.into())
+        .await
+        .expect("start a proxy in front of RabbitMQ")
+}
+
+/// The AMQP URL that reaches the broker through `proxy`.
+pub fn amqp_url_via(proxy: &Proxy) -> String {
+    format!("amqp://guest:guest@{}/%2f", proxy.addr())
+}
 
 pub fn random_suffix() -> String {
     format!("{:016x}", rand::random::<u64>())

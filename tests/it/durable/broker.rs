@@ -8,14 +8,15 @@ use serde_json::json;
 use switchboard::config::Config;
 use switchboard::Role;
 
-use super::fault_proxy::FaultProxy;
-use super::{post, ready_status, trigger_until_accepted, AMQP_ADDR};
-use crate::common::{test_config, TestServer, AMQP};
+use faults::Proxy;
+
+use super::{post, ready_status, trigger_until_accepted};
+use crate::common::{amqp_url_via, broker_proxy, test_config, TestServer, AMQP};
 
 #[tokio::test]
 async fn a_silent_broker_means_503_and_unready_within_a_second() {
-    let proxy = FaultProxy::start(AMQP_ADDR.into()).await;
-    let server = TestServer::start_with(|c| c.amqp_url = proxy.amqp_url()).await;
+    let proxy = broker_proxy().await;
+    let server = TestServer::start_with(|c| c.amqp_url = amqp_url_via(&proxy)).await;
     assert_eq!(server.trigger("gone", "before", "{}").await.status(), 200);
     assert_eq!(ready_status(&server).await, 200);
 
@@ -59,12 +60,9 @@ async fn a_silent_broker_means_503_and_unready_within_a_second() {
 
 /// A gateway whose broker connection goes through `proxy`, and a worker connected directly,
 /// so that events reach the table while the gateway waits for their confirm.
-async fn gateway_and_worker(
-    proxy: &FaultProxy,
-    confirm_timeout_ms: u64,
-) -> (TestServer, TestServer) {
+async fn gateway_and_worker(proxy: &Proxy, confirm_timeout_ms: u64) -> (TestServer, TestServer) {
     let mut config = test_config();
-    config.amqp_url = proxy.amqp_url();
+    config.amqp_url = amqp_url_via(proxy);
     config.publisher.confirm_timeout_ms = confirm_timeout_ms;
     let gateway = TestServer::start_config(Role::Gateway, config.clone()).await;
     let worker = TestServer::start_config(
@@ -89,7 +87,7 @@ async fn stored_named(server: &TestServer, name: &str, expected: i64) -> i64 {
 
 #[tokio::test]
 async fn a_confirm_lost_with_its_connection_is_republished_and_answered_200() {
-    let proxy = FaultProxy::start(AMQP_ADDR.into()).await;
+    let proxy = broker_proxy().await;
     let (gateway, mut worker) = gateway_and_worker(&proxy, 10_000).await;
     assert_eq!(
         gateway.trigger("doubt", "warm-up", "{}").await.status(),
@@ -122,7 +120,7 @@ async fn a_confirm_lost_with_its_connection_is_republished_and_answered_200() {
 
 #[tokio::test]
 async fn no_confirm_in_time_is_503_and_a_keyed_retry_adds_no_second_event() {
-    let proxy = FaultProxy::start(AMQP_ADDR.into()).await;
+    let proxy = broker_proxy().await;
     let (gateway, mut worker) = gateway_and_worker(&proxy, 2000).await;
     assert_eq!(
         gateway.trigger("doubt", "warm-up", "{}").await.status(),

@@ -2,7 +2,6 @@
 //! (silent, or between a publish and its confirm), idempotency keys, batch `info` replies.
 
 mod broker;
-mod fault_proxy;
 mod triggers;
 
 use std::time::Duration;
@@ -10,8 +9,6 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::common::{now, signed_query, TestServer, APP_ID, SECRET};
-
-pub const AMQP_ADDR: ([u8; 4], u16) = ([127, 0, 0, 1], 5672);
 
 /// A signed `POST /apps/{APP_ID}/{endpoint}` with `body`, and `X-Idempotency-Key` values.
 pub async fn post(

@@ -20,7 +20,7 @@ use protocol::segment::{Edge, Endpoint, Request};
 use serde_json::{json, Value};
 use sqlx::Row;
 
-use crate::common::{TestServer, APP_ID, KEY};
+use crate::common::{amqp_url_via, broker_proxy, TestServer, APP_ID, KEY};
 
 pub(super) const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
 pub(super) const SAFARI_IPHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1";
@@ -507,9 +507,9 @@ async fn retries_are_stored_once_and_counted_once() {
 
 #[tokio::test]
 async fn broker_outage_gives_503_and_the_retry_is_stored_once() {
-    let proxy = crate::common::proxy::Proxy::start(([127, 0, 0, 1], 5672).into()).await;
+    let proxy = broker_proxy().await;
     let server = TestServer::start_with(|c| {
-        c.amqp_url = format!("amqp://guest:guest@{}/%2f", proxy.addr);
+        c.amqp_url = amqp_url_via(&proxy);
         c.publisher.confirm_timeout_ms = 1000;
     })
     .await;
