@@ -234,6 +234,7 @@ pub async fn start(
                 topology: topology.clone(),
                 persist_queue_type: queue_type,
                 max_queue_len: config.gateway.live_queue_max_len,
+                queue_expires: Duration::from_secs(config.gateway.live_queue_expires_secs),
                 prefetch: 1000,
                 heartbeat: Duration::from_millis(config.gateway.cluster_heartbeat_ms),
                 node_timeout: Duration::from_millis(config.gateway.cluster_node_timeout_ms),

@@ -67,7 +67,7 @@ pub async fn amqp(
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
         bus::declare_durable(&channel, &topology, QueueType::Quorum).await?;
-        bus::declare_live_queue(&channel, &topology, 0, 100_000).await?;
+        bus::declare_live_queue(&channel, &topology, 0, 100_000, Duration::from_secs(60)).await?;
         // A few distinct bodies, encoded before the clock starts: the broker's work, not ours.
         let bodies: Vec<Vec<u8>> = (0..8)
             .map(|k| encode_batch(&envelopes(shape, k * shape.batch as u64)))

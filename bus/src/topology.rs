@@ -1,6 +1,10 @@
 //! Exchange and queue names and declarations (DESIGN.md, "RabbitMQ topology").
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use std::time::Duration;
+
+use lapin::options::{
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
 
@@ -113,28 +117,76 @@ pub async fn declare_durable(
     Ok(())
 }
 
-/// Declares a node's live queue, bound to events and control messages: exclusive to its
-/// connection, deleted with it, and bounded to `max_len` messages so a stalled node cannot fill
-/// the broker. What overflows (the oldest first) is dead-lettered to the node's `dropped` queue
-/// (bounded too), so the node can close the sockets that missed an event instead of losing it
-/// silently.
+/// Whether a node's live queue still exists (it outlived the node's connection) or is gone (the
+/// broker restarted, or it expired): then events routed to it meanwhile may be lost.
+pub async fn live_queue_exists(
+    connection: &lapin::Connection,
+    topology: &Topology,
+    node: u32,
+) -> Result<bool, BusError> {
+    // A passive declare of a missing queue closes its channel with 404: use a channel of its own.
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(BusError::Declare)?;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    match channel
+        .queue_declare(&topology.live_queue(node), passive, FieldTable::default())
+        .await
+    {
+        Ok(_) => {
+            let _ = channel.close(200, "checked").await;
+            Ok(true)
+        }
+        Err(lapin::Error::ProtocolError(error)) if error.get_id() == 404 => Ok(false),
+        Err(error) => Err(BusError::Declare(error)),
+    }
+}
+
+/// Deletes a node's live queues with whatever they hold (a process that starts afresh under a
+/// configured node id must not replay what its previous run left).
+pub async fn delete_live_queues(
+    channel: &Channel,
+    topology: &Topology,
+    node: u32,
+) -> Result<(), BusError> {
+    for queue in [topology.live_queue(node), topology.live_dropped_queue(node)] {
+        channel
+            .queue_delete(&queue, QueueDeleteOptions::default())
+            .await
+            .map_err(BusError::Declare)?;
+    }
+    Ok(())
+}
+
+/// Declares a node's live queue, bound to events and control messages. It is not tied to one
+/// connection: it outlives a reconnect (what is routed meanwhile waits for the node) and expires
+/// `expires` after its last consumer went away, so a dead node's queue goes by itself. It is
+/// bounded to `max_len` messages so a stalled node cannot fill the broker. What overflows (the
+/// oldest first) is dead-lettered to the node's `dropped` queue (bounded and expiring too), so
+/// the node can close the sockets that missed an event instead of losing it silently. Both are
+/// transient: a broker restart removes them, which the node notices ([`live_queue_exists`]).
 pub async fn declare_live_queue(
     channel: &Channel,
     topology: &Topology,
     node: u32,
     max_len: u32,
+    expires: Duration,
 ) -> Result<LiveQueues, BusError> {
     let queues = LiveQueues {
         live: topology.live_queue(node),
         dropped: topology.live_dropped_queue(node),
     };
-    let exclusive = QueueDeclareOptions {
-        exclusive: true,
-        auto_delete: true,
-        ..QueueDeclareOptions::default()
-    };
+    let options = QueueDeclareOptions::default();
+    let expires_ms = u32::try_from(expires.as_millis())
+        .unwrap_or(u32::MAX)
+        .max(1);
     let bounded = |args: &mut FieldTable| {
         args.insert("x-max-length".into(), AMQPValue::LongUInt(max_len));
+        args.insert("x-expires".into(), AMQPValue::LongUInt(expires_ms));
         args.insert(
             "x-overflow".into(),
             AMQPValue::LongString("drop-head".into()),
@@ -143,7 +195,7 @@ pub async fn declare_live_queue(
     let mut dropped_args = FieldTable::default();
     bounded(&mut dropped_args);
     channel
-        .queue_declare(&queues.dropped, exclusive, dropped_args)
+        .queue_declare(&queues.dropped, options, dropped_args)
         .await
         .map_err(BusError::Declare)?;
     let mut args = FieldTable::default();
@@ -157,7 +209,7 @@ pub async fn declare_live_queue(
         AMQPValue::LongString(queues.dropped.as_str().into()),
     );
     channel
-        .queue_declare(&queues.live, exclusive, args)
+        .queue_declare(&queues.live, options, args)
         .await
         .map_err(BusError::Declare)?;
     for key in [EVENT_ROUTING_KEY, CONTROL_ROUTING_KEY] {

@@ -336,7 +336,7 @@ async fn live_queue_overflow_goes_to_the_dropped_queue() {
     bus::declare_durable(&channel, &topology, QueueType::Classic)
         .await
         .unwrap();
-    let queues = bus::declare_live_queue(&channel, &topology, 7, 3)
+    let queues = bus::declare_live_queue(&channel, &topology, 7, 3, Duration::from_secs(60))
         .await
         .unwrap();
     for i in 0..5 {

@@ -17,5 +17,9 @@ pub use registry::{
 };
 pub use transition::Transition;
 
+/// Pusher close code for "reconnect at once" (4200–4299): the server cannot rule out that this
+/// socket missed events (its live queue was lost), so the client reconnects and resubscribes.
+pub const CLOSE_RECONNECT: u16 = 4200;
+
 /// Pusher close code for a socket that could not keep up (4100–4199: client backs off, reconnects).
 pub const CLOSE_SLOW_CONSUMER: u16 = 4100;

@@ -2,6 +2,7 @@
 //! other nodes' control messages), fans events out, and publishes this node's snapshots and
 //! control messages. Reconnects on its own.
 
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+use uuid::Uuid;
 
 use crate::Registry;
 
@@ -27,6 +29,9 @@ pub struct LiveConfig {
     pub persist_queue_type: QueueType,
     /// Most messages the live queue holds before dropping the oldest.
     pub max_queue_len: u32,
+    /// How long the live queue outlives this node's connection (what is routed meanwhile waits
+    /// for the node to reconnect); a node away for longer closes its sockets on return.
+    pub queue_expires: Duration,
     pub prefetch: u16,
     /// How often this node publishes its snapshot even when nothing changed.
     pub heartbeat: Duration,
@@ -87,17 +92,72 @@ pub async fn run_live(
     ready: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Backoff::default();
+    let mut link = Link::default();
     while !shutdown.is_cancelled() {
-        match serve(&config, &registry, &mut outbox, &ready, &shutdown).await {
-            Ok(()) => backoff.reset(),
-            Err(error) => warn!(%error, "live queue link failed; reconnecting"),
+        if let Err(error) = serve(
+            &config,
+            &registry,
+            &mut outbox,
+            &ready,
+            &mut link,
+            &shutdown,
+        )
+        .await
+        {
+            warn!(%error, "live queue link failed; reconnecting");
         }
         ready.store(false, Ordering::Relaxed);
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
+            _ = tokio::time::sleep(link.backoff.next_delay()) => {}
         }
+    }
+}
+
+/// What one connection of the live link leaves to the next.
+struct Link {
+    backoff: Backoff,
+    /// No connection has consumed the live queue yet in this process.
+    first: bool,
+    /// Messages fanned out lately, to skip a second copy: a redelivery of what reached the
+    /// sockets before its ack was lost with the connection, or a batch the publisher sent again
+    /// after its confirm was lost.
+    recent: RecentIds,
+}
+
+impl Default for Link {
+    fn default() -> Self {
+        Link {
+            backoff: Backoff::default(),
+            first: true,
+            recent: RecentIds::default(),
+        }
+    }
+}
+
+/// The first envelope id of the last [`RecentIds::CAPACITY`] messages fanned out (bounded: the
+/// oldest is forgotten first; far more than the prefetch, which bounds unacked deliveries).
+#[derive(Default)]
+struct RecentIds {
+    order: VecDeque<Uuid>,
+    set: HashSet<Uuid>,
+}
+
+impl RecentIds {
+    const CAPACITY: usize = 16_384;
+
+    /// Remembers `id`; false when it was already there.
+    fn insert(&mut self, id: Uuid) -> bool {
+        if !self.set.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > Self::CAPACITY {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
     }
 }
 
@@ -106,31 +166,67 @@ async fn serve(
     registry: &Registry,
     outbox: &mut mpsc::Receiver<Control>,
     ready: &AtomicBool,
+    link: &mut Link,
     shutdown: &CancellationToken,
 ) -> Result<(), LiveError> {
     let connection = bus::connect(&config.url, "switchboard-live").await?;
-    let channel = connection.create_channel().await?;
-    bus::declare_durable(&channel, &config.topology, config.persist_queue_type).await?;
-    let queues = bus::declare_live_queue(
-        &channel,
-        &config.topology,
-        registry.node(),
-        config.max_queue_len,
+    let channel = bus::setup_step("opening the live channel", connection.create_channel()).await?;
+    let node = registry.node();
+    if link.first {
+        bus::within(
+            "removing an earlier run's live queue",
+            bus::delete_live_queues(&channel, &config.topology, node),
+        )
+        .await?;
+    } else if !bus::within(
+        "checking the live queue",
+        bus::live_queue_exists(&connection, &config.topology, node),
+    )
+    .await?
+    {
+        // The broker restarted or the queue expired: events routed to this node meanwhile may
+        // be lost. Its sockets reconnect at once (4200) and resubscribe, rather than miss them.
+        let closed = registry.close_all(crate::CLOSE_RECONNECT);
+        metrics::counter!("switchboard_live_gap_closes_total").increment(closed as u64);
+        warn!(
+            closed,
+            "live queue was gone on reconnect; closed this node's sockets"
+        );
+    }
+    bus::within(
+        "declaring the durable topology",
+        bus::declare_durable(&channel, &config.topology, config.persist_queue_type),
     )
     .await?;
-    channel
-        .basic_qos(config.prefetch, BasicQosOptions::default())
-        .await?;
-    let mut deliveries = channel
-        .basic_consume(
+    let queues = bus::within(
+        "declaring the live queue",
+        bus::declare_live_queue(
+            &channel,
+            &config.topology,
+            node,
+            config.max_queue_len,
+            config.queue_expires,
+        ),
+    )
+    .await?;
+    bus::setup_step(
+        "setting the live prefetch",
+        channel.basic_qos(config.prefetch, BasicQosOptions::default()),
+    )
+    .await?;
+    let mut deliveries = bus::setup_step(
+        "consuming the live queue",
+        channel.basic_consume(
             &queues.live,
             "switchboard-live",
             BasicConsumeOptions::default(),
             FieldTable::default(),
-        )
-        .await?;
-    let mut dropped = channel
-        .basic_consume(
+        ),
+    )
+    .await?;
+    let mut dropped = bus::setup_step(
+        "consuming the dropped queue",
+        channel.basic_consume(
             &queues.dropped,
             "switchboard-live-dropped",
             BasicConsumeOptions {
@@ -138,8 +234,11 @@ async fn serve(
                 ..BasicConsumeOptions::default()
             },
             FieldTable::default(),
-        )
-        .await?;
+        ),
+    )
+    .await?;
+    link.first = false;
+    link.backoff.reset();
     info!(queue = queues.live, "consuming live queue");
     ready.store(true, Ordering::Relaxed);
     let exchange = config.topology.events_exchange();
@@ -210,8 +309,10 @@ async fn serve(
                 } else {
                     match decode_batch(&delivery.data) {
                         Ok(envelopes) => {
-                            for envelope in &envelopes {
-                                registry.fan_out(envelope);
+                            if envelopes.first().is_none_or(|first| link.recent.insert(first.id)) {
+                                for envelope in &envelopes {
+                                    registry.fan_out(envelope);
+                                }
                             }
                         }
                         // The worker dead-letters its own copy; live has nothing to show.
@@ -226,6 +327,33 @@ async fn serve(
         node: registry.node(),
     })
     .await;
+    // Nothing waits for this node any more: its queues go now rather than when they expire.
+    let _ = bus::within(
+        "removing the live queue",
+        bus::delete_live_queues(&channel, &config.topology, node),
+    )
+    .await;
     let _ = connection.close(200, "shutting down").await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_ids_skip_a_second_copy_and_forget_the_oldest() {
+        let mut recent = RecentIds::default();
+        let ids: Vec<Uuid> = (0..=RecentIds::CAPACITY as u128)
+            .map(Uuid::from_u128)
+            .collect();
+        assert!(recent.insert(ids[0]));
+        assert!(!recent.insert(ids[0]), "a redelivered message is skipped");
+        for id in &ids[1..] {
+            assert!(recent.insert(*id));
+        }
+        assert_eq!(recent.order.len(), RecentIds::CAPACITY);
+        assert!(recent.insert(ids[0]), "the oldest was forgotten");
+        assert!(!recent.insert(ids[RecentIds::CAPACITY]));
+    }
 }

@@ -627,6 +627,15 @@ impl Registry {
         subscribers.len()
     }
 
+    /// Closes every connection of this node with `code`; returns how many.
+    pub fn close_all(&self, code: u16) -> usize {
+        let state = self.state.read();
+        let sockets = state.apps.values().flat_map(|app| app.sockets.values());
+        sockets
+            .map(|socket| socket.close_signal().close(code))
+            .count()
+    }
+
     /// Closes this node's connections signed in as `user_id` with 4009.
     pub fn terminate_local(&self, app_id: &str, user_id: &str) -> usize {
         let state = self.state.read();

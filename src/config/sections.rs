@@ -35,6 +35,9 @@ pub struct GatewaySection {
     pub cache_ttl_secs: u64,
     /// Messages the node's live queue holds before dropping the oldest.
     pub live_queue_max_len: u32,
+    /// Seconds the node's live queue outlives its broker connection: what is routed meanwhile
+    /// waits for the reconnect; a node away for longer closes its sockets (4200) on return.
+    pub live_queue_expires_secs: u64,
     /// How often a node announces its presence/occupancy state to the others.
     pub cluster_heartbeat_ms: u64,
     /// How long without an announcement before a node's members are dropped.
@@ -109,6 +112,7 @@ impl Default for GatewaySection {
             max_body_bytes: g.max_body_bytes,
             cache_ttl_secs: g.cache_ttl.as_secs(),
             live_queue_max_len: 100_000,
+            live_queue_expires_secs: 60,
             cluster_heartbeat_ms: 1000,
             cluster_node_timeout_ms: 5000,
             trusted_proxies: g.trusted_proxies,

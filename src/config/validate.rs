@@ -22,7 +22,7 @@ impl Config {
         check_url("amqp_url", &self.amqp_url, &["amqp"])?;
         self.validate_edge()?;
         let g = &self.gateway;
-        let checks: [(&'static str, bool, &'static str); 15] = [
+        let checks: [(&'static str, bool, &'static str); 16] = [
             (
                 "gateway.activity_timeout_secs",
                 (1..=3600).contains(&g.activity_timeout_secs),
@@ -47,6 +47,11 @@ impl Config {
                 "gateway.live_queue_max_len",
                 g.live_queue_max_len > 0,
                 "at least 1",
+            ),
+            (
+                "gateway.live_queue_expires_secs",
+                (1..=86_400).contains(&g.live_queue_expires_secs),
+                "1 to 86400",
             ),
             (
                 "gateway.cache_ttl_secs",

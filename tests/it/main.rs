@@ -10,6 +10,7 @@ mod edge;
 mod faults;
 mod fuzz_findings;
 mod gateway;
+mod live_link;
 mod processes;
 mod segment;
 mod startup;
