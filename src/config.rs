@@ -172,16 +172,10 @@ impl Config {
     }
 }
 
-/// A URL without its credentials or query (which may carry a password), for errors and `Debug`.
-pub fn redacted(url: &str) -> String {
-    let without_query = url.split_once('?').map_or(url, |(base, _)| base);
-    bus::redacted_endpoint(without_query)
-}
-
 // custom_debug passes the field itself.
 #[allow(clippy::ptr_arg)]
 fn debug_redacted(url: &String, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-    std::fmt::Debug::fmt(&redacted(url), f)
+    std::fmt::Debug::fmt(&bus::redacted_endpoint(url), f)
 }
 
 mod sections;

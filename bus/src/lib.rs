@@ -72,8 +72,10 @@ pub async fn within<T>(
         .map_err(|_| BusError::SetupTimeout { step })?
 }
 
-/// The URL without credentials, for messages and logs.
+/// The URL without credentials or query (which may carry a password), for messages, logs and
+/// `Debug`.
 pub fn redacted_endpoint(url: &str) -> String {
+    let url = url.split_once('?').map_or(url, |(base, _)| base);
     let (scheme, rest) = url.split_once("://").unwrap_or(("amqp", url));
     let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
     format!("{scheme}://{host}")
@@ -104,5 +106,13 @@ mod tests {
             "amqp://127.0.0.1:5672/%2f"
         );
         assert_eq!(redacted_endpoint("amqp://host:5672"), "amqp://host:5672");
+        assert_eq!(
+            redacted_endpoint("postgres://user:secret@127.0.0.1:5432/switchboard"),
+            "postgres://127.0.0.1:5432/switchboard"
+        );
+        assert_eq!(
+            redacted_endpoint("postgres://127.0.0.1/switchboard?password=secret&sslmode=disable"),
+            "postgres://127.0.0.1/switchboard"
+        );
     }
 }

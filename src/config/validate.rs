@@ -1,6 +1,6 @@
 //! Checks of the values that a type alone does not bound.
 
-use super::{redacted, Config, ConfigError, TlsSection};
+use super::{Config, ConfigError, TlsSection};
 
 impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -153,7 +153,7 @@ fn check_url(
     } else {
         Err(ConfigError::BadUrl {
             field,
-            value: redacted(value),
+            value: bus::redacted_endpoint(value),
             scheme: schemes[0],
         })
     }

@@ -57,6 +57,10 @@ pub struct ChaosArgs {
     /// Keep the run's database and queues afterwards.
     #[arg(long)]
     keep: bool,
+    /// Fail when the others' live p99 in the 5 s after the stall exceeds the 5 s before it by
+    /// more than this many percent.
+    #[arg(long, default_value_t = 10.0)]
+    max_stall_effect_pct: f64,
 }
 
 /// What every part of the run shares: names, credentials, rates.
@@ -388,6 +392,13 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<Report> {
     }
     if refused.total() > 0 {
         failures.push(format!("requests refused: {refused}"));
+    }
+    if effect * 100.0 > args.max_stall_effect_pct {
+        failures.push(format!(
+            "the stalled subscriber raised the others' p99 by {:.1} % (at most {} %)",
+            effect * 100.0,
+            args.max_stall_effect_pct
+        ));
     }
     if dead_letters > 0 {
         failures.push(format!("{dead_letters} messages dead-lettered"));
