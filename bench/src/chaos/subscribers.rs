@@ -35,8 +35,17 @@ pub struct Segment {
 #[derive(Default)]
 pub struct Seen {
     pub segments: Vec<Segment>,
-    /// (receive time in ms on the run's clock, latency in µs) of every delivery.
-    pub latencies: Vec<(u32, u32)>,
+    /// Every delivery's latency.
+    pub latencies: Vec<Sample>,
+}
+
+/// One delivery: when it arrived (ms on the run's clock), its latency (µs), and the gateway
+/// (index) that delivered it.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    pub at_ms: u32,
+    pub latency_us: u32,
+    pub gateway: usize,
 }
 
 /// Shared progress of all subscribers.
@@ -106,10 +115,12 @@ impl Subscriber {
                         if let Some((seq, sent_us)) = payload::decode(&text) {
                             let now = payload::now_us();
                             segment.received.insert(seq);
-                            seen.latencies.push((
-                                (now / 1000) as u32,
-                                now.saturating_sub(sent_us).min(u64::from(u32::MAX)) as u32,
-                            ));
+                            seen.latencies.push(Sample {
+                                at_ms: (now / 1000) as u32,
+                                latency_us: now.saturating_sub(sent_us).min(u64::from(u32::MAX))
+                                    as u32,
+                                gateway: self.gateway,
+                            });
                             self.progress
                                 .last_delivery_us
                                 .fetch_max(now, Ordering::Relaxed);
