@@ -8,6 +8,7 @@
 
 mod live;
 mod registry;
+mod sync;
 mod transition;
 
 pub use live::{run_live, LiveConfig};
@@ -15,6 +16,7 @@ pub use registry::{
     AppOptions, CachedEvent, CloseSignal, Frame, Occupancy, Registry, SocketHandle, SubscribeError,
     CLOSE_TERMINATED,
 };
+pub use sync::SYNC_TIMEOUT;
 pub use transition::Transition;
 
 /// Pusher close code for "reconnect at once" (4200–4299): the server cannot rule out that this

@@ -304,6 +304,18 @@ async fn serve(
                         Ok(Control::Terminate { app_id, user_id }) => {
                             registry.terminate_local(&app_id, &user_id);
                         }
+                        Ok(Control::Sync { node, id }) if node != registry.node() => {
+                            // What this node knows goes out first, on this channel, in order.
+                            if registry.take_dirty() {
+                                publish(Control::Snapshot(registry.snapshot())).await?;
+                                last_snapshot = Instant::now();
+                            }
+                            publish(Control::Synced { to: node, from: registry.node(), id }).await?;
+                        }
+                        Ok(Control::Synced { to, from, id }) if to == registry.node() => {
+                            registry.synced(id, from);
+                        }
+                        Ok(Control::Sync { .. } | Control::Synced { .. }) => {}
                         Err(error) => warn!(%error, "undecodable control message"),
                     }
                 } else {

@@ -17,6 +17,7 @@ use protocol::{Channel, ChannelKind, Envelope, Source};
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::sync::CancellationToken;
 
+use crate::sync::{SyncRounds, SYNC_TIMEOUT};
 use crate::CLOSE_SLOW_CONSUMER;
 
 /// One encoded server → client text frame, shared by every socket it goes to.
@@ -383,6 +384,7 @@ pub struct Registry {
     cache: Mutex<HashMap<(String, String), (CachedEvent, Instant)>>,
     dirty: AtomicBool,
     outbox: mpsc::Sender<Control>,
+    syncs: SyncRounds,
 }
 
 impl Registry {
@@ -396,6 +398,7 @@ impl Registry {
             cache: Mutex::default(),
             dirty: AtomicBool::new(false),
             outbox,
+            syncs: SyncRounds::default(),
         };
         (registry, rx)
     }
@@ -648,6 +651,27 @@ impl Registry {
         sockets.len()
     }
 
+    /// Waits (at most [`SYNC_TIMEOUT`]) until every other node has published what it knew when
+    /// this was called, so that a cluster-wide answer read next includes it (see `sync`).
+    pub async fn fresh(&self) {
+        let nodes: Vec<u32> = self.state.read().remote.keys().copied().collect();
+        let Some((id, done)) = self.syncs.start(nodes) else {
+            return;
+        };
+        let node = self.node;
+        let synced = self.broadcast(Control::Sync { node, id })
+            && tokio::time::timeout(SYNC_TIMEOUT, done).await.is_ok();
+        if !synced {
+            self.syncs.abandon(id);
+            metrics::counter!("switchboard_cluster_sync_timeouts_total").increment(1);
+        }
+    }
+
+    /// Node `from` answered this node's sync round `id`.
+    pub fn synced(&self, id: u64, from: u32) {
+        self.syncs.synced(id, from);
+    }
+
     /// Asks every node (this one included, through the bus) to run a control message.
     pub fn broadcast(&self, message: Control) -> bool {
         self.outbox.try_send(message).is_ok()
@@ -819,6 +843,7 @@ impl Registry {
 
     /// Forgets a node (it said goodbye, or its snapshots stopped), notifying local sockets.
     pub fn forget_node(&self, node: u32) {
+        self.syncs.forget(node);
         let mut state = self.state.write();
         let Some(old) = state.remote.remove(&node) else {
             return;

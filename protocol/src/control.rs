@@ -21,6 +21,18 @@ pub enum Control {
         app_id: String,
         user_id: String,
     },
+    /// Node `node` is about to answer a cluster-wide query: every other node publishes what it
+    /// has not yet announced, then [`Control::Synced`].
+    Sync {
+        node: u32,
+        id: u64,
+    },
+    /// Node `from` has published everything it knew before `to`'s [`Control::Sync`] `id`.
+    Synced {
+        to: u32,
+        from: u32,
+        id: u64,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +99,12 @@ mod tests {
             Control::Terminate {
                 app_id: "1".into(),
                 user_id: "u1".into(),
+            },
+            Control::Sync { node: 3, id: 9 },
+            Control::Synced {
+                to: 3,
+                from: 7,
+                id: 9,
             },
         ];
         for message in messages {
