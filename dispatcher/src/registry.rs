@@ -110,10 +110,21 @@ pub struct AppOptions {
     pub max_presence_members: usize,
 }
 
+/// Node-wide settings of the registry.
+#[derive(Debug, Clone, Copy)]
+pub struct RegistryConfig {
+    /// How long a cache channel keeps its last event.
+    pub cache_ttl: Duration,
+    /// Most channels one connection may be subscribed to at once.
+    pub max_channels_per_connection: usize,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SubscribeError {
     #[error("presence channel is full ({max} members)")]
     PresenceFull { max: usize },
+    #[error("too many channels on this connection (at most {max})")]
+    TooManyChannels { max: usize },
 }
 
 /// A channel's occupancy across the cluster.
@@ -159,7 +170,8 @@ impl ChannelState {
 #[derive(Debug, Default)]
 struct AppState {
     options: AppOptions,
-    sockets: HashMap<Arc<str>, SocketHandle>,
+    /// Connections on this node, with how many channels each is subscribed to.
+    sockets: HashMap<Arc<str>, usize>,
     channels: HashMap<String, ChannelState>,
     /// Signed-in sockets by user id.
     users: HashMap<String, HashMap<Arc<str>, SocketHandle>>,
@@ -378,7 +390,7 @@ impl State {
 #[derive(Debug)]
 pub struct Registry {
     node: u32,
-    cache_ttl: Duration,
+    config: RegistryConfig,
     state: RwLock<State>,
     cache: Mutex<HashMap<(String, String), (CachedEvent, Instant)>>,
     dirty: AtomicBool,
@@ -387,11 +399,11 @@ pub struct Registry {
 
 impl Registry {
     /// A registry for node `node` and the receiver of the control messages it wants broadcast.
-    pub fn new(node: u32, cache_ttl: Duration) -> (Registry, mpsc::Receiver<Control>) {
+    pub fn new(node: u32, config: RegistryConfig) -> (Registry, mpsc::Receiver<Control>) {
         let (outbox, rx) = mpsc::channel(1024);
         let registry = Registry {
             node,
-            cache_ttl,
+            config,
             state: RwLock::default(),
             cache: Mutex::default(),
             dirty: AtomicBool::new(false),
@@ -418,7 +430,7 @@ impl Registry {
         let mut state = self.state.write();
         let app = state.apps.entry(app_id.to_owned()).or_default();
         app.options = options;
-        app.sockets.insert(socket.socket_id.clone(), socket.clone());
+        app.sockets.insert(socket.socket_id.clone(), 0);
         self.changed();
     }
 
@@ -465,9 +477,10 @@ impl Registry {
         self.changed();
     }
 
-    /// Subscribes a socket. Queues `subscription_succeeded` (with the member list for presence),
-    /// then the cached event or `cache_miss` for cache channels, then notifies the others.
-    /// Returns Ok(false) when the socket was already subscribed (a no-op).
+    /// Subscribes a socket registered with [`Registry::connect`]. Queues
+    /// `subscription_succeeded` (with the member list for presence), then the cached event or
+    /// `cache_miss` for cache channels, then notifies the others. Returns Ok(false) when the
+    /// socket was already subscribed (a no-op).
     pub fn subscribe(
         &self,
         app_id: &str,
@@ -489,6 +502,16 @@ impl Registry {
             .get(app_id)
             .map(|a| a.options)
             .unwrap_or_default();
+        let max_channels = self.config.max_channels_per_connection;
+        let subscribed = state
+            .apps
+            .get(app_id)
+            .and_then(|a| a.sockets.get(&socket.socket_id))
+            .copied()
+            .unwrap_or(0);
+        if subscribed >= max_channels {
+            return Err(SubscribeError::TooManyChannels { max: max_channels });
+        }
         let joined_user = match &member {
             Some(member) => {
                 let present = state.member_elsewhere(app_id, channel, &member.user_id, None, None);
@@ -504,6 +527,9 @@ impl Registry {
         };
         let is_presence = member.is_some();
         let app = state.apps.entry(app_id.to_owned()).or_default();
+        if let Some(channels) = app.sockets.get_mut(&socket.socket_id) {
+            *channels += 1;
+        }
         app.channels
             .entry(channel.to_owned())
             .or_default()
@@ -558,6 +584,9 @@ impl Registry {
         };
         if channel_state.subscribers.is_empty() {
             app.channels.remove(channel);
+        }
+        if let Some(channels) = app.sockets.get_mut(socket_id) {
+            *channels -= 1;
         }
         if let Some(member) = removed.member {
             if !state.member_elsewhere(app_id, channel, &member.user_id, None, None) {
@@ -715,11 +744,11 @@ impl Registry {
             let cached = CachedEvent {
                 event: envelope.name.clone(),
                 data: envelope.data.clone(),
-                ttl: self.cache_ttl,
+                ttl: self.config.cache_ttl,
             };
             self.cache.lock().insert(
                 (envelope.app_id.clone(), envelope.channel.clone()),
-                (cached, Instant::now() + self.cache_ttl),
+                (cached, Instant::now() + self.config.cache_ttl),
             );
         }
         let state = self.state.read();
@@ -943,8 +972,15 @@ mod tests {
 
     const APP: &str = "app";
 
+    fn config() -> RegistryConfig {
+        RegistryConfig {
+            cache_ttl: Duration::from_secs(60),
+            max_channels_per_connection: 100,
+        }
+    }
+
     fn registry() -> Registry {
-        Registry::new(1, Duration::from_secs(60)).0
+        Registry::new(1, config()).0
     }
 
     fn options() -> AppOptions {
@@ -1045,10 +1081,39 @@ mod tests {
     }
 
     #[test]
+    fn channels_per_connection_are_limited() {
+        let (registry, _) = Registry::new(
+            1,
+            RegistryConfig {
+                max_channels_per_connection: 2,
+                ..config()
+            },
+        );
+        let (a, mut rx) = socket(&registry, "1.1");
+        let (b, _rx_b) = socket(&registry, "1.2");
+        assert_eq!(registry.subscribe(APP, "one", &a, None), Ok(true));
+        assert_eq!(registry.subscribe(APP, "two", &a, None), Ok(true));
+        assert_eq!(registry.subscribe(APP, "two", &a, None), Ok(false));
+        assert_eq!(
+            registry.subscribe(APP, "three", &a, None),
+            Err(SubscribeError::TooManyChannels { max: 2 })
+        );
+        assert_eq!(registry.occupancy(APP, "three").subscriptions, 0);
+        // The limit is per connection, and leaving a channel makes room.
+        assert_eq!(registry.subscribe(APP, "three", &b, None), Ok(true));
+        assert!(registry.unsubscribe(APP, "one", "1.1"));
+        assert_eq!(registry.subscribe(APP, "three", &a, None), Ok(true));
+        drain(&mut rx);
+        assert_eq!(registry.fan_out(&envelope("two", "x")), 1);
+    }
+
+    #[test]
     fn full_queue_closes_only_the_slow_socket() {
         let registry = registry();
         let (slow, _slow_rx) = SocketHandle::new("1.1", 2);
         let (fast, mut fast_rx) = SocketHandle::new("1.2", 16);
+        registry.connect(APP, options(), &slow);
+        registry.connect(APP, options(), &fast);
         registry.subscribe(APP, "news", &slow, None).unwrap();
         registry.subscribe(APP, "news", &fast, None).unwrap();
         drain(&mut fast_rx);
@@ -1195,7 +1260,13 @@ mod tests {
         assert_eq!(registry.cached(APP, "cache-prices").unwrap().data, "2");
         assert!(registry.cached(APP, "cache-other").is_none());
 
-        let (expiring, _) = Registry::new(1, Duration::ZERO);
+        let (expiring, _) = Registry::new(
+            1,
+            RegistryConfig {
+                cache_ttl: Duration::ZERO,
+                ..config()
+            },
+        );
         expiring.fan_out(&envelope("cache-prices", "1"));
         assert!(expiring.cached(APP, "cache-prices").is_none());
     }
@@ -1306,7 +1377,7 @@ mod tests {
     #[test]
     fn remote_nodes_join_presence_and_occupancy() {
         let a = registry();
-        let (b, _) = Registry::new(2, Duration::from_secs(60));
+        let (b, _) = Registry::new(2, config());
         let (local, mut rx) = socket(&a, "1.1");
         a.subscribe(APP, "presence-room", &local, member("u1"))
             .unwrap();
@@ -1334,16 +1405,10 @@ mod tests {
         a.apply_remote(b.snapshot());
         assert!(drain(&mut rx).is_empty());
         // A user present on both nodes does not leave when one node forgets it.
-        b.subscribe(
-            APP,
-            "presence-room",
-            &{
-                let (h, _) = SocketHandle::new("2.2", 8);
-                h
-            },
-            member("u1"),
-        )
-        .unwrap();
+        let (second, _rx_second) = SocketHandle::new("2.2", 8);
+        b.connect(APP, options(), &second);
+        b.subscribe(APP, "presence-room", &second, member("u1"))
+            .unwrap();
         a.apply_remote(b.snapshot());
         assert!(drain(&mut rx).is_empty());
         a.forget_node(2);

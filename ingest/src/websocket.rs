@@ -41,6 +41,9 @@ pub mod code {
     pub const PONG_TIMEOUT: u16 = 4201;
     pub const CLIENT_EVENT_RATE_LIMIT: u16 = 4301;
     pub const WATCHLIST_LIMIT: u16 = 4302;
+    /// The `status` of the `pusher:subscription_error` for a subscription over
+    /// `gateway.max_channels_per_connection` (the connection stays open).
+    pub const TOO_MANY_CHANNELS: u16 = 4303;
     pub const NORMAL: u16 = 1000;
 }
 
@@ -354,13 +357,18 @@ impl Session {
                     .registry
                     .subscribe(&self.app.id, &name, &self.handle, member)
                     .map(|_| user_id)
-                    .map_err(
-                        |SubscribeError::PresenceFull { max }| Refusal::Subscription {
+                    .map_err(|error| match error {
+                        SubscribeError::PresenceFull { max } => Refusal::Subscription {
                             kind: "LimitReached",
                             error: format!("Presence channel is full ({max} members)"),
                             status: 403,
                         },
-                    )
+                        SubscribeError::TooManyChannels { max } => Refusal::Subscription {
+                            kind: "LimitReached",
+                            error: format!("Too many channels on this connection: at most {max}"),
+                            status: code::TOO_MANY_CHANNELS,
+                        },
+                    })
             });
         match result {
             Ok(user_id) => {

@@ -22,7 +22,7 @@ impl Config {
         check_url("amqp_url", &self.amqp_url, &["amqp"])?;
         self.validate_edge()?;
         let g = &self.gateway;
-        let checks: [(&'static str, bool, &'static str); 15] = [
+        let checks: [(&'static str, bool, &'static str); 16] = [
             (
                 "gateway.activity_timeout_secs",
                 (1..=3600).contains(&g.activity_timeout_secs),
@@ -52,6 +52,11 @@ impl Config {
                 "gateway.cache_ttl_secs",
                 (1..=1800).contains(&g.cache_ttl_secs),
                 "1 to 1800",
+            ),
+            (
+                "gateway.max_channels_per_connection",
+                g.max_channels_per_connection > 0,
+                "at least 1",
             ),
             (
                 "gateway.cluster_node_timeout_ms",

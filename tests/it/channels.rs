@@ -99,6 +99,47 @@ async fn presence_rejections() {
 }
 
 #[tokio::test]
+async fn channels_per_connection_are_limited_and_the_socket_stays() {
+    let server = TestServer::start_with(|c| c.gateway.max_channels_per_connection = 2).await;
+    let [first, second, third] = ["first", "second", "third"].map(unique);
+    let mut client = server.connect().await;
+    client.subscribe(&first).await;
+    client.subscribe(&second).await;
+    client
+        .send(json!({"event":"pusher:subscribe","data":{"auth":"","channel":third}}))
+        .await;
+    let refused = client.next_app_event().await;
+    assert_eq!(refused["event"], "pusher:subscription_error", "{refused}");
+    assert_eq!(refused["channel"], third.as_str());
+    assert_eq!(
+        ws::data(&refused),
+        json!({"type":"LimitReached","error":"Too many channels on this connection: at most 2","status":4303})
+    );
+    // The connection and its subscriptions are untouched.
+    assert_eq!(
+        server.trigger(&first, "ev", "still here").await.status(),
+        200
+    );
+    assert_eq!(client.next_app_event().await["data"], "still here");
+    assert_eq!(
+        server.trigger(&third, "ev", "not yours").await.status(),
+        200
+    );
+    client.assert_silent(Duration::from_millis(300)).await;
+    // Leaving a channel makes room for another.
+    client
+        .send(json!({"event":"pusher:unsubscribe","data":{"channel":first}}))
+        .await;
+    client.subscribe(&third).await;
+    assert_eq!(
+        server.trigger(&third, "ev", "now yours").await.status(),
+        200
+    );
+    assert_eq!(client.next_app_event().await["data"], "now yours");
+    server.cleanup().await;
+}
+
+#[tokio::test]
 async fn client_events_rules() {
     let server = TestServer::start().await;
     let channel = unique("private-chat");
