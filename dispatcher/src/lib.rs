@@ -12,8 +12,8 @@ mod transition;
 
 pub use live::{run_live, LiveConfig};
 pub use registry::{
-    AppOptions, CachedEvent, CloseSignal, Frame, Occupancy, Registry, RegistryConfig, SocketHandle,
-    SubscribeError, CLOSE_TERMINATED,
+    AppOptions, CachedEvent, CloseSignal, ConnectError, Frame, Occupancy, Registry, RegistryConfig,
+    SocketHandle, SubscribeError, CLOSE_TERMINATED,
 };
 pub use transition::Transition;
 

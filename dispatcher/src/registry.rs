@@ -108,6 +108,14 @@ pub struct AppOptions {
     pub subscription_count: bool,
     /// Most unique members in a presence channel.
     pub max_presence_members: usize,
+    /// Most connections of the app across the cluster; `None`: no quota.
+    pub max_connections: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectError {
+    #[error("over the app's connection quota ({max})")]
+    OverQuota { max: usize },
 }
 
 /// Node-wide settings of the registry.
@@ -241,6 +249,17 @@ struct State {
 }
 
 impl State {
+    fn connections(&self, app_id: &str) -> usize {
+        let local = self.apps.get(app_id).map_or(0, |a| a.sockets.len());
+        local
+            + self
+                .remote
+                .values()
+                .filter_map(|r| r.apps.get(app_id))
+                .map(|a| a.connections)
+                .sum::<usize>()
+    }
+
     fn remote_channels<'a>(
         &'a self,
         app_id: &'a str,
@@ -425,26 +444,31 @@ impl Registry {
         self.dirty.swap(false, Ordering::AcqRel)
     }
 
-    /// Registers a connection of an app.
-    pub fn connect(&self, app_id: &str, options: AppOptions, socket: &SocketHandle) {
+    /// Registers a connection of an app, unless the app already has `options.max_connections`
+    /// across the cluster: the count and the insert happen under one lock, so concurrent
+    /// handshakes cannot pass the quota together.
+    pub fn connect(
+        &self,
+        app_id: &str,
+        options: AppOptions,
+        socket: &SocketHandle,
+    ) -> Result<(), ConnectError> {
         let mut state = self.state.write();
+        if let Some(max) = options.max_connections {
+            if state.connections(app_id) >= max {
+                return Err(ConnectError::OverQuota { max });
+            }
+        }
         let app = state.apps.entry(app_id.to_owned()).or_default();
         app.options = options;
         app.sockets.insert(socket.socket_id.clone(), 0);
         self.changed();
+        Ok(())
     }
 
     /// Connections of an app across the cluster.
     pub fn connections(&self, app_id: &str) -> usize {
-        let state = self.state.read();
-        let local = state.apps.get(app_id).map_or(0, |a| a.sockets.len());
-        local
-            + state
-                .remote
-                .values()
-                .filter_map(|r| r.apps.get(app_id))
-                .map(|a| a.connections)
-                .sum::<usize>()
+        self.state.read().connections(app_id)
     }
 
     /// Forgets a connection: leaves its channels (with the notifications that follows), signs it
@@ -987,12 +1011,13 @@ mod tests {
         AppOptions {
             subscription_count: false,
             max_presence_members: 100,
+            max_connections: None,
         }
     }
 
     fn socket(registry: &Registry, id: &str) -> (SocketHandle, mpsc::Receiver<Frame>) {
         let (handle, rx) = SocketHandle::new(id, 64);
-        registry.connect(APP, options(), &handle);
+        registry.connect(APP, options(), &handle).unwrap();
         (handle, rx)
     }
 
@@ -1050,7 +1075,7 @@ mod tests {
     fn apps_and_channels_are_isolated() {
         let registry = registry();
         let (a, mut rx) = SocketHandle::new("1.1", 8);
-        registry.connect("other-app", options(), &a);
+        registry.connect("other-app", options(), &a).unwrap();
         registry.subscribe("other-app", "news", &a, None).unwrap();
         registry.subscribe(APP, "sports", &a, None).unwrap();
         drain(&mut rx);
@@ -1078,6 +1103,51 @@ mod tests {
         assert_eq!(registry.connections(APP), 0);
         assert!(registry.occupied(APP, "").is_empty());
         assert!(registry.state.read().apps.is_empty());
+    }
+
+    #[test]
+    fn concurrent_handshakes_never_pass_the_quota() {
+        const MAX: usize = 8;
+        let registry = registry();
+        let quota = AppOptions {
+            max_connections: Some(MAX),
+            ..options()
+        };
+        let start = std::sync::Barrier::new(3 * MAX);
+        let admitted: Vec<String> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..3 * MAX)
+                .map(|i| {
+                    let (registry, start) = (&registry, &start);
+                    scope.spawn(move || {
+                        let id = format!("1.{i}");
+                        let (socket, _rx) = SocketHandle::new(&id, 8);
+                        start.wait();
+                        registry.connect(APP, quota, &socket).map(|()| id)
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .filter_map(|t| t.join().unwrap().ok())
+                .collect()
+        });
+        assert_eq!(admitted.len(), MAX);
+        assert_eq!(registry.connections(APP), MAX);
+        let (late, _rx) = SocketHandle::new("1.99", 8);
+        assert_eq!(
+            registry.connect(APP, quota, &late),
+            Err(ConnectError::OverQuota { max: MAX })
+        );
+        // Remote connections count too.
+        registry.disconnect(APP, &admitted[0], &[]);
+        let (b, _) = Registry::new(2, config());
+        let (remote, _rx) = SocketHandle::new("2.1", 8);
+        b.connect(APP, options(), &remote).unwrap();
+        registry.apply_remote(b.snapshot());
+        assert_eq!(
+            registry.connect(APP, quota, &late),
+            Err(ConnectError::OverQuota { max: MAX })
+        );
     }
 
     #[test]
@@ -1112,8 +1182,8 @@ mod tests {
         let registry = registry();
         let (slow, _slow_rx) = SocketHandle::new("1.1", 2);
         let (fast, mut fast_rx) = SocketHandle::new("1.2", 16);
-        registry.connect(APP, options(), &slow);
-        registry.connect(APP, options(), &fast);
+        registry.connect(APP, options(), &slow).unwrap();
+        registry.connect(APP, options(), &fast).unwrap();
         registry.subscribe(APP, "news", &slow, None).unwrap();
         registry.subscribe(APP, "news", &fast, None).unwrap();
         drain(&mut fast_rx);
@@ -1222,7 +1292,7 @@ mod tests {
         let mut sockets = Vec::new();
         for (i, user) in ["a", "b", "c", "a"].iter().enumerate() {
             let (s, rx) = SocketHandle::new(&format!("1.{i}"), 8);
-            registry.connect(APP, limited, &s);
+            registry.connect(APP, limited, &s).unwrap();
             let result = registry.subscribe(APP, "presence-x", &s, member(user));
             sockets.push((s, rx, result));
         }
@@ -1280,8 +1350,8 @@ mod tests {
         };
         let (a, mut rx_a) = SocketHandle::new("1.1", 16);
         let (b, mut rx_b) = SocketHandle::new("1.2", 16);
-        registry.connect(APP, counting, &a);
-        registry.connect(APP, counting, &b);
+        registry.connect(APP, counting, &a).unwrap();
+        registry.connect(APP, counting, &b).unwrap();
         registry.subscribe(APP, "news", &a, None).unwrap();
         let frames = drain(&mut rx_a);
         assert_eq!(frames[1]["event"], "pusher_internal:subscription_count");
@@ -1315,12 +1385,12 @@ mod tests {
             ..options()
         };
         let (watcher, mut rx) = SocketHandle::new("0.0", 512);
-        registry.connect(APP, counting, &watcher);
+        registry.connect(APP, counting, &watcher).unwrap();
         registry.subscribe(APP, "big", &watcher, None).unwrap();
         let mut others = Vec::new();
         for i in 1..=101 {
             let (s, other_rx) = SocketHandle::new(&format!("1.{i}"), 512);
-            registry.connect(APP, counting, &s);
+            registry.connect(APP, counting, &s).unwrap();
             registry.subscribe(APP, "big", &s, None).unwrap();
             others.push((s, other_rx));
         }
@@ -1383,7 +1453,7 @@ mod tests {
             .unwrap();
         drain(&mut rx);
         let (remote, _rx_remote) = SocketHandle::new("2.1", 8);
-        b.connect(APP, options(), &remote);
+        b.connect(APP, options(), &remote).unwrap();
         b.subscribe(APP, "presence-room", &remote, member("u2"))
             .unwrap();
         assert!(b.take_dirty());
@@ -1406,7 +1476,7 @@ mod tests {
         assert!(drain(&mut rx).is_empty());
         // A user present on both nodes does not leave when one node forgets it.
         let (second, _rx_second) = SocketHandle::new("2.2", 8);
-        b.connect(APP, options(), &second);
+        b.connect(APP, options(), &second).unwrap();
         b.subscribe(APP, "presence-room", &second, member("u1"))
             .unwrap();
         a.apply_remote(b.snapshot());

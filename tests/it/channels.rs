@@ -386,6 +386,29 @@ fn switchboard_app(id: &str, key: &str, secret: &str) -> ingest::App {
 }
 
 #[tokio::test]
+async fn concurrent_handshakes_get_exactly_the_connection_quota() {
+    const MAX: usize = 3;
+    let server = TestServer::start_with(|c| c.apps[0].max_connections = Some(MAX)).await;
+    let url = server.ws_url(common::KEY, "protocol=7");
+    let handshakes = (0..3 * MAX).map(|_| async {
+        let mut socket = Client::connect_raw(&url).await;
+        let first = ws::read_seen(&mut socket, ws::WAIT).await;
+        (socket, first)
+    });
+    let outcomes = futures_util::future::join_all(handshakes).await;
+    let mut established = 0;
+    for (_, first) in &outcomes {
+        match first {
+            Seen::Event(ev) if ev["event"] == "pusher:connection_established" => established += 1,
+            Seen::Event(ev) => assert_eq!(ws::data(ev)["code"], 4004, "{ev}"),
+            other => panic!("expected an event, saw {other:?}"),
+        }
+    }
+    assert_eq!(established, MAX);
+    server.cleanup().await;
+}
+
+#[tokio::test]
 async fn apps_are_isolated_and_switchable() {
     let server = TestServer::start_with(|c| {
         two_apps(c);
