@@ -37,6 +37,9 @@ pub struct LiveConfig {
 /// A change is announced to the other nodes within this time.
 const SNAPSHOT_DEBOUNCE: Duration = Duration::from_millis(50);
 
+/// How often expired cache-channel events are swept (the shortest TTL is a second).
+const CACHE_SWEEP: Duration = Duration::from_secs(1);
+
 #[derive(Debug, thiserror::Error)]
 enum LiveError {
     #[error(transparent)]
@@ -163,6 +166,7 @@ async fn serve(
     publish(Control::Snapshot(registry.snapshot())).await?;
     let mut last_snapshot = Instant::now();
     let mut tick = tokio::time::interval(SNAPSHOT_DEBOUNCE);
+    let mut sweep = tokio::time::interval(CACHE_SWEEP);
     let mut acks = Acks::default();
     loop {
         tokio::select! {
@@ -183,6 +187,7 @@ async fn serve(
                 registry.flush_counts();
                 acks.flush(&channel).await?;
             }
+            _ = sweep.tick() => registry.sweep_cache(),
             next = dropped.next() => {
                 // Overflow of the live queue: these events will never reach this node's
                 // sockets, so their subscribers are closed (4100) rather than left behind.

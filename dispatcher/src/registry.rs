@@ -7,14 +7,15 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use protocol::control::{AppSnapshot, ChannelSnapshot, Control, NodeSnapshot};
 use protocol::frame;
 use protocol::presence::{Member, SignedInUser};
 use protocol::{Channel, ChannelKind, Envelope, Source};
 use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::CLOSE_SLOW_CONSUMER;
@@ -157,15 +158,34 @@ struct Subscriber {
     member: Option<Member>,
 }
 
+/// A channel known on this node: it has local subscribers, or (cache channels) a last event
+/// that has not been swept yet, or both.
 #[derive(Debug, Default)]
 struct ChannelState {
     subscribers: HashMap<Arc<str>, Subscriber>,
     count_sent_at: Option<Instant>,
     /// A count change held back by the throttle, sent by [`Registry::flush_counts`].
     count_pending: bool,
+    /// The last event of a cache channel and when it expires; kept here, under the registry's
+    /// lock, so a subscriber's replay and the fan-out of the next event cannot interleave.
+    cached: Option<(CachedEvent, Instant)>,
 }
 
 impl ChannelState {
+    /// The cached event with its remaining time to live, unless it has expired.
+    fn cached(&self, now: Instant) -> Option<CachedEvent> {
+        let (event, expires) = self.cached.as_ref()?;
+        (*expires > now).then(|| CachedEvent {
+            ttl: *expires - now,
+            ..event.clone()
+        })
+    }
+
+    /// Whether nothing is left to keep the channel for.
+    fn is_unused(&self) -> bool {
+        self.subscribers.is_empty() && self.cached.is_none()
+    }
+
     fn send_all(&self, frame: &Frame, except: Option<&str>) {
         for (socket_id, subscriber) in &self.subscribers {
             if Some(socket_id.as_ref()) != except {
@@ -411,7 +431,6 @@ pub struct Registry {
     node: u32,
     config: RegistryConfig,
     state: RwLock<State>,
-    cache: Mutex<HashMap<(String, String), (CachedEvent, Instant)>>,
     dirty: AtomicBool,
     outbox: mpsc::Sender<Control>,
 }
@@ -424,7 +443,6 @@ impl Registry {
             node,
             config,
             state: RwLock::default(),
-            cache: Mutex::default(),
             dirty: AtomicBool::new(false),
             outbox,
         };
@@ -490,7 +508,7 @@ impl Registry {
             }
             !sockets.is_empty()
         });
-        if app.sockets.is_empty() {
+        if app.sockets.is_empty() && app.channels.is_empty() {
             state.apps.remove(app_id);
         }
         if let Some(user_id) = went_offline {
@@ -572,7 +590,12 @@ impl Registry {
             socket.send_text(frame::encode_subscription_succeeded(channel, "{}"));
         }
         if Channel::parse(channel).is_ok_and(|c| c.cache) {
-            match self.cached(app_id, channel) {
+            let cached = state
+                .apps
+                .get(app_id)
+                .and_then(|a| a.channels.get(channel))
+                .and_then(|c| c.cached(Instant::now()));
+            match cached {
                 Some(cached) => socket.send_text(frame::encode(
                     &cached.event,
                     Some(channel),
@@ -606,7 +629,7 @@ impl Registry {
         let Some(removed) = channel_state.subscribers.remove(socket_id) else {
             return false;
         };
-        if channel_state.subscribers.is_empty() {
+        if channel_state.is_unused() {
             app.channels.remove(channel);
         }
         if let Some(channels) = app.sockets.get_mut(socket_id) {
@@ -714,7 +737,12 @@ impl Registry {
         let state = self.state.read();
         let mut names: HashSet<&str> = HashSet::new();
         if let Some(app) = state.apps.get(app_id) {
-            names.extend(app.channels.keys().map(String::as_str));
+            names.extend(
+                app.channels
+                    .iter()
+                    .filter(|(_, c)| !c.subscribers.is_empty())
+                    .map(|(n, _)| n.as_str()),
+            );
         }
         for remote in state.remote.values() {
             if let Some(app) = remote.apps.get(app_id) {
@@ -743,69 +771,62 @@ impl Registry {
 
     /// The cached last event of a cache channel, if it has not expired.
     pub fn cached(&self, app_id: &str, channel: &str) -> Option<CachedEvent> {
-        let mut cache = self.cache.lock();
-        let key = (app_id.to_owned(), channel.to_owned());
+        self.state
+            .read()
+            .apps
+            .get(app_id)
+            .and_then(|a| a.channels.get(channel))
+            .and_then(|c| c.cached(Instant::now()))
+    }
+
+    /// Forgets the cached events that have expired, and the channels only they kept.
+    pub fn sweep_cache(&self) {
         let now = Instant::now();
-        match cache.get(&key) {
-            Some((event, expires)) if *expires > now => {
-                let mut event = event.clone();
-                event.ttl = *expires - now;
-                Some(event)
-            }
-            Some(_) => {
-                cache.remove(&key);
-                None
-            }
-            None => None,
-        }
+        let mut state = self.state.write();
+        state.apps.retain(|_, app| {
+            app.channels.retain(|_, channel| {
+                if channel.cached.as_ref().is_some_and(|(_, at)| *at <= now) {
+                    channel.cached = None;
+                }
+                !channel.is_unused()
+            });
+            !app.sockets.is_empty() || !app.channels.is_empty()
+        });
     }
 
     /// Encodes the event's frame once and offers it to every local subscriber of its channel,
     /// except the excluded socket; remembers it for cache channels. Returns how many sockets it
     /// was queued for.
+    ///
+    /// A cache channel's event is remembered and sent under the write lock, so a subscription
+    /// gets it either as its replay or from the fan-out, never both; other channels need only
+    /// the read lock.
     pub fn fan_out(&self, envelope: &Envelope) -> usize {
         if Channel::parse(&envelope.channel).is_ok_and(|c| c.cache) {
+            let mut state = self.state.write();
+            let channel = state
+                .apps
+                .entry(envelope.app_id.clone())
+                .or_default()
+                .channels
+                .entry(envelope.channel.clone())
+                .or_default();
             let cached = CachedEvent {
                 event: envelope.name.clone(),
                 data: envelope.data.clone(),
                 ttl: self.config.cache_ttl,
             };
-            self.cache.lock().insert(
-                (envelope.app_id.clone(), envelope.channel.clone()),
-                (cached, Instant::now() + self.config.cache_ttl),
-            );
+            channel.cached = Some((cached, Instant::now() + self.config.cache_ttl));
+            deliver(channel, envelope)
+        } else {
+            let state = self.state.read();
+            state
+                .apps
+                .get(&envelope.app_id)
+                .and_then(|app| app.channels.get(&envelope.channel))
+                .map_or(0, |channel| deliver(channel, envelope))
         }
-        let state = self.state.read();
-        let Some(channel) = state
-            .apps
-            .get(&envelope.app_id)
-            .and_then(|app| app.channels.get(&envelope.channel))
-        else {
-            return 0;
-        };
-        // Client events on presence channels carry the sender's user id.
-        let user_id = match envelope.source {
-            Source::Client => envelope.user_id.as_deref(),
-            Source::Api | Source::Track => None,
-        };
-        let frame: Frame = frame::encode(
-            &envelope.name,
-            Some(&envelope.channel),
-            &envelope.data,
-            user_id,
-        )
-        .into();
-        let excluded = envelope.socket_id.as_deref();
-        let mut delivered = 0;
-        for (socket_id, subscriber) in &channel.subscribers {
-            if Some(socket_id.as_ref()) != excluded && subscriber.handle.send(frame.clone()) {
-                delivered += 1;
-            }
-        }
-        metrics::counter!("switchboard_deliveries_total").increment(delivered as u64);
-        delivered
     }
-
     /// This node's local state, for the other nodes.
     pub fn snapshot(&self) -> NodeSnapshot {
         let state = self.state.read();
@@ -818,6 +839,7 @@ impl Registry {
                 channels: app
                     .channels
                     .iter()
+                    .filter(|(_, c)| !c.subscribers.is_empty())
                     .map(|(name, c)| {
                         let mut members: Vec<(String, Option<String>)> = Vec::new();
                         for member in c.subscribers.values().filter_map(|s| s.member.as_ref()) {
@@ -907,6 +929,35 @@ impl Registry {
             .map(|(node, _)| *node)
             .collect()
     }
+}
+
+/// Encodes the event's frame once and queues it for the channel's subscribers, except the
+/// excluded socket; returns for how many.
+fn deliver(channel: &ChannelState, envelope: &Envelope) -> usize {
+    if channel.subscribers.is_empty() {
+        return 0;
+    }
+    // Client events on presence channels carry the sender's user id.
+    let user_id = match envelope.source {
+        Source::Client => envelope.user_id.as_deref(),
+        Source::Api | Source::Track => None,
+    };
+    let frame: Frame = frame::encode(
+        &envelope.name,
+        Some(&envelope.channel),
+        &envelope.data,
+        user_id,
+    )
+    .into();
+    let excluded = envelope.socket_id.as_deref();
+    let mut delivered = 0;
+    for (socket_id, subscriber) in &channel.subscribers {
+        if Some(socket_id.as_ref()) != excluded && subscriber.handle.send(frame.clone()) {
+            delivered += 1;
+        }
+    }
+    metrics::counter!("switchboard_deliveries_total").increment(delivered as u64);
+    delivered
 }
 
 /// Channels whose remote subscription count differs between two views of a node.
@@ -1329,16 +1380,83 @@ mod tests {
         assert_eq!(frames[1]["data"], "2");
         assert_eq!(registry.cached(APP, "cache-prices").unwrap().data, "2");
         assert!(registry.cached(APP, "cache-other").is_none());
+    }
 
-        let (expiring, _) = Registry::new(
-            1,
-            RegistryConfig {
-                cache_ttl: Duration::ZERO,
-                ..config()
-            },
+    #[tokio::test(start_paused = true)]
+    async fn expired_cache_entries_are_swept_even_without_subscribers() {
+        let registry = registry();
+        let (a, mut rx) = socket(&registry, "1.1");
+        registry.subscribe(APP, "cache-kept", &a, None).unwrap();
+        registry.fan_out(&envelope("cache-kept", "1"));
+        registry.fan_out(&envelope("cache-alone", "2"));
+        drain(&mut rx);
+        tokio::time::advance(Duration::from_secs(59)).await;
+        registry.sweep_cache();
+        assert_eq!(
+            registry.cached(APP, "cache-alone").unwrap().ttl,
+            Duration::from_secs(1)
         );
-        expiring.fan_out(&envelope("cache-prices", "1"));
-        assert!(expiring.cached(APP, "cache-prices").is_none());
+        assert!(registry
+            .occupied(APP, "")
+            .iter()
+            .all(|(n, _)| n != "cache-alone"));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(registry.cached(APP, "cache-alone").is_none());
+        registry.sweep_cache();
+        {
+            let state = registry.state.read();
+            let channels = &state.apps[APP].channels;
+            assert!(!channels.contains_key("cache-alone"));
+            assert!(channels["cache-kept"].cached.is_none());
+        }
+        // The last socket leaves: nothing of the app is left.
+        registry.disconnect(APP, "1.1", &["cache-kept".into()]);
+        assert!(registry.state.read().apps.is_empty());
+        // An event after the expiry of the previous one is cached afresh.
+        registry.fan_out(&envelope("cache-alone", "3"));
+        assert_eq!(registry.cached(APP, "cache-alone").unwrap().data, "3");
+    }
+
+    #[test]
+    fn a_cache_replay_and_the_fan_out_never_deliver_one_event_twice() {
+        const EVENTS: usize = 3000;
+        const SOCKETS: usize = 300;
+        let registry = registry();
+        let sockets: Vec<_> = (0..SOCKETS)
+            .map(|i| {
+                let (handle, rx) = SocketHandle::new(&format!("1.{i}"), EVENTS + 8);
+                registry.connect(APP, options(), &handle).unwrap();
+                (handle, rx)
+            })
+            .collect();
+        let start = std::sync::Barrier::new(2);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                start.wait();
+                for i in 0..EVENTS {
+                    registry.fan_out(&envelope("cache-race", &i.to_string()));
+                }
+            });
+            scope.spawn(|| {
+                start.wait();
+                for (handle, _) in &sockets {
+                    registry.subscribe(APP, "cache-race", handle, None).unwrap();
+                }
+            });
+        });
+        for (handle, mut rx) in sockets {
+            let seen: Vec<usize> = drain(&mut rx)
+                .iter()
+                .filter(|f| f["event"] == "ev")
+                .map(|f| f["data"].as_str().unwrap().parse().unwrap())
+                .collect();
+            assert!(
+                seen.windows(2).all(|w| w[0] + 1 == w[1]),
+                "socket {} saw {:?}",
+                handle.socket_id,
+                &seen[..seen.len().min(5)]
+            );
+        }
     }
 
     #[test]
