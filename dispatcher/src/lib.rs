@@ -6,15 +6,18 @@
 //! per event and offered to every subscriber with `try_send`; a subscriber whose queue is full is
 //! closed with 4100 (slow consumer) instead of slowing the others.
 
+mod cluster;
 mod live;
 mod registry;
+mod socket;
 mod transition;
 
 pub use live::{run_live, LiveConfig};
 pub use registry::{
-    AppOptions, CachedEvent, CloseSignal, ConnectError, Frame, Occupancy, Registry, RegistryConfig,
-    SocketHandle, SubscribeError, CLOSE_TERMINATED,
+    AppOptions, CachedEvent, ConnectError, Occupancy, Registry, RegistryConfig, SubscribeError,
+    CLOSE_TERMINATED, TRANSITIONS_CAPACITY,
 };
+pub use socket::{CloseSignal, Frame, SocketHandle};
 pub use transition::Transition;
 
 /// Pusher close code for a socket that could not keep up (4100–4199: client backs off, reconnects).

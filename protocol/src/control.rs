@@ -46,6 +46,38 @@ pub struct ChannelSnapshot {
     pub members: Vec<(String, Option<String>)>,
 }
 
+/// One change of a node's local state, stated as the new value, so that applying it twice is
+/// harmless.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum Change {
+    /// The node now has `count` connections of the app.
+    Connections { app_id: String, count: usize },
+    /// The node now has `count` subscriptions to the channel.
+    Subscriptions {
+        app_id: String,
+        channel: String,
+        count: usize,
+    },
+    /// The user has a socket on the node's presence channel, with this `user_info`.
+    MemberAdded {
+        app_id: String,
+        channel: String,
+        user_id: String,
+        user_info: Option<String>,
+    },
+    /// The user has no socket left on the node's presence channel.
+    MemberRemoved {
+        app_id: String,
+        channel: String,
+        user_id: String,
+    },
+    /// The user is signed in on the node.
+    SignedIn { app_id: String, user_id: String },
+    /// The user has no signed-in socket left on the node.
+    SignedOut { app_id: String, user_id: String },
+}
+
 #[derive(Debug, Error)]
 #[error("not a control message: {0}")]
 pub struct ControlError(#[from] serde_json::Error);

@@ -1,0 +1,147 @@
+//! Remote nodes and cluster-wide transitions.
+
+use super::*;
+
+#[test]
+fn remote_nodes_join_presence_and_occupancy() {
+    let a = registry();
+    let (b, _) = Registry::new(2, config());
+    let (local, mut rx) = socket(&a, "1.1");
+    a.subscribe(APP, "presence-room", &local, member("u1"))
+        .unwrap();
+    drain(&mut rx);
+    let (remote, _rx_remote) = SocketHandle::new("2.1", 8);
+    b.connect(APP, options(), &remote).unwrap();
+    b.subscribe(APP, "presence-room", &remote, member("u2"))
+        .unwrap();
+    assert!(b.take_dirty());
+    a.apply_remote(b.snapshot());
+    let added = drain(&mut rx);
+    assert_eq!(added.len(), 1);
+    assert_eq!(added[0]["event"], "pusher_internal:member_added");
+    assert_eq!(data(&added[0])["user_id"], "u2");
+    assert_eq!(
+        a.occupancy(APP, "presence-room"),
+        Occupancy {
+            subscriptions: 2,
+            users: 2
+        }
+    );
+    assert_eq!(a.connections(APP), 2);
+    assert_eq!(a.occupied(APP, "presence-").len(), 1);
+    // The same snapshot again changes nothing.
+    a.apply_remote(b.snapshot());
+    assert!(drain(&mut rx).is_empty());
+    // A user present on both nodes does not leave when one node forgets it.
+    let (second, _rx_second) = SocketHandle::new("2.2", 8);
+    b.connect(APP, options(), &second).unwrap();
+    b.subscribe(APP, "presence-room", &second, member("u1"))
+        .unwrap();
+    a.apply_remote(b.snapshot());
+    assert!(drain(&mut rx).is_empty());
+    a.forget_node(2);
+    let removed = drain(&mut rx);
+    assert_eq!(removed.len(), 1, "{removed:?}");
+    assert_eq!(data(&removed[0])["user_id"], "u2");
+    assert_eq!(a.occupancy(APP, "presence-room").users, 1);
+    assert!(a.stale_nodes(Duration::ZERO).is_empty());
+    a.apply_remote(b.snapshot());
+    assert_eq!(a.stale_nodes(Duration::ZERO), vec![2]);
+    // Our own snapshot is ignored.
+    a.apply_remote(a.snapshot());
+    assert_eq!(a.occupancy(APP, "presence-room").subscriptions, 3);
+}
+
+fn taken(transitions: &mut mpsc::Receiver<Transition>) -> Vec<Transition> {
+    let mut taken = Vec::new();
+    while let Ok(transition) = transitions.try_recv() {
+        taken.push(transition);
+    }
+    taken
+}
+
+fn occupied(channel: &str) -> Transition {
+    Transition::ChannelOccupied {
+        app_id: APP.into(),
+        channel: channel.into(),
+    }
+}
+
+fn vacated(channel: &str) -> Transition {
+    Transition::ChannelVacated {
+        app_id: APP.into(),
+        channel: channel.into(),
+    }
+}
+
+#[test]
+fn local_changes_are_cluster_wide_transitions() {
+    let registry = registry();
+    let mut transitions = registry.transitions();
+    let (a, _rx_a) = socket(&registry, "1.1");
+    let (b, _rx_b) = socket(&registry, "1.2");
+    let room = "presence-room";
+    registry.subscribe(APP, room, &a, member("u1")).unwrap();
+    assert_eq!(
+        taken(&mut transitions),
+        [
+            occupied(room),
+            Transition::MemberAdded {
+                app_id: APP.into(),
+                channel: room.into(),
+                user_id: "u1".into()
+            }
+        ]
+    );
+    // The same user's second socket, then its first one leaving: nothing cluster-wide.
+    registry.subscribe(APP, room, &b, member("u1")).unwrap();
+    registry.unsubscribe(APP, room, "1.1");
+    assert_eq!(taken(&mut transitions), []);
+    registry.disconnect(APP, "1.2", &[room.into()]);
+    assert_eq!(
+        taken(&mut transitions),
+        [
+            Transition::MemberRemoved {
+                app_id: APP.into(),
+                channel: room.into(),
+                user_id: "u1".into()
+            },
+            vacated(room)
+        ]
+    );
+    // A channel another node occupies is not occupied again here, nor vacated when we leave.
+    let (other, _) = Registry::new(2, config());
+    let (remote, _rx_remote) = SocketHandle::new("2.1", 8);
+    other.connect(APP, options(), &remote).unwrap();
+    other.subscribe(APP, "news", &remote, None).unwrap();
+    registry.apply_remote(other.snapshot());
+    assert_eq!(taken(&mut transitions), [occupied("news")]);
+    registry.subscribe(APP, "news", &a, None).unwrap();
+    registry.unsubscribe(APP, "news", "1.1");
+    assert_eq!(taken(&mut transitions), []);
+    registry.forget_node(2);
+    assert_eq!(taken(&mut transitions), [vacated("news")]);
+}
+
+#[test]
+fn a_full_transition_queue_drops_new_transitions_without_blocking() {
+    let (registry, _) = Registry::new(
+        1,
+        RegistryConfig {
+            max_channels_per_connection: usize::MAX,
+            ..config()
+        },
+    );
+    let mut transitions = registry.transitions();
+    let (a, _rx) = SocketHandle::new("1.1", 2 * TRANSITIONS_CAPACITY);
+    registry.connect(APP, options(), &a).unwrap();
+    for i in 0..TRANSITIONS_CAPACITY + 10 {
+        registry.subscribe(APP, &format!("c{i}"), &a, None).unwrap();
+    }
+    let kept = taken(&mut transitions);
+    assert_eq!(kept.len(), TRANSITIONS_CAPACITY);
+    assert_eq!(kept[0], occupied("c0"), "the oldest are kept");
+    // Room again: what follows is delivered.
+    registry.unsubscribe(APP, "c0", "1.1");
+    assert_eq!(taken(&mut transitions), [vacated("c0")]);
+}
