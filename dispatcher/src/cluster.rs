@@ -3,18 +3,25 @@
 //! sockets must hear (`member_added`/`member_removed`, `subscription_count`, watchlist events)
 //! and the cluster-wide [`Transition`]s, asking the local state through [`LocalView`].
 //!
+//! Each node's messages are numbered: a delta applies if it follows the last message applied;
+//! after a gap the node is asked for a snapshot (see [`Heard::Gap`]), which replaces what was
+//! known of it.
+//!
 //! Applying a change costs time in the size of the change, never in the size of the cluster:
 //! the totals per app, channel, member and user are kept up to date as the nodes' states
-//! change, and a node's new state is compared with its previous one by lookups.
+//! change, and a snapshot is compared with the node's previous state by lookups.
 
-use std::collections::{HashMap, HashSet};
+mod node;
+
+use std::collections::HashMap;
 use std::time::Duration;
 
-use protocol::control::{Change, NodeSnapshot};
+use protocol::control::Change;
 use protocol::presence::Member;
 use tokio::time::Instant;
 
 use crate::Transition;
+pub(crate) use node::NodeState;
 
 /// What the cluster view needs to know of this node's own sockets.
 pub(crate) trait LocalView {
@@ -56,176 +63,6 @@ pub(crate) struct Effects {
     pub transitions: Vec<Transition>,
 }
 
-/// What one node reported of its local state.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct NodeState {
-    apps: HashMap<String, NodeApp>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct NodeApp {
-    connections: usize,
-    channels: HashMap<String, NodeChannel>,
-    users: HashSet<String>,
-}
-
-impl NodeApp {
-    fn is_empty(&self) -> bool {
-        self.connections == 0 && self.channels.is_empty() && self.users.is_empty()
-    }
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct NodeChannel {
-    subscriptions: usize,
-    /// User id → `user_info` JSON text.
-    members: HashMap<String, Option<String>>,
-}
-
-impl NodeChannel {
-    fn is_empty(&self) -> bool {
-        self.subscriptions == 0 && self.members.is_empty()
-    }
-}
-
-impl NodeState {
-    pub fn from_snapshot(snapshot: NodeSnapshot) -> NodeState {
-        let mut state = NodeState::default();
-        for app in snapshot.apps {
-            let entry = NodeApp {
-                connections: app.connections,
-                channels: app
-                    .channels
-                    .into_iter()
-                    .map(|c| {
-                        let channel = NodeChannel {
-                            subscriptions: c.subscriptions,
-                            members: c.members.into_iter().collect(),
-                        };
-                        (c.name, channel)
-                    })
-                    .filter(|(_, c)| !c.is_empty())
-                    .collect(),
-                users: app.users.into_iter().collect(),
-            };
-            if !entry.is_empty() {
-                state.apps.insert(app.app_id, entry);
-            }
-        }
-        state
-    }
-
-    /// The changes that turn `self` into `new`. Per channel, members leave before the count
-    /// changes and join after it, so a channel is occupied before its first member arrives and
-    /// vacated after its last one left.
-    fn changes_to(&self, new: &NodeState) -> Vec<Change> {
-        let empty = NodeApp::default();
-        let mut changes = Vec::new();
-        for (app_id, after) in &new.apps {
-            let before = self.apps.get(app_id).unwrap_or(&empty);
-            diff_app(app_id, before, after, &mut changes);
-        }
-        for (app_id, before) in &self.apps {
-            if !new.apps.contains_key(app_id) {
-                diff_app(app_id, before, &empty, &mut changes);
-            }
-        }
-        changes
-    }
-
-    fn app(&mut self, app_id: &str) -> &mut NodeApp {
-        self.apps.entry(app_id.to_owned()).or_default()
-    }
-
-    fn channel(&mut self, app_id: &str, channel: &str) -> &mut NodeChannel {
-        self.app(app_id)
-            .channels
-            .entry(channel.to_owned())
-            .or_default()
-    }
-
-    /// Drops the channel and the app if nothing is left of them.
-    fn prune(&mut self, app_id: &str, channel: Option<&str>) {
-        let Some(app) = self.apps.get_mut(app_id) else {
-            return;
-        };
-        if let Some(name) = channel {
-            if app.channels.get(name).is_some_and(NodeChannel::is_empty) {
-                app.channels.remove(name);
-            }
-        }
-        if app.is_empty() {
-            self.apps.remove(app_id);
-        }
-    }
-}
-
-fn diff_app(app_id: &str, before: &NodeApp, after: &NodeApp, changes: &mut Vec<Change>) {
-    let empty = NodeChannel::default();
-    for (name, is) in &after.channels {
-        let was = before.channels.get(name).unwrap_or(&empty);
-        diff_channel(app_id, name, was, is, changes);
-    }
-    for (name, was) in &before.channels {
-        if !after.channels.contains_key(name) {
-            diff_channel(app_id, name, was, &empty, changes);
-        }
-    }
-    for user_id in after.users.difference(&before.users) {
-        changes.push(Change::SignedIn {
-            app_id: app_id.to_owned(),
-            user_id: user_id.clone(),
-        });
-    }
-    for user_id in before.users.difference(&after.users) {
-        changes.push(Change::SignedOut {
-            app_id: app_id.to_owned(),
-            user_id: user_id.clone(),
-        });
-    }
-    if before.connections != after.connections {
-        changes.push(Change::Connections {
-            app_id: app_id.to_owned(),
-            count: after.connections,
-        });
-    }
-}
-
-fn diff_channel(
-    app_id: &str,
-    channel: &str,
-    was: &NodeChannel,
-    is: &NodeChannel,
-    changes: &mut Vec<Change>,
-) {
-    for user_id in was.members.keys() {
-        if !is.members.contains_key(user_id) {
-            changes.push(Change::MemberRemoved {
-                app_id: app_id.to_owned(),
-                channel: channel.to_owned(),
-                user_id: user_id.clone(),
-            });
-        }
-    }
-    if was.subscriptions != is.subscriptions {
-        changes.push(Change::Subscriptions {
-            app_id: app_id.to_owned(),
-            channel: channel.to_owned(),
-            count: is.subscriptions,
-        });
-    }
-    for (user_id, user_info) in &is.members {
-        if was.members.get(user_id) != Some(user_info) {
-            changes.push(Change::MemberAdded {
-                app_id: app_id.to_owned(),
-                channel: channel.to_owned(),
-                user_id: user_id.clone(),
-                user_info: user_info.clone(),
-            });
-        }
-    }
-}
-
 /// The sums over every remote node, per app.
 #[derive(Debug, Default)]
 struct AppTotals {
@@ -248,10 +85,39 @@ struct ChannelTotals {
     members: HashMap<String, (usize, Option<String>)>,
 }
 
+/// How far what we know of a node follows its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sync {
+    /// Every message up to this `seq` is applied.
+    Synced(u64),
+    /// Some were missed: waiting for a snapshot (asked for once).
+    Waiting,
+}
+
+/// A snapshot being received, part by part.
+#[derive(Debug)]
+struct Staging {
+    seq: u64,
+    next_part: u32,
+    state: NodeState,
+}
+
 #[derive(Debug)]
 struct RemoteNode {
     seen: Instant,
+    sync: Sync,
+    staging: Option<Staging>,
     state: NodeState,
+}
+
+/// What came of a message from another node.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Heard {
+    /// Applied (or nothing to do), with what follows from it.
+    Applied(Effects),
+    /// The node's messages have a gap (or it is new to us): ask it for a snapshot. What we
+    /// knew of it stays until the snapshot arrives.
+    Gap,
 }
 
 /// Every other node's reported state and the totals over them; see the module documentation.
@@ -262,16 +128,93 @@ pub(crate) struct Cluster {
 }
 
 impl Cluster {
-    /// Replaces what `node` reported before (nothing, for a new node) with `state`.
-    pub fn replace(&mut self, node: u32, state: NodeState, local: &impl LocalView) -> Effects {
+    /// A node's delta `seq`: applied if it follows the last message applied; a repeat is
+    /// ignored; after a gap, or from a node never heard of, the node's deltas are ignored until
+    /// its next snapshot.
+    pub fn delta(
+        &mut self,
+        node: u32,
+        seq: u64,
+        changes: &[Change],
+        local: &impl LocalView,
+    ) -> Heard {
+        let known = self.nodes.contains_key(&node);
+        let remote = self.heard_from(node);
+        match remote.sync {
+            Sync::Waiting if !known => return Heard::Gap,
+            Sync::Synced(last) if seq == last + 1 => remote.sync = Sync::Synced(seq),
+            Sync::Synced(last) if seq <= last => return Heard::Applied(Effects::default()),
+            Sync::Synced(_) => {
+                remote.sync = Sync::Waiting;
+                return Heard::Gap;
+            }
+            Sync::Waiting => return Heard::Applied(Effects::default()),
+        }
+        let mut effects = Effects::default();
+        for change in changes {
+            self.apply(node, change, local, &mut effects);
+        }
+        Heard::Applied(effects)
+    }
+
+    /// A part of a node's snapshot. When its last part arrives, the snapshot replaces what we
+    /// knew of the node — unless every delta up to its `seq` was applied already, when it is
+    /// only a sign of life. A part out of order spoils the snapshot (a gap).
+    pub fn snapshot(
+        &mut self,
+        node: u32,
+        seq: u64,
+        part: u32,
+        last: bool,
+        changes: &[Change],
+        local: &impl LocalView,
+    ) -> Heard {
+        let remote = self.heard_from(node);
+        if part == 0 {
+            remote.staging = (remote.sync != Sync::Synced(seq)).then(|| Staging {
+                seq,
+                next_part: 0,
+                state: NodeState::default(),
+            });
+        }
+        let Some(mut staging) = remote.staging.take() else {
+            return Heard::Applied(Effects::default());
+        };
+        if staging.seq != seq || staging.next_part != part {
+            remote.sync = Sync::Waiting;
+            return Heard::Gap;
+        }
+        for change in changes {
+            staging.state.apply(change);
+        }
+        staging.next_part += 1;
+        if !last {
+            remote.staging = Some(staging);
+            return Heard::Applied(Effects::default());
+        }
+        remote.sync = Sync::Synced(seq);
+        Heard::Applied(self.replace(node, staging.state, local))
+    }
+
+    /// The node's entry, created (waiting for a snapshot) for a node never heard of.
+    fn heard_from(&mut self, node: u32) -> &mut RemoteNode {
         let remote = self.nodes.entry(node).or_insert_with(|| RemoteNode {
             seen: Instant::now(),
+            sync: Sync::Waiting,
+            staging: None,
             state: NodeState::default(),
         });
         remote.seen = Instant::now();
-        let changes = remote.state.changes_to(&state);
+        remote
+    }
+
+    /// Replaces what a known node reported before with `state`.
+    fn replace(&mut self, node: u32, state: NodeState, local: &impl LocalView) -> Effects {
         let mut effects = Effects::default();
-        for change in &changes {
+        let Some(remote) = self.nodes.get(&node) else {
+            return effects;
+        };
+        for change in &remote.state.changes_to(&state) {
             self.apply(node, change, local, &mut effects);
         }
         debug_assert_eq!(self.nodes[&node].state, state);
@@ -311,8 +254,7 @@ impl Cluster {
         let state = &mut remote.state;
         match change {
             Change::Connections { app_id, count } => {
-                let before = std::mem::replace(&mut state.app(app_id).connections, *count);
-                state.prune(app_id, None);
+                let before = state.set_connections(app_id, *count);
                 let totals = self.totals.entry(app_id.clone()).or_default();
                 totals.connections = totals.connections + count - before;
             }
@@ -321,9 +263,7 @@ impl Cluster {
                 channel,
                 count,
             } => {
-                let before =
-                    std::mem::replace(&mut state.channel(app_id, channel).subscriptions, *count);
-                state.prune(app_id, Some(channel));
+                let before = state.set_subscriptions(app_id, channel, *count);
                 if before == *count {
                     return;
                 }
@@ -355,8 +295,7 @@ impl Cluster {
                 user_id,
                 user_info,
             } => {
-                let members = &mut state.channel(app_id, channel).members;
-                let new = members.insert(user_id.clone(), user_info.clone()).is_none();
+                let new = state.add_member(app_id, channel, user_id, user_info);
                 let totals = self.totals.entry(app_id.clone()).or_default();
                 let channel_totals = totals.channels.entry(channel.clone()).or_default();
                 let (nodes, info) = channel_totals
@@ -391,13 +330,7 @@ impl Cluster {
                 channel,
                 user_id,
             } => {
-                let removed = state
-                    .apps
-                    .get_mut(app_id)
-                    .and_then(|a| a.channels.get_mut(channel))
-                    .is_some_and(|c| c.members.remove(user_id).is_some());
-                state.prune(app_id, Some(channel));
-                if !removed {
+                if !state.remove_member(app_id, channel, user_id) {
                     return;
                 }
                 let Some(channel_totals) = self
@@ -431,7 +364,7 @@ impl Cluster {
                 }
             }
             Change::SignedIn { app_id, user_id } => {
-                if !state.app(app_id).users.insert(user_id.clone()) {
+                if !state.sign_in(app_id, user_id) {
                     return;
                 }
                 let totals = self.totals.entry(app_id.clone()).or_default();
@@ -445,12 +378,7 @@ impl Cluster {
                 }
             }
             Change::SignedOut { app_id, user_id } => {
-                let removed = state
-                    .apps
-                    .get_mut(app_id)
-                    .is_some_and(|a| a.users.remove(user_id));
-                state.prune(app_id, None);
-                if !removed {
+                if !state.sign_out(app_id, user_id) {
                     return;
                 }
                 let Some(totals) = self.totals.get_mut(app_id) else {

@@ -1,4 +1,4 @@
-use protocol::control::{AppSnapshot, ChannelSnapshot};
+use std::collections::HashSet;
 
 use super::*;
 
@@ -34,27 +34,45 @@ fn listening(channel: &str) -> FakeLocal {
     }
 }
 
-/// A node's state: `channels` of (name, subscriptions, member ids), `users` signed in.
-fn node(connections: usize, channels: &[(&str, usize, &[&str])], users: &[&str]) -> NodeState {
-    NodeState::from_snapshot(NodeSnapshot {
-        node: 0,
-        apps: vec![AppSnapshot {
+/// A node's whole state: `channels` of (name, subscriptions, member ids), `users` signed in.
+fn node(connections: usize, channels: &[(&str, usize, &[&str])], users: &[&str]) -> Vec<Change> {
+    let mut changes = vec![Change::Connections {
+        app_id: APP.into(),
+        count: connections,
+    }];
+    for (name, subscriptions, members) in channels {
+        changes.push(Change::Subscriptions {
             app_id: APP.into(),
-            connections,
-            channels: channels
-                .iter()
-                .map(|(name, subscriptions, members)| ChannelSnapshot {
-                    name: (*name).into(),
-                    subscriptions: *subscriptions,
-                    members: members
-                        .iter()
-                        .map(|id| ((*id).into(), Some(format!(r#"{{"n":"{id}"}}"#))))
-                        .collect(),
-                })
-                .collect(),
-            users: users.iter().map(|u| (*u).into()).collect(),
-        }],
-    })
+            channel: (*name).into(),
+            count: *subscriptions,
+        });
+        changes.extend(members.iter().map(|id| Change::MemberAdded {
+            app_id: APP.into(),
+            channel: (*name).into(),
+            user_id: (*id).into(),
+            user_info: Some(format!(r#"{{"n":"{id}"}}"#)),
+        }));
+    }
+    changes.extend(users.iter().map(|u| Change::SignedIn {
+        app_id: APP.into(),
+        user_id: (*u).into(),
+    }));
+    changes
+}
+
+fn applied(heard: Heard) -> Effects {
+    match heard {
+        Heard::Applied(effects) => effects,
+        Heard::Gap => panic!("a gap"),
+    }
+}
+
+/// Replaces what the cluster knows of `node` with `state`, as a one-part snapshot with a new
+/// number.
+fn replace(cluster: &mut Cluster, node: u32, state: Vec<Change>, local: &FakeLocal) -> Effects {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    applied(cluster.snapshot(node, seq, 0, true, &state, local))
 }
 
 fn added(user_id: &str) -> Notice {
@@ -117,7 +135,7 @@ fn vacated() -> Transition {
 fn a_remote_member_joins_and_leaves_once() {
     let local = listening(ROOM);
     let mut cluster = Cluster::default();
-    let effects = cluster.replace(2, node(1, &[(ROOM, 1, &["u2"])], &[]), &local);
+    let effects = replace(&mut cluster, 2, node(1, &[(ROOM, 1, &["u2"])], &[]), &local);
     assert_eq!(effects.notices, [count(), added("u2")]);
     assert_eq!(
         effects.transitions,
@@ -125,13 +143,13 @@ fn a_remote_member_joins_and_leaves_once() {
         "the channel was occupied here already"
     );
     // The same state again changes nothing.
-    let again = cluster.replace(2, node(1, &[(ROOM, 1, &["u2"])], &[]), &local);
+    let again = replace(&mut cluster, 2, node(1, &[(ROOM, 1, &["u2"])], &[]), &local);
     assert_eq!(again, Effects::default());
     // A second socket of u2 on the node: a count change only.
-    let second = cluster.replace(2, node(2, &[(ROOM, 2, &["u2"])], &[]), &local);
+    let second = replace(&mut cluster, 2, node(2, &[(ROOM, 2, &["u2"])], &[]), &local);
     assert_eq!(second.notices, [count()]);
     assert!(second.transitions.is_empty());
-    let left = cluster.replace(2, node(0, &[], &[]), &local);
+    let left = replace(&mut cluster, 2, node(0, &[], &[]), &local);
     assert_eq!(left.notices, [removed("u2"), count()]);
     assert_eq!(left.transitions, [member_removed("u2")]);
     assert_eq!(cluster.subscriptions(APP, ROOM), 0);
@@ -144,19 +162,19 @@ fn a_member_with_a_socket_elsewhere_neither_joins_nor_leaves() {
     let mut local = listening(ROOM);
     local.members.insert((ROOM.into(), "u1".into()));
     let mut cluster = Cluster::default();
-    let effects = cluster.replace(2, node(1, &[(ROOM, 1, &["u1"])], &[]), &local);
+    let effects = replace(&mut cluster, 2, node(1, &[(ROOM, 1, &["u1"])], &[]), &local);
     assert_eq!(effects.notices, [count()]);
     assert!(effects.transitions.is_empty());
     assert_eq!(
-        cluster.replace(2, node(0, &[], &[]), &local).transitions,
+        replace(&mut cluster, 2, node(0, &[], &[]), &local).transitions,
         []
     );
     // u3 on two remote nodes: one member_added, one member_removed, whatever the order.
     let local = listening(ROOM);
     let mut cluster = Cluster::default();
-    let first = cluster.replace(2, node(1, &[(ROOM, 1, &["u3"])], &[]), &local);
+    let first = replace(&mut cluster, 2, node(1, &[(ROOM, 1, &["u3"])], &[]), &local);
     assert_eq!(first.transitions, [member_added("u3")]);
-    let second = cluster.replace(3, node(1, &[(ROOM, 1, &["u3"])], &[]), &local);
+    let second = replace(&mut cluster, 3, node(1, &[(ROOM, 1, &["u3"])], &[]), &local);
     assert_eq!(second.notices, [count()]);
     assert!(second.transitions.is_empty());
     assert_eq!(cluster.members(APP, ROOM).count(), 1);
@@ -173,7 +191,7 @@ fn a_forgotten_node_vacates_its_channels_once() {
     let local = FakeLocal::default();
     let mut cluster = Cluster::default();
     let state = node(3, &[(ROOM, 2, &["u1", "u2"]), ("news", 1, &[])], &["u1"]);
-    let joined = cluster.replace(2, state, &local);
+    let joined = replace(&mut cluster, 2, state, &local);
     assert!(joined.notices.contains(&Notice::Online {
         app_id: APP.into(),
         user_id: "u1".into()
@@ -225,13 +243,13 @@ fn a_forgotten_node_vacates_its_channels_once() {
 fn channels_occupied_here_are_not_occupied_again() {
     let local = listening(ROOM);
     let mut cluster = Cluster::default();
-    let effects = cluster.replace(2, node(1, &[(ROOM, 1, &[])], &[]), &local);
+    let effects = replace(&mut cluster, 2, node(1, &[(ROOM, 1, &[])], &[]), &local);
     assert!(effects.transitions.is_empty());
     let left = cluster.forget(2, &local).unwrap();
     assert!(left.transitions.is_empty(), "still subscribed here");
     let far = FakeLocal::default();
-    cluster.replace(2, node(1, &[(ROOM, 1, &[])], &[]), &far);
-    let other = cluster.replace(3, node(1, &[(ROOM, 4, &[])], &[]), &far);
+    replace(&mut cluster, 2, node(1, &[(ROOM, 1, &[])], &[]), &far);
+    let other = replace(&mut cluster, 3, node(1, &[(ROOM, 4, &[])], &[]), &far);
     assert!(other.transitions.is_empty(), "occupied by node 2 already");
     assert_eq!(cluster.subscriptions(APP, ROOM), 5);
     cluster.forget(2, &far);
@@ -243,7 +261,7 @@ fn users_online_anywhere_are_online_once() {
     let mut local = FakeLocal::default();
     local.signed_in.insert("here".into());
     let mut cluster = Cluster::default();
-    let first = cluster.replace(2, node(2, &[], &["here", "there"]), &local);
+    let first = replace(&mut cluster, 2, node(2, &[], &["here", "there"]), &local);
     assert_eq!(
         first.notices,
         [Notice::Online {
@@ -251,8 +269,7 @@ fn users_online_anywhere_are_online_once() {
             user_id: "there".into()
         }]
     );
-    assert!(cluster
-        .replace(3, node(1, &[], &["there"]), &local)
+    assert!(replace(&mut cluster, 3, node(1, &[], &["there"]), &local)
         .notices
         .is_empty());
     assert!(cluster.forget(2, &local).unwrap().notices.is_empty());
@@ -263,9 +280,110 @@ fn users_online_anywhere_are_online_once() {
 async fn silent_nodes_are_stale() {
     let local = FakeLocal::default();
     let mut cluster = Cluster::default();
-    cluster.replace(2, node(1, &[], &[]), &local);
+    replace(&mut cluster, 2, node(1, &[], &[]), &local);
     tokio::time::advance(Duration::from_secs(3)).await;
-    cluster.replace(3, node(1, &[], &[]), &local);
+    replace(&mut cluster, 3, node(1, &[], &[]), &local);
     tokio::time::advance(Duration::from_secs(3)).await;
     assert_eq!(cluster.stale(Duration::from_secs(5)), [2]);
+}
+
+fn join(user_id: &str) -> Change {
+    Change::MemberAdded {
+        app_id: APP.into(),
+        channel: ROOM.into(),
+        user_id: user_id.into(),
+        user_info: Some(format!(r#"{{"n":"{user_id}"}}"#)),
+    }
+}
+
+#[test]
+fn deltas_apply_in_order_and_a_gap_waits_for_the_next_snapshot() {
+    let local = listening(ROOM);
+    let mut cluster = Cluster::default();
+    // A node never heard of: ask it for a snapshot, once.
+    assert_eq!(cluster.delta(2, 7, &[join("u1")], &local), Heard::Gap);
+    assert_eq!(
+        cluster.delta(2, 8, &[join("u1")], &local),
+        Heard::Applied(Effects::default())
+    );
+    assert!(
+        !cluster.has_member(APP, ROOM, "u1"),
+        "deltas wait for a snapshot"
+    );
+    let state = node(1, &[(ROOM, 1, &["u2"])], &[]);
+    let synced = applied(cluster.snapshot(2, 10, 0, true, &state, &local));
+    assert!(synced.notices.contains(&added("u2")));
+    // The next number is applied; a repeat is not.
+    let next = applied(cluster.delta(2, 11, &[join("u3")], &local));
+    assert_eq!(next.notices, [added("u3")]);
+    assert_eq!(
+        cluster.delta(2, 11, &[join("u3")], &local),
+        Heard::Applied(Effects::default())
+    );
+    // 12 is lost: 13 is a gap, asked about once; what we knew stays meanwhile.
+    let leave = Change::MemberRemoved {
+        app_id: APP.into(),
+        channel: ROOM.into(),
+        user_id: "u3".into(),
+    };
+    assert_eq!(cluster.delta(2, 13, &[leave.clone()], &local), Heard::Gap);
+    assert_eq!(
+        cluster.delta(2, 14, &[leave], &local),
+        Heard::Applied(Effects::default())
+    );
+    assert!(cluster.has_member(APP, ROOM, "u3"));
+    // The snapshot (the heartbeat after 14) replaces the node's state: u3 left meanwhile.
+    let healed = applied(cluster.snapshot(2, 14, 0, true, &state, &local));
+    assert_eq!(healed.notices, [removed("u3")]);
+    assert_eq!(healed.transitions, [member_removed("u3")]);
+    let after = applied(cluster.delta(2, 15, &[join("u4")], &local));
+    assert_eq!(after.notices, [added("u4")]);
+}
+
+#[test]
+fn a_heartbeat_with_the_last_applied_number_is_only_a_sign_of_life() {
+    let local = listening(ROOM);
+    let mut cluster = Cluster::default();
+    let state = node(1, &[(ROOM, 1, &["u1"])], &[]);
+    applied(cluster.snapshot(2, 5, 0, true, &state, &local));
+    // Whatever it says: every delta up to 5 was applied, so there is nothing to replace.
+    let other = node(1, &[(ROOM, 1, &["u9"])], &[]);
+    assert_eq!(
+        cluster.snapshot(2, 5, 0, true, &other, &local),
+        Heard::Applied(Effects::default())
+    );
+    assert!(cluster.has_member(APP, ROOM, "u1"));
+    assert!(!cluster.has_member(APP, ROOM, "u9"));
+}
+
+#[test]
+fn a_snapshot_in_parts_applies_at_its_last_part_and_a_missing_part_is_a_gap() {
+    let local = listening(ROOM);
+    let mut cluster = Cluster::default();
+    let parts = [vec![join("u1")], vec![join("u2")], vec![join("u3")]];
+    let subscribed = node(1, &[(ROOM, 3, &[])], &[]);
+    assert_eq!(
+        cluster.snapshot(2, 3, 0, false, &subscribed, &local),
+        Heard::Applied(Effects::default())
+    );
+    for (part, changes) in (1..).zip(&parts[..2]) {
+        assert_eq!(
+            cluster.snapshot(2, 3, part, false, changes, &local),
+            Heard::Applied(Effects::default()),
+            "nothing until the last part"
+        );
+    }
+    let done = applied(cluster.snapshot(2, 3, 3, true, &parts[2], &local));
+    assert_eq!(cluster.members(APP, ROOM).count(), 3);
+    assert_eq!(done.transitions.len(), 3);
+    // The next snapshot loses its part 1: a gap, and the state stays as it was.
+    cluster.snapshot(2, 9, 0, false, &node(0, &[], &[]), &local);
+    assert_eq!(cluster.snapshot(2, 9, 2, true, &[], &local), Heard::Gap);
+    assert_eq!(cluster.members(APP, ROOM).count(), 3);
+    // A part whose beginning was missed is ignored.
+    assert_eq!(
+        cluster.snapshot(2, 11, 1, true, &[], &local),
+        Heard::Applied(Effects::default())
+    );
+    assert_eq!(cluster.members(APP, ROOM).count(), 3);
 }

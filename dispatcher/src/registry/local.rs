@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use protocol::control::Change;
 use protocol::frame;
 use protocol::presence::Member;
 use tokio::time::Instant;
@@ -135,6 +136,42 @@ impl Local {
         if app.is_unused() {
             self.apps.remove(app_id);
         }
+    }
+}
+
+impl Local {
+    /// The whole local state, as the changes that build it from nothing.
+    pub fn changes(&self) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for (app_id, app) in &self.apps {
+            if !app.sockets.is_empty() {
+                changes.push(Change::Connections {
+                    app_id: app_id.clone(),
+                    count: app.sockets.len(),
+                });
+            }
+            for (name, channel) in &app.channels {
+                if channel.subscribers.is_empty() {
+                    continue;
+                }
+                changes.push(Change::Subscriptions {
+                    app_id: app_id.clone(),
+                    channel: name.clone(),
+                    count: channel.subscribers.len(),
+                });
+                changes.extend(channel.members().map(|m| Change::MemberAdded {
+                    app_id: app_id.clone(),
+                    channel: name.clone(),
+                    user_id: m.user_id,
+                    user_info: m.user_info,
+                }));
+            }
+            changes.extend(app.users.keys().map(|user_id| Change::SignedIn {
+                app_id: app_id.clone(),
+                user_id: user_id.clone(),
+            }));
+        }
+        changes
     }
 }
 

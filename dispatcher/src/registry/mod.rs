@@ -11,11 +11,10 @@ mod sync;
 mod tests;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use parking_lot::RwLock;
-use protocol::control::Control;
+use protocol::control::{Change, Control};
 use protocol::frame;
 use protocol::presence::{Member, SignedInUser};
 use protocol::{Channel, Envelope, Source};
@@ -88,7 +87,6 @@ pub struct Registry {
     node: u32,
     config: RegistryConfig,
     state: RwLock<State>,
-    dirty: AtomicBool,
     outbox: mpsc::Sender<Control>,
 }
 
@@ -100,7 +98,6 @@ impl Registry {
             node,
             config,
             state: RwLock::default(),
-            dirty: AtomicBool::new(false),
             outbox,
         };
         (registry, rx)
@@ -108,15 +105,6 @@ impl Registry {
 
     pub fn node(&self) -> u32 {
         self.node
-    }
-
-    fn changed(&self) {
-        self.dirty.store(true, Ordering::Release);
-    }
-
-    /// Whether local state changed since the last call (then a snapshot is due).
-    pub fn take_dirty(&self) -> bool {
-        self.dirty.swap(false, Ordering::AcqRel)
     }
 
     /// The cluster-wide [`Transition`]s from now on, in order, for one consumer (a later call
@@ -146,7 +134,11 @@ impl Registry {
         let app = state.local.apps.entry(app_id.to_owned()).or_default();
         app.options = options;
         app.sockets.insert(socket.socket_id.clone(), 0);
-        self.changed();
+        let count = app.sockets.len();
+        state.outgoing.record(Change::Connections {
+            app_id: app_id.to_owned(),
+            count,
+        });
         Ok(())
     }
 
@@ -166,7 +158,12 @@ impl Registry {
         let Some(app) = state.local.apps.get_mut(app_id) else {
             return;
         };
-        app.sockets.remove(socket_id);
+        if app.sockets.remove(socket_id).is_some() {
+            state.outgoing.record(Change::Connections {
+                app_id: app_id.to_owned(),
+                count: app.sockets.len(),
+            });
+        }
         app.watchers.remove(socket_id);
         let mut went_offline = None;
         app.users.retain(|user_id, sockets| {
@@ -176,6 +173,10 @@ impl Registry {
             !sockets.is_empty()
         });
         if let Some(user_id) = went_offline {
+            state.outgoing.record(Change::SignedOut {
+                app_id: app_id.to_owned(),
+                user_id: user_id.clone(),
+            });
             if !state.cluster.is_signed_in(app_id, &user_id) {
                 app.notify_watchers(&[], &[user_id]);
             }
@@ -183,7 +184,6 @@ impl Registry {
         if app.is_unused() {
             state.local.apps.remove(app_id);
         }
-        self.changed();
     }
 
     /// Subscribes a socket registered with [`Registry::connect`]. Queues
@@ -240,6 +240,11 @@ impl Registry {
                 user_id: member.as_ref().map(|m| m.user_id.clone()),
             },
         );
+        state.outgoing.record(Change::Subscriptions {
+            app_id: app_id.to_owned(),
+            channel: channel.to_owned(),
+            count: channel_state.subscribers.len(),
+        });
         if let Some(member) = &member {
             let local = channel_state
                 .members
@@ -249,6 +254,14 @@ impl Registry {
                     user_info: member.user_info.clone(),
                 });
             local.sockets += 1;
+            if local.sockets == 1 {
+                state.outgoing.record(Change::MemberAdded {
+                    app_id: app_id.to_owned(),
+                    channel: channel.to_owned(),
+                    user_id: member.user_id.clone(),
+                    user_info: member.user_info.clone(),
+                });
+            }
             let members = state.members(app_id, channel);
             socket.send_text(frame::encode_presence_succeeded(channel, &members));
         } else {
@@ -288,7 +301,6 @@ impl Registry {
         }
         state.notify_count(app_id, channel);
         metrics::gauge!("switchboard_subscriptions").increment(1.0);
-        self.changed();
         Ok(true)
     }
 
@@ -315,10 +327,16 @@ impl Registry {
             }
             last
         });
+        let count = channel_state.subscribers.len();
         if let Some(channels) = app.sockets.get_mut(socket_id) {
             *channels -= 1;
         }
         if let Some(user_id) = left {
+            state.outgoing.record(Change::MemberRemoved {
+                app_id: app_id.to_owned(),
+                channel: channel.to_owned(),
+                user_id: user_id.clone(),
+            });
             if !state.cluster.has_member(app_id, channel, &user_id) {
                 let frame: Frame = frame::encode_member_removed(channel, &user_id).into();
                 if let Some(c) = state.local.channel(app_id, channel) {
@@ -331,6 +349,11 @@ impl Registry {
                 });
             }
         }
+        state.outgoing.record(Change::Subscriptions {
+            app_id: app_id.to_owned(),
+            channel: channel.to_owned(),
+            count,
+        });
         if state.subscriptions(app_id, channel) == 0 {
             state.emit(Transition::ChannelVacated {
                 app_id: app_id.to_owned(),
@@ -340,7 +363,6 @@ impl Registry {
         state.notify_count(app_id, channel);
         state.local.prune(app_id, channel);
         metrics::gauge!("switchboard_subscriptions").decrement(1.0);
-        self.changed();
         true
     }
 
@@ -349,15 +371,21 @@ impl Registry {
         let mut guard = self.state.write();
         let state = &mut *guard;
         let was_online = state.is_signed_in(app_id, &user.id);
-        state
+        let sockets = state
             .local
             .apps
             .entry(app_id.to_owned())
             .or_default()
             .users
             .entry(user.id.clone())
-            .or_default()
-            .insert(socket.socket_id.clone(), socket.clone());
+            .or_default();
+        sockets.insert(socket.socket_id.clone(), socket.clone());
+        if sockets.len() == 1 {
+            state.outgoing.record(Change::SignedIn {
+                app_id: app_id.to_owned(),
+                user_id: user.id.clone(),
+            });
+        }
         if !user.watchlist.is_empty() {
             let (online, offline): (Vec<String>, Vec<String>) = user
                 .watchlist
@@ -376,7 +404,6 @@ impl Registry {
         if !was_online {
             app.notify_watchers(std::slice::from_ref(&user.id), &[]);
         }
-        self.changed();
     }
 
     /// Closes every local subscriber of a channel with `code`; returns how many.

@@ -12,6 +12,7 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::time::Instant;
 
 use super::local::{ChannelState, Local};
+use super::sync::Outgoing;
 use crate::cluster::{Cluster, Effects, LocalView, Notice};
 use crate::{Frame, Transition};
 
@@ -23,6 +24,8 @@ pub(super) const COUNT_THROTTLE: Duration = Duration::from_secs(5);
 pub(super) struct State {
     pub local: Local,
     pub cluster: Cluster,
+    /// Local changes not yet told to the other nodes.
+    pub outgoing: Outgoing,
     /// Where transitions go, once [`Registry::transitions`] was called.
     pub transitions: Option<mpsc::Sender<Transition>>,
 }

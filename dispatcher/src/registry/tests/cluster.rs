@@ -1,6 +1,7 @@
 //! Remote nodes and cluster-wide transitions.
 
 use super::*;
+use crate::registry::sync::MAX_PENDING_CHANGES;
 
 #[test]
 fn remote_nodes_join_presence_and_occupancy() {
@@ -14,8 +15,7 @@ fn remote_nodes_join_presence_and_occupancy() {
     b.connect(APP, options(), &remote).unwrap();
     b.subscribe(APP, "presence-room", &remote, member("u2"))
         .unwrap();
-    assert!(b.take_dirty());
-    a.apply_remote(b.snapshot());
+    tell(&b, &a, false);
     let added = drain(&mut rx);
     assert_eq!(added.len(), 1);
     assert_eq!(added[0]["event"], "pusher_internal:member_added");
@@ -29,15 +29,15 @@ fn remote_nodes_join_presence_and_occupancy() {
     );
     assert_eq!(a.connections(APP), 2);
     assert_eq!(a.occupied(APP, "presence-").len(), 1);
-    // The same snapshot again changes nothing.
-    a.apply_remote(b.snapshot());
+    // The heartbeat, nothing having changed, changes nothing.
+    tell(&b, &a, true);
     assert!(drain(&mut rx).is_empty());
     // A user present on both nodes does not leave when one node forgets it.
     let (second, _rx_second) = SocketHandle::new("2.2", 8);
     b.connect(APP, options(), &second).unwrap();
     b.subscribe(APP, "presence-room", &second, member("u1"))
         .unwrap();
-    a.apply_remote(b.snapshot());
+    tell(&b, &a, false);
     assert!(drain(&mut rx).is_empty());
     a.forget_node(2);
     let removed = drain(&mut rx);
@@ -45,10 +45,11 @@ fn remote_nodes_join_presence_and_occupancy() {
     assert_eq!(data(&removed[0])["user_id"], "u2");
     assert_eq!(a.occupancy(APP, "presence-room").users, 1);
     assert!(a.stale_nodes(Duration::ZERO).is_empty());
-    a.apply_remote(b.snapshot());
-    assert_eq!(a.stale_nodes(Duration::ZERO), vec![2]);
-    // Our own snapshot is ignored.
-    a.apply_remote(a.snapshot());
+    // Its next heartbeat brings it back.
+    tell(&b, &a, true);
+    assert_eq!(a.occupancy(APP, "presence-room").users, 2);
+    // Our own messages are ignored.
+    tell(&a, &a, true);
     assert_eq!(a.occupancy(APP, "presence-room").subscriptions, 3);
 }
 
@@ -114,7 +115,7 @@ fn local_changes_are_cluster_wide_transitions() {
     let (remote, _rx_remote) = SocketHandle::new("2.1", 8);
     other.connect(APP, options(), &remote).unwrap();
     other.subscribe(APP, "news", &remote, None).unwrap();
-    registry.apply_remote(other.snapshot());
+    tell(&other, &registry, false);
     assert_eq!(taken(&mut transitions), [occupied("news")]);
     registry.subscribe(APP, "news", &a, None).unwrap();
     registry.unsubscribe(APP, "news", "1.1");
@@ -144,4 +145,117 @@ fn a_full_transition_queue_drops_new_transitions_without_blocking() {
     // Room again: what follows is delivered.
     registry.unsubscribe(APP, "c0", "1.1");
     assert_eq!(taken(&mut transitions), [vacated("c0")]);
+}
+
+#[test]
+fn changes_travel_as_numbered_deltas_one_per_thing_changed() {
+    let a = registry();
+    let (b, _) = Registry::new(2, config());
+    assert!(matches!(
+        tell(&b, &a, false)[..],
+        [Control::Snapshot { last: true, .. }]
+    ));
+    let sockets: Vec<_> = (1..=3)
+        .map(|i| {
+            let (s, rx) = SocketHandle::new(&format!("2.{i}"), 8);
+            b.connect(APP, options(), &s).unwrap();
+            b.subscribe(APP, "news", &s, None).unwrap();
+            (s, rx)
+        })
+        .collect();
+    b.unsubscribe(APP, "news", &sockets[2].0.socket_id);
+    let messages = tell(&b, &a, false);
+    let [Control::Delta { changes, .. }] = &messages[..] else {
+        panic!("one delta: {messages:?}");
+    };
+    assert_eq!(
+        changes,
+        &[
+            Change::Connections {
+                app_id: APP.into(),
+                count: 3
+            },
+            Change::Subscriptions {
+                app_id: APP.into(),
+                channel: "news".into(),
+                count: 2
+            }
+        ]
+    );
+    assert_eq!(a.occupancy(APP, "news").subscriptions, 2);
+    assert_eq!(a.connections(APP), 3);
+    assert!(tell(&b, &a, false).is_empty(), "nothing changed");
+    // The heartbeat carries the last delta's number: nothing for `a` to replace.
+    let [Control::Delta { seq: last, .. }] = messages[..] else {
+        unreachable!()
+    };
+    assert!(matches!(
+        tell(&b, &a, true)[..],
+        [Control::Snapshot { seq, .. }] if seq == last
+    ));
+}
+
+#[test]
+fn a_lost_delta_is_repaired_by_the_snapshot_the_receiver_asks_for() {
+    let (a, mut a_outbox) = Registry::new(1, config());
+    let (b, _) = Registry::new(2, config());
+    tell(&b, &a, false);
+    let (watcher, mut rx) = socket(&a, "1.1");
+    a.subscribe(APP, "presence-room", &watcher, member("u1"))
+        .unwrap();
+    drain(&mut rx);
+    let join = |id: &str| {
+        let (s, rx) = SocketHandle::new(&format!("2.{id}"), 8);
+        b.connect(APP, options(), &s).unwrap();
+        b.subscribe(APP, "presence-room", &s, member(id)).unwrap();
+        (s, rx)
+    };
+    let _u2 = join("u2");
+    let lost = b.outgoing(false);
+    assert_eq!(lost.len(), 1);
+    let _u3 = join("u3");
+    tell(&b, &a, false);
+    assert!(
+        drain(&mut rx).is_empty(),
+        "a delta after a gap is not applied"
+    );
+    let resync = a_outbox.try_recv().unwrap();
+    assert_eq!(resync, Control::Resync { node: 2 });
+    b.receive(resync);
+    assert!(matches!(
+        tell(&b, &a, false)[..],
+        [Control::Snapshot { .. }]
+    ));
+    let mut added: Vec<String> = drain(&mut rx)
+        .iter()
+        .map(|f| data(f)["user_id"].as_str().unwrap().to_owned())
+        .collect();
+    added.sort();
+    assert_eq!(added, ["u2", "u3"]);
+}
+
+#[test]
+fn too_many_changes_at_once_become_one_snapshot_in_bounded_parts() {
+    let a = registry();
+    let (b, _) = Registry::new(
+        2,
+        RegistryConfig {
+            max_channels_per_connection: usize::MAX,
+            ..config()
+        },
+    );
+    tell(&b, &a, false);
+    let (s, _rx) = SocketHandle::new("2.1", 2 * MAX_PENDING_CHANGES);
+    b.connect(APP, options(), &s).unwrap();
+    for i in 0..MAX_PENDING_CHANGES {
+        b.subscribe(APP, &format!("channel-{i}"), &s, None).unwrap();
+    }
+    let messages = tell(&b, &a, false);
+    assert!(messages.len() > 1);
+    for message in &messages {
+        assert!(matches!(message, Control::Snapshot { .. }), "{message:?}");
+        assert!(message.encode().len() <= protocol::control::MAX_CONTROL_BYTES);
+    }
+    assert_eq!(a.occupied(APP, "channel-").len(), MAX_PENDING_CHANGES);
+    assert_eq!(a.connections(APP), 1);
 }

@@ -94,7 +94,7 @@ fn concurrent_handshakes_never_pass_the_quota() {
     let (b, _) = Registry::new(2, config());
     let (remote, _rx) = SocketHandle::new("2.1", 8);
     b.connect(APP, options(), &remote).unwrap();
-    registry.apply_remote(b.snapshot());
+    tell(&b, &registry, false);
     assert_eq!(
         registry.connect(APP, quota, &late),
         Err(ConnectError::OverQuota { max: MAX })

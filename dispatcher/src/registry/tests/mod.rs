@@ -66,3 +66,12 @@ fn member(id: &str) -> Option<Member> {
 fn data(frame: &Value) -> Value {
     serde_json::from_str(frame["data"].as_str().unwrap()).unwrap()
 }
+
+/// Hands `from`'s due control messages (a snapshot too on a `heartbeat`) to `to`; returns them.
+fn tell(from: &Registry, to: &Registry, heartbeat: bool) -> Vec<Control> {
+    let messages = from.outgoing(heartbeat);
+    for message in &messages {
+        to.receive(message.clone());
+    }
+    messages
+}
