@@ -326,7 +326,10 @@ fn deltas_apply_in_order_and_a_gap_waits_for_the_next_snapshot() {
         channel: ROOM.into(),
         user_id: "u3".into(),
     };
-    assert_eq!(cluster.delta(2, 13, &[leave.clone()], &local), Heard::Gap);
+    assert_eq!(
+        cluster.delta(2, 13, std::slice::from_ref(&leave), &local),
+        Heard::Gap
+    );
     assert_eq!(
         cluster.delta(2, 14, &[leave], &local),
         Heard::Applied(Effects::default())

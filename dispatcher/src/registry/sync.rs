@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use parking_lot::RwLockWriteGuard;
 use protocol::control::{Change, Control, MAX_CONTROL_BYTES};
 
 use super::Registry;
@@ -121,8 +122,11 @@ impl Registry {
         out.seq += messages.len() as u64;
         if forced || heartbeat {
             let seq = out.seq;
+            // No change can come between the deltas and the snapshot, but readers (the fan-out)
+            // need not wait while the state is copied.
+            let state = RwLockWriteGuard::downgrade(guard);
             let changes = state.local.changes();
-            drop(guard);
+            drop(state);
             messages.extend(Control::snapshot(
                 self.node,
                 seq,
