@@ -163,6 +163,7 @@ impl Config {
             max_frame_bytes: g.max_frame_bytes,
             max_body_bytes: g.max_body_bytes,
             cache_ttl: Duration::from_secs(g.cache_ttl_secs),
+            max_channels_per_connection: g.max_channels_per_connection,
             trusted_proxies: g.trusted_proxies.clone(),
             idempotency_cache_entries: NonZeroUsize::new(g.idempotency_cache_entries)
                 .unwrap_or(NonZeroUsize::MIN),

@@ -13,7 +13,7 @@ use admin::Check;
 use bus::{Publisher, PublisherConfig, Topology};
 use config::Config;
 use consumer_worker::WorkerConfig;
-use dispatcher::{LiveConfig, Registry};
+use dispatcher::{LiveConfig, Registry, RegistryConfig};
 use ingest::server::{Limits, Listener, Liveness};
 use ingest::tls::{Tls, TlsError};
 use ingest::{About, Gateway};
@@ -225,7 +225,13 @@ pub async fn start(
             tls: bound.tls.is_some(),
             admin: Some((admin_addr, admin_listener.tls.is_some())),
         };
-        let (registry, outbox) = Registry::new(node, gateway_config.cache_ttl);
+        let (registry, outbox) = Registry::new(
+            node,
+            RegistryConfig {
+                cache_ttl: gateway_config.cache_ttl,
+                max_channels_per_connection: gateway_config.max_channels_per_connection,
+            },
+        );
         let registry = Arc::new(registry);
         let live_ready = Arc::new(AtomicBool::new(false));
         tracker.spawn(dispatcher::run_live(

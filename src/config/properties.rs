@@ -100,6 +100,7 @@ fn config_text() -> impl Strategy<Value = String> {
             "max_frame_bytes",
             "max_body_bytes",
             "cache_ttl_secs",
+            "max_channels_per_connection",
             "live_queue_max_len",
             "cluster_heartbeat_ms",
             "cluster_node_timeout_ms",

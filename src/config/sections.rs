@@ -33,6 +33,9 @@ pub struct GatewaySection {
     pub max_body_bytes: u64,
     /// Seconds a cache channel keeps its last event (Pusher: at most 30 min).
     pub cache_ttl_secs: u64,
+    /// Channels one connection may be subscribed to at once; a subscription beyond is refused
+    /// with `pusher:subscription_error` (the connection stays open).
+    pub max_channels_per_connection: usize,
     /// Messages the node's live queue holds before dropping the oldest.
     pub live_queue_max_len: u32,
     /// Seconds the node's live queue outlives its broker connection: what is routed meanwhile
@@ -111,6 +114,7 @@ impl Default for GatewaySection {
             max_frame_bytes: g.max_frame_bytes,
             max_body_bytes: g.max_body_bytes,
             cache_ttl_secs: g.cache_ttl.as_secs(),
+            max_channels_per_connection: g.max_channels_per_connection,
             live_queue_max_len: 100_000,
             live_queue_expires_secs: 60,
             cluster_heartbeat_ms: 1000,

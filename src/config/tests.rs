@@ -118,6 +118,10 @@ fn rejects_bad_values() {
             |c: &mut Config| c.worker.max_attempts = 0,
             "worker.max_attempts",
         ),
+        (
+            |c: &mut Config| c.gateway.max_channels_per_connection = 0,
+            "gateway.max_channels_per_connection",
+        ),
     ] {
         let mut config = Config::default();
         adjust(&mut config);
@@ -173,6 +177,7 @@ fn file_then_environment() {
         jail.set_env("SWITCHBOARD_PUBLISHER__MAX_MESSAGE_BYTES", "65536");
         jail.set_env("SWITCHBOARD_WORKER__MAX_ATTEMPTS", "5");
         jail.set_env("SWITCHBOARD_GATEWAY__IDEMPOTENCY_CACHE_ENTRIES", "10");
+        jail.set_env("SWITCHBOARD_GATEWAY__MAX_CHANNELS_PER_CONNECTION", "20");
         jail.set_env("SWITCHBOARD_GATEWAY__TLS__CERT_PATH", "/etc/sb/cert.pem");
         jail.set_env("SWITCHBOARD_GATEWAY__TLS__KEY_PATH", "/etc/sb/key.pem");
         jail.set_env("SWITCHBOARD_ADMIN__MAX_CONNECTIONS", "8");
@@ -190,6 +195,7 @@ fn file_then_environment() {
         assert_eq!(config.publisher.max_message_bytes, 65536);
         assert_eq!(config.worker.max_attempts, 5);
         assert_eq!(config.gateway_config().idempotency_cache_entries.get(), 10);
+        assert_eq!(config.gateway_config().max_channels_per_connection, 20);
         assert_eq!(config.worker.dedup_window_hours, 48);
         assert_eq!(config.amqp_prefix, "fromenv");
         assert_eq!(config.bind.port(), 7001);

@@ -22,7 +22,7 @@ impl Config {
         check_url("amqp_url", &self.amqp_url, &["amqp"])?;
         self.validate_edge()?;
         let g = &self.gateway;
-        let checks: [(&'static str, bool, &'static str); 16] = [
+        let checks: &[(&'static str, bool, &'static str)] = &[
             (
                 "gateway.activity_timeout_secs",
                 (1..=3600).contains(&g.activity_timeout_secs),
@@ -57,6 +57,11 @@ impl Config {
                 "gateway.cache_ttl_secs",
                 (1..=1800).contains(&g.cache_ttl_secs),
                 "1 to 1800",
+            ),
+            (
+                "gateway.max_channels_per_connection",
+                g.max_channels_per_connection > 0,
+                "at least 1",
             ),
             (
                 "gateway.cluster_node_timeout_ms",
@@ -104,7 +109,7 @@ impl Config {
                 "at least 1 (or unset to keep everything)",
             ),
         ];
-        for (field, ok, expected) in checks {
+        for &(field, ok, expected) in checks {
             if !ok {
                 return Err(ConfigError::OutOfRange { field, expected });
             }
