@@ -83,6 +83,11 @@ pub enum ConfigError {
         field: &'static str,
         expected: &'static str,
     },
+    #[error(
+        "admin_bind {0} is not a loopback address: set admin.password \
+         (SWITCHBOARD_ADMIN__PASSWORD) so that the dashboard is not open to the network"
+    )]
+    OpenDashboard(std::net::SocketAddr),
     #[error("amqp_prefix {0:?} must be 1-64 characters of A-Z a-z 0-9 _ - .")]
     BadPrefix(String),
     #[error("{field} {value:?} is not a {scheme}:// URL")]

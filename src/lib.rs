@@ -13,6 +13,7 @@ use admin::Check;
 use bus::{Publisher, PublisherConfig, Topology};
 use config::Config;
 use consumer_worker::WorkerConfig;
+use dashboards::DashboardConfig;
 use dispatcher::{LiveConfig, Registry, RegistryConfig};
 use ingest::server::{Limits, Listener, Liveness};
 use ingest::tls::{Tls, TlsError};
@@ -61,6 +62,8 @@ pub enum StartError {
     LiveNotReady(Duration),
     #[error("the publisher did not connect to RabbitMQ within {0:?}")]
     PublisherNotReady(Duration),
+    #[error("the dashboard's database: {0}")]
+    Dashboard(#[source] sqlx::Error),
     #[error("TLS of the {listener} listener: {source}")]
     Tls {
         listener: &'static str,
@@ -297,7 +300,14 @@ pub async fn start(
 
     info!(%admin_addr, tls = admin_listener.tls.is_some(), "admin listening");
     let listener = admin_listener.listen(&tracker, &shutdown);
-    tracker.spawn(admin::serve(listener, checks, shutdown.clone()));
+    let dashboard = dashboards::routes(DashboardConfig {
+        password: config.admin.password.clone(),
+        database_url: config.database_url.clone(),
+        apps: config.apps.iter().map(|app| app.id.clone()).collect(),
+        report_timeout: Duration::from_millis(config.admin.report_timeout_ms),
+    })
+    .map_err(StartError::Dashboard)?;
+    tracker.spawn(admin::serve(listener, checks, dashboard, shutdown.clone()));
     Ok(Running {
         gateway_addr,
         admin_addr,

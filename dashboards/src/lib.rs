@@ -20,7 +20,7 @@ use warp::{Filter, Reply};
 
 use reports::{Report, ReportError, Request};
 
-pub use auth::ADMIN_USER;
+pub use auth::{debug_secret, ADMIN_USER};
 
 /// What the dashboard serves from.
 #[derive(custom_debug::Debug)]

@@ -283,7 +283,11 @@ fn valid_config() -> impl Strategy<Value = Config> {
                 gateway,
                 publisher,
                 worker,
-                ..Config::default()
+                // Any admin_bind: a password keeps a non-loopback one valid.
+                admin: AdminSection {
+                    password: Some("generated".into()),
+                    ..AdminSection::default()
+                },
             },
         )
 }

@@ -62,12 +62,18 @@ pub struct GatewaySection {
 }
 
 /// The admin listener's own settings (its timeouts are the gateway's).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(custom_debug::Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminSection {
     pub max_connections: usize,
     /// `https://` on `admin_bind`.
     pub tls: Option<TlsSection>,
+    /// The dashboard's password (user `admin`); without one the dashboard is served only on a
+    /// loopback `admin_bind`.
+    #[debug(with = dashboards::debug_secret)]
+    pub password: Option<String>,
+    /// The statement timeout of one report of the reports API.
+    pub report_timeout_ms: u64,
 }
 
 impl Default for AdminSection {
@@ -75,6 +81,8 @@ impl Default for AdminSection {
         AdminSection {
             max_connections: 64,
             tls: None,
+            password: None,
+            report_timeout_ms: 5000,
         }
     }
 }

@@ -67,6 +67,37 @@ fn edge_limits_must_be_positive() {
 }
 
 #[test]
+fn the_dashboard_is_never_open_to_the_network() {
+    let open = Config {
+        admin_bind: Some("0.0.0.0:9601".parse().unwrap()),
+        ..Config::default()
+    };
+    let error = open.validate().unwrap_err();
+    assert!(matches!(error, ConfigError::OpenDashboard(_)));
+    assert!(
+        error.to_string().contains("SWITCHBOARD_ADMIN__PASSWORD"),
+        "{error}"
+    );
+    let mut guarded = open.clone();
+    guarded.admin.password = Some("s3cret".into());
+    assert!(guarded.validate().is_ok());
+    assert!(!format!("{guarded:?}").contains("s3cret"));
+    guarded.admin.password = Some(String::new());
+    assert!(matches!(
+        guarded.validate(),
+        Err(ConfigError::OutOfRange {
+            field: "admin.password",
+            ..
+        })
+    ));
+    let local = Config {
+        admin_bind: Some("127.0.0.1:9601".parse().unwrap()),
+        ..Config::default()
+    };
+    assert!(local.validate().is_ok(), "loopback needs no password");
+}
+
+#[test]
 fn dev_credentials_on_public_bind_are_flagged() {
     let config = Config {
         bind: "0.0.0.0:6001".parse().unwrap(),

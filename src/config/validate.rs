@@ -132,6 +132,7 @@ impl Config {
             ("gateway.tls.reload_interval_secs", reload_ok(&g.tls)),
             ("admin.max_connections", self.admin.max_connections >= 1),
             ("admin.tls.reload_interval_secs", reload_ok(&self.admin.tls)),
+            ("admin.report_timeout_ms", self.admin.report_timeout_ms >= 1),
         ];
         for (field, ok) in checks {
             if !ok {
@@ -141,7 +142,14 @@ impl Config {
                 });
             }
         }
-        Ok(())
+        match (&self.admin.password, self.admin_bind) {
+            (Some(password), _) if password.is_empty() => Err(ConfigError::OutOfRange {
+                field: "admin.password",
+                expected: "not empty (or unset)",
+            }),
+            (None, Some(bind)) if !bind.ip().is_loopback() => Err(ConfigError::OpenDashboard(bind)),
+            _ => Ok(()),
+        }
     }
 }
 
