@@ -10,9 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use admin::Check;
-use bus::{Publisher, PublisherConfig, Topology};
+use bus::{Publisher, PublisherConfig, QueueDepths, Topology};
 use config::Config;
 use consumer_worker::WorkerConfig;
+use dashboards::system::{self, AppConnections, QueueCounts, System};
 use dashboards::DashboardConfig;
 use dispatcher::{LiveConfig, Registry, RegistryConfig};
 use ingest::server::{Limits, Listener, Liveness};
@@ -194,6 +195,8 @@ pub async fn start(
     let topology = Topology::new(config.amqp_prefix.clone());
     let queue_type: bus::QueueType = config.persist_queue_type.into();
     let mut checks = Vec::new();
+    let tap = admin::metrics_tap();
+    let mut connections: Option<Box<dyn Fn() -> Vec<AppConnections> + Send + Sync>> = None;
 
     if role.has_worker() {
         let pool = consumer_worker::prepare_database(
@@ -236,6 +239,21 @@ pub async fn start(
             },
         );
         let registry = Arc::new(registry);
+        let counted = registry.clone();
+        let app_ids: Vec<String> = config.apps.iter().map(|app| app.id.clone()).collect();
+        connections = Some(Box::new(move || {
+            app_ids
+                .iter()
+                .map(|app_id| {
+                    let peak = counted.connection_peak(app_id);
+                    AppConnections {
+                        app_id: app_id.clone(),
+                        now: peak.now,
+                        peak: peak.peak,
+                    }
+                })
+                .collect()
+        }));
         let live_ready = Arc::new(AtomicBool::new(false));
         tracker.spawn(dispatcher::run_live(
             LiveConfig {
@@ -300,11 +318,35 @@ pub async fn start(
 
     info!(%admin_addr, tls = admin_listener.tls.is_some(), "admin listening");
     let listener = admin_listener.listen(&tracker, &shutdown);
+    let depths = QueueDepths::new(vec![topology.persist_queue(), topology.dead_letter_queue()]);
+    tracker.spawn(depths.clone().watch(
+        config.amqp_url.clone(),
+        system::RESOLUTION,
+        shutdown.clone(),
+    ));
+    let system = System::new(shutdown.clone());
+    tracker.spawn(
+        system.clone().run(system::Sources {
+            tap,
+            connections,
+            queues: Box::new(move || QueueCounts {
+                persist: depths.get(0),
+                dead: depths.get(1),
+            }),
+            apps: config
+                .apps
+                .iter()
+                .map(|app| (app.id.clone(), app.max_connections))
+                .collect(),
+            persist_lag: role == Role::Serve,
+        }),
+    );
     let dashboard = dashboards::routes(DashboardConfig {
         password: config.admin.password.clone(),
         database_url: config.database_url.clone(),
         apps: config.apps.iter().map(|app| app.id.clone()).collect(),
         report_timeout: Duration::from_millis(config.admin.report_timeout_ms),
+        system,
     })
     .map_err(StartError::Dashboard)?;
     tracker.spawn(admin::serve(listener, checks, dashboard, shutdown.clone()));

@@ -4,10 +4,12 @@
 //! [`declare_durable`] (idempotent), so roles can start in any order.
 
 mod backoff;
+mod depth;
 mod publisher;
 mod topology;
 
 pub use backoff::Backoff;
+pub use depth::QueueDepths;
 pub use publisher::{Pending, PublishError, Publisher, PublisherConfig};
 pub use topology::{
     declare_durable, declare_live_queue, delete_live_queues, live_queue_exists, LiveQueues,

@@ -1,10 +1,13 @@
-//! The admin listener's dashboard: the read-only reports API (`/api/reports/*`) behind HTTP
-//! Basic auth (user `admin`, `admin.password`), for the web console and for scripts.
+//! The admin listener's dashboard: the web console (`/dashboard`, its files embedded in the
+//! binary) and the read-only reports API (`/api/reports/*`) behind it, both behind HTTP Basic
+//! auth (user `admin`, `admin.password`); `GET /` redirects to the console.
 //!
 //! Never writes: every report runs in a read-only transaction as `switchboard_analyst`.
 
 mod auth;
 pub mod reports;
+pub mod system;
+mod web;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,6 +38,9 @@ pub struct DashboardConfig {
     pub apps: Vec<String>,
     /// The statement timeout of one report.
     pub report_timeout: Duration,
+    /// The system view's samples.
+    #[debug(skip)]
+    pub system: Arc<system::System>,
 }
 
 struct Dashboard {
@@ -68,6 +74,27 @@ pub fn routes(config: DashboardConfig) -> Result<BoxedFilter<(Response,)>, sqlx:
                 }
             },
         );
+    let root = warp::path::end().map(|| {
+        warp::redirect::see_other(warp::http::Uri::from_static("/dashboard")).into_response()
+    });
+    let page = warp::path!("dashboard")
+        .and(authorized.clone())
+        .map(|_: Arc<Dashboard>| web::index());
+    let asset = warp::path!("dashboard" / "assets" / String)
+        .and(authorized.clone())
+        .map(|name: String, _: Arc<Dashboard>| web::asset(&name));
+    let apps =
+        warp::path!("api" / "apps")
+            .and(authorized.clone())
+            .map(|dashboard: Arc<Dashboard>| {
+                warp::reply::json(&json!({ "apps": dashboard.config.apps })).into_response()
+            });
+    let stream = warp::path!("api" / "system" / "stream")
+        .and(authorized.clone())
+        .map(|dashboard: Arc<Dashboard>| {
+            let events = dashboard.config.system.stream();
+            warp::sse::reply(warp::sse::keep_alive().stream(events)).into_response()
+        });
     let list = warp::path!("api" / "reports")
         .and(authorized.clone())
         .map(|_: Arc<Dashboard>| list_reports().into_response());
@@ -80,7 +107,20 @@ pub fn routes(config: DashboardConfig) -> Result<BoxedFilter<(Response,)>, sqlx:
             },
         );
     Ok(warp::get()
-        .and(list.or(report).unify())
+        .and(
+            root.or(page)
+                .unify()
+                .or(asset)
+                .unify()
+                .or(apps)
+                .unify()
+                .or(stream)
+                .unify()
+                .or(list)
+                .unify()
+                .or(report)
+                .unify(),
+        )
         .recover(auth::recover)
         .unify()
         .boxed())

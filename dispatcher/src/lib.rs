@@ -16,8 +16,8 @@ mod transition;
 pub use barrier::SYNC_TIMEOUT;
 pub use live::{run_live, LiveConfig};
 pub use registry::{
-    AppOptions, CachedEvent, ConnectError, Occupancy, Registry, RegistryConfig, SubscribeError,
-    CLOSE_TERMINATED, TRANSITIONS_CAPACITY,
+    AppOptions, CachedEvent, ConnectError, ConnectionPeak, Occupancy, Registry, RegistryConfig,
+    SubscribeError, CLOSE_TERMINATED, TRANSITIONS_CAPACITY,
 };
 pub use socket::{CloseSignal, Frame, SocketHandle};
 pub use transition::Transition;

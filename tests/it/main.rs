@@ -6,6 +6,7 @@ mod channels;
 mod cluster;
 mod common;
 mod conformance;
+mod dashboard;
 mod durable;
 mod edge;
 mod faults;

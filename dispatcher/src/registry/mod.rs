@@ -66,6 +66,13 @@ pub enum SubscribeError {
     TooManyChannels { max: usize },
 }
 
+/// An app's connections now and at their highest since the previous look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionPeak {
+    pub now: usize,
+    pub peak: usize,
+}
+
 /// A channel's occupancy across the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Occupancy {
@@ -142,12 +149,28 @@ impl Registry {
             app_id: app_id.to_owned(),
             count,
         });
+        let total = state.connections(app_id);
+        match state.peaks.get_mut(app_id) {
+            Some(peak) => *peak = (*peak).max(total),
+            None => {
+                state.peaks.insert(app_id.to_owned(), total);
+            }
+        }
         Ok(())
     }
 
     /// Connections of an app across the cluster.
     pub fn connections(&self, app_id: &str) -> usize {
         self.state.read().connections(app_id)
+    }
+
+    /// An app's connections across the cluster now, and the most there were at any local
+    /// connect since the previous call (never less than now): a true peak, not a sample.
+    pub fn connection_peak(&self, app_id: &str) -> ConnectionPeak {
+        let mut state = self.state.write();
+        let now = state.connections(app_id);
+        let peak = state.peaks.remove(app_id).unwrap_or(0).max(now);
+        ConnectionPeak { now, peak }
     }
 
     /// Forgets a connection: leaves its channels (with the notifications that follow), signs it

@@ -28,6 +28,9 @@ pub(super) struct State {
     pub outgoing: Outgoing,
     /// Where transitions go, once [`Registry::transitions`] was called.
     pub transitions: Option<mpsc::Sender<Transition>>,
+    /// Per app, the most connections across the cluster at a local connect since the last
+    /// [`Registry::connection_peak`].
+    pub peaks: HashMap<String, usize>,
 }
 
 impl State {

@@ -354,3 +354,26 @@ fn watchlists_hear_online_and_offline() {
     assert_eq!(registry.terminate_local(APP, "me"), 1);
     assert!(watcher.close_signal().is_closed());
 }
+
+#[test]
+fn connection_peaks_are_the_highest_count_since_the_last_look() {
+    let registry = registry();
+    let none = ConnectionPeak { now: 0, peak: 0 };
+    assert_eq!(registry.connection_peak(APP), none);
+    let (a, _rx_a) = socket(&registry, "1.1");
+    let (b, _rx_b) = socket(&registry, "1.2");
+    registry.disconnect(APP, &a.socket_id, &[]);
+    registry.disconnect(APP, &b.socket_id, &[]);
+    let (_c, _rx_c) = socket(&registry, "1.3");
+    assert_eq!(
+        registry.connection_peak(APP),
+        ConnectionPeak { now: 1, peak: 2 },
+        "two at once, though only one is left"
+    );
+    assert_eq!(
+        registry.connection_peak(APP),
+        ConnectionPeak { now: 1, peak: 1 },
+        "the next second starts from now"
+    );
+    assert_eq!(registry.connection_peak("other-app"), none);
+}
