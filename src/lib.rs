@@ -13,6 +13,7 @@ use admin::Check;
 use bus::{Publisher, PublisherConfig, QueueDepths, Topology};
 use config::Config;
 use consumer_worker::WorkerConfig;
+use dashboards::console::{ConsoleApp, ConsoleConfig};
 use dashboards::system::{self, AppConnections, QueueCounts, System};
 use dashboards::DashboardConfig;
 use dispatcher::{LiveConfig, Registry, RegistryConfig};
@@ -197,6 +198,18 @@ pub async fn start(
     let mut checks = Vec::new();
     let tap = admin::metrics_tap();
     let mut connections: Option<Box<dyn Fn() -> Vec<AppConnections> + Send + Sync>> = None;
+    let mut console = ConsoleConfig {
+        apps: config
+            .apps
+            .iter()
+            .map(|app| ConsoleApp {
+                id: app.id.clone(),
+                key: app.key.clone(),
+                secret: app.secret.clone(),
+            })
+            .collect(),
+        ..ConsoleConfig::default()
+    };
 
     if role.has_worker() {
         let pool = consumer_worker::prepare_database(
@@ -254,6 +267,11 @@ pub async fn start(
                 })
                 .collect()
         }));
+        tracker.spawn(dispatcher::run_debug(
+            registry.clone(),
+            registry.debug_log(),
+            shutdown.clone(),
+        ));
         let live_ready = Arc::new(AtomicBool::new(false));
         tracker.spawn(dispatcher::run_live(
             LiveConfig {
@@ -307,6 +325,12 @@ pub async fn start(
             node,
             shutdown.clone(),
         ));
+        let triggered = gateway.clone();
+        console.gateway = Some((bound.addr, bound.tls.is_some()));
+        console.trigger = Some(Arc::new(move |app_id: String, body| {
+            let gateway = triggered.clone();
+            Box::pin(async move { ingest::console::trigger(gateway, &app_id, body).await })
+        }));
         info!(addr = %bound.addr, tls = bound.tls.is_some(), node, "gateway listening");
         let listener = bound.listen(&tracker, &shutdown);
         checks.push(Check {
@@ -347,6 +371,7 @@ pub async fn start(
         apps: config.apps.iter().map(|app| app.id.clone()).collect(),
         report_timeout: Duration::from_millis(config.admin.report_timeout_ms),
         system,
+        console,
     })
     .map_err(StartError::Dashboard)?;
     tracker.spawn(admin::serve(listener, checks, dashboard, shutdown.clone()));

@@ -5,6 +5,7 @@
 //! Never writes: every report runs in a read-only transaction as `switchboard_analyst`.
 
 mod auth;
+pub mod console;
 pub mod reports;
 pub mod system;
 mod web;
@@ -41,6 +42,8 @@ pub struct DashboardConfig {
     /// The system view's samples.
     #[debug(skip)]
     pub system: Arc<system::System>,
+    /// The debug console's apps, gateway and event creator.
+    pub console: console::ConsoleConfig,
 }
 
 struct Dashboard {
@@ -51,7 +54,7 @@ struct Dashboard {
 /// Most database connections the reports use at once.
 const REPORT_CONNECTIONS: u32 = 2;
 
-/// The dashboard's routes (GET only), or an error if the database URL is not one.
+/// The dashboard's routes, or an error if the database URL is not one.
 pub fn routes(config: DashboardConfig) -> Result<BoxedFilter<(Response,)>, sqlx::Error> {
     let pool = PgPoolOptions::new()
         .max_connections(REPORT_CONNECTIONS)
@@ -95,6 +98,28 @@ pub fn routes(config: DashboardConfig) -> Result<BoxedFilter<(Response,)>, sqlx:
             let events = dashboard.config.system.stream();
             warp::sse::reply(warp::sse::keep_alive().stream(events)).into_response()
         });
+    let connection = warp::path!("api" / "console" / String)
+        .and(authorized.clone())
+        .map(|app_id: String, dashboard: Arc<Dashboard>| {
+            dashboard.config.console.connection(&app_id)
+        });
+    let console_auth = warp::path!("api" / "console" / String / "auth")
+        .and(authorized.clone())
+        .and(json_body())
+        .map(
+            |app_id: String, dashboard: Arc<Dashboard>, request: console::AuthRequest| {
+                dashboard.config.console.authorize(&app_id, &request)
+            },
+        );
+    let console_events = warp::path!("api" / "console" / String / "events")
+        .and(authorized.clone())
+        .and(json_body())
+        .then(
+            |app_id: String, dashboard: Arc<Dashboard>, request: console::EventRequest| async move {
+                dashboard.config.console.trigger(&app_id, request).await
+            },
+        );
+    let posts = warp::post().and(console_auth.or(console_events).unify());
     let list = warp::path!("api" / "reports")
         .and(authorized.clone())
         .map(|_: Arc<Dashboard>| list_reports().into_response());
@@ -116,14 +141,27 @@ pub fn routes(config: DashboardConfig) -> Result<BoxedFilter<(Response,)>, sqlx:
                 .unify()
                 .or(stream)
                 .unify()
+                .or(connection)
+                .unify()
                 .or(list)
                 .unify()
                 .or(report)
                 .unify(),
         )
+        .or(posts)
+        .unify()
         .recover(auth::recover)
         .unify()
         .boxed())
+}
+
+/// A JSON body, refused unless sent as `application/json`: a cross-site form cannot send that,
+/// so a browser logged in to the dashboard cannot be made to post here by another page.
+fn json_body<T: serde::de::DeserializeOwned + Send>(
+) -> impl Filter<Extract = (T,), Error = warp::Rejection> + Clone {
+    warp::header::exact_ignore_case("content-type", "application/json")
+        .and(warp::body::content_length_limit(console::MAX_BODY_BYTES))
+        .and(warp::body::json())
 }
 
 fn list_reports() -> warp::reply::Json {

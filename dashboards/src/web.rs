@@ -60,6 +60,16 @@ const ASSETS: &[Asset] = &[
         body: include_str!("../web/system.js"),
     },
     Asset {
+        name: "pusher.js",
+        content_type: JS,
+        body: include_str!("../web/pusher.js"),
+    },
+    Asset {
+        name: "console.js",
+        content_type: JS,
+        body: include_str!("../web/console.js"),
+    },
+    Asset {
         name: "reports.js",
         content_type: JS,
         body: include_str!("../web/reports.js"),

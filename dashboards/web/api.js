@@ -20,6 +20,21 @@ export async function getJson(path, { signal } = {}) {
   return answer(response);
 }
 
+/** POSTs `body` as JSON to `path`; resolves with the JSON answer. */
+export async function postJson(path, body) {
+  let response;
+  try {
+    response = await fetch(path, {
+      method: 'POST',
+      headers: { accept: 'application/json', 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+    });
+  } catch {
+    throw new ApiError(0, 'the server cannot be reached');
+  }
+  return answer(response);
+}
+
 async function answer(response) {
   const text = await response.text();
   let body = null;

@@ -2,12 +2,14 @@
 
 import { getJson } from './api.js';
 import { h, replace, status } from './dom.js';
+import * as debugConsole from './console.js';
 import * as reports from './reports.js';
 import * as system from './system.js';
 
 const VIEWS = {
   reports: { title: 'Reports', module: reports },
   system: { title: 'System', module: system },
+  console: { title: 'Debug console', module: debugConsole },
 };
 
 const shell = {

@@ -8,12 +8,14 @@
 
 mod barrier;
 mod cluster;
+pub mod debug;
 mod live;
 mod registry;
 mod socket;
 mod transition;
 
 pub use barrier::SYNC_TIMEOUT;
+pub use debug::{run_debug, DebugRecord, Record};
 pub use live::{run_live, LiveConfig};
 pub use registry::{
     AppOptions, CachedEvent, ConnectError, ConnectionPeak, Occupancy, Registry, RegistryConfig,

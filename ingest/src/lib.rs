@@ -6,6 +6,7 @@
 
 pub mod apps;
 pub mod body;
+pub mod console;
 pub mod error;
 pub mod forwarded;
 pub mod http_api;

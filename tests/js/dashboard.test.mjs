@@ -12,6 +12,7 @@ import {
   apps,
   connectClient,
   disconnectAll,
+  nextEvent,
   serverClient,
   subscribe,
   trigger,
@@ -260,5 +261,64 @@ test('the system charts move under load, connections against the quota', TIMEOUT
     'the chart did not move',
   );
   await page.screenshot({ path: join(config.screenshots, 'system.png'), fullPage: true });
+  assert.deepEqual(errors, []);
+});
+
+test('the debug console shows an API event within 1 s; its event creator reaches pusher-js', TIMEOUT, async (t) => {
+  const { page, errors } = await openConsole(t);
+  await page.goto(`${ADMIN}/dashboard#/console`);
+  await page.selectOption('#app', apps.dashboard.id);
+  await page.locator('.console-state[data-state=subscribed]').waitFor({ timeout: 10_000 });
+  const log = page.locator('.log');
+
+  const channel = uniqueChannel('console');
+  const client = await connectClient(t, { app: apps.dashboard });
+  const subscription = await subscribe(client, channel);
+  await log.locator('.record-subscribed', { hasText: channel }).waitFor({ timeout: 5_000 });
+  assert.equal(await log.locator('.record-connection_opened', { hasText: client.connection.socket_id }).count(), 1);
+
+  const sdk = serverClient({ app: apps.dashboard });
+  await trigger(sdk, channel, 'console-check', { n: 1 });
+  const triggered = Date.now();
+  await log.locator('.record-api_event', { hasText: 'console-check' }).waitFor({ timeout: 1_000 });
+  const latency = Date.now() - triggered;
+  assert.ok(latency <= 1_000, `shown after ${latency} ms`);
+  assert.match(await log.locator('.record-api_event').first().innerText(), /"n":1/);
+
+  // The event creator sends through the backend trigger's path: pusher-js receives it.
+  const received = nextEvent(subscription, 'from-console');
+  const creator = page.locator('#console-creator');
+  await creator.locator('input[name=channel]').fill(channel);
+  await creator.locator('input[name=event]').fill('from-console');
+  await creator.locator('textarea[name=data]').fill('{"hello": "world"}');
+  await creator.getByRole('button', { name: 'Send the event' }).click();
+  assert.deepEqual(await received, { hello: 'world' });
+  await creator.locator('.send-result', { hasText: 'Sent from-console' }).waitFor();
+
+  // Filters, the most frequent channels and events, pause and clear.
+  await page.locator('select[name=type]').selectOption('subscribed');
+  assert.deepEqual(
+    new Set(await log.locator('.record .badge').allInnerTexts()),
+    new Set(['subscribed']),
+  );
+  await page.locator('select[name=type]').selectOption('');
+  await page.locator('input[name=event-filter]').fill('from-console');
+  assert.equal(await log.locator('.record').count(), 1);
+  await page.locator('input[name=event-filter]').fill('');
+  assert.match(await page.locator('#console-frequent').innerText(), new RegExp(channel));
+  assert.match(await page.locator('#console-frequent').innerText(), /console-check/);
+
+  await page.getByRole('button', { name: 'Pause' }).click();
+  await trigger(sdk, channel, 'while-paused', {});
+  await waitUntil(async () => /paused, [1-9]/.test(await page.locator('.toolbar').innerText()), 5_000, 'nothing counted while paused');
+  assert.equal(await log.locator('.record', { hasText: 'while-paused' }).count(), 0);
+  await page.getByRole('button', { name: 'Resume' }).click();
+  assert.equal(await log.locator('.record', { hasText: 'while-paused' }).count(), 1);
+
+  client.disconnect();
+  await log.locator('.record-connection_closed', { hasText: 'close code' }).waitFor({ timeout: 5_000 });
+  await page.screenshot({ path: join(config.screenshots, 'console.png'), fullPage: true });
+  await page.getByRole('button', { name: 'Clear' }).click();
+  assert.equal(await log.locator('.record').count(), 0);
   assert.deepEqual(errors, []);
 });

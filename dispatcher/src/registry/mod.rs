@@ -4,6 +4,7 @@
 //! is queued here, under the same lock as the change, so no frame of a channel can overtake
 //! another; so are the cluster-wide [`Transition`]s, in the same order.
 
+mod debug;
 mod local;
 mod state;
 mod sync;
@@ -22,6 +23,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::barrier::{SyncRounds, SYNC_TIMEOUT};
+use crate::debug::Record;
 use crate::{Frame, SocketHandle, Transition};
 use local::{ChannelState, LocalMember, Subscriber};
 use state::{State, COUNT_THROTTLE};
@@ -326,6 +328,10 @@ impl Registry {
             });
         }
         state.notify_count(app_id, channel);
+        state.debug(app_id, || Record::Subscribed {
+            socket_id: socket.socket_id.to_string(),
+            channel: channel.to_owned(),
+        });
         metrics::gauge!("switchboard_subscriptions").increment(1.0);
         Ok(true)
     }
@@ -387,6 +393,10 @@ impl Registry {
             });
         }
         state.notify_count(app_id, channel);
+        state.debug(app_id, || Record::Unsubscribed {
+            socket_id: socket_id.to_owned(),
+            channel: channel.to_owned(),
+        });
         state.local.prune(app_id, channel);
         metrics::gauge!("switchboard_subscriptions").decrement(1.0);
         true
@@ -592,13 +602,15 @@ impl Registry {
                 ttl: self.config.cache_ttl,
             };
             channel.cached = Some((cached, Instant::now() + self.config.cache_ttl));
-            deliver(channel, envelope)
+            let delivery = deliver(channel, envelope);
+            debug_delivery(&state, envelope, delivery)
         } else {
             let state = self.state.read();
-            state
+            let delivery = state
                 .local
                 .channel(&envelope.app_id, &envelope.channel)
-                .map_or(0, |channel| deliver(channel, envelope))
+                .map_or_else(Delivery::default, |channel| deliver(channel, envelope));
+            debug_delivery(&state, envelope, delivery)
         }
     }
 
@@ -627,11 +639,34 @@ impl Registry {
     }
 }
 
+/// What one fan-out did: for how many sockets the frame was queued, and which it closed as
+/// slow consumers.
+#[derive(Default)]
+struct Delivery {
+    delivered: usize,
+    slow: Vec<String>,
+}
+
+/// Tells the app's consoles about a fan-out; returns for how many sockets it was queued.
+fn debug_delivery(state: &State, envelope: &Envelope, delivery: Delivery) -> usize {
+    state.debug(&envelope.app_id, || {
+        Record::event(envelope, delivery.delivered)
+    });
+    for socket_id in delivery.slow {
+        state.debug(&envelope.app_id, || Record::SlowConsumerClosed {
+            socket_id,
+            channel: envelope.channel.clone(),
+        });
+    }
+    delivery.delivered
+}
+
 /// Encodes the event's frame once and queues it for the channel's subscribers, except the
-/// excluded socket; returns for how many.
-fn deliver(channel: &ChannelState, envelope: &Envelope) -> usize {
+/// excluded socket.
+fn deliver(channel: &ChannelState, envelope: &Envelope) -> Delivery {
+    let mut delivery = Delivery::default();
     if channel.subscribers.is_empty() {
-        return 0;
+        return delivery;
     }
     // Client events on presence channels carry the sender's user id.
     let user_id = match envelope.source {
@@ -646,12 +681,17 @@ fn deliver(channel: &ChannelState, envelope: &Envelope) -> usize {
     )
     .into();
     let excluded = envelope.socket_id.as_deref();
-    let mut delivered = 0;
     for (socket_id, subscriber) in &channel.subscribers {
-        if Some(socket_id.as_ref()) != excluded && subscriber.handle.send(frame.clone()) {
-            delivered += 1;
+        if Some(socket_id.as_ref()) == excluded {
+            continue;
+        }
+        let open = !subscriber.handle.close_signal().is_closed();
+        if subscriber.handle.send(frame.clone()) {
+            delivery.delivered += 1;
+        } else if open && subscriber.handle.close_signal().is_closed() {
+            delivery.slow.push(socket_id.to_string());
         }
     }
-    metrics::counter!("switchboard_deliveries_total").increment(delivered as u64);
-    delivered
+    metrics::counter!("switchboard_deliveries_total").increment(delivery.delivered as u64);
+    delivery
 }

@@ -1,5 +1,6 @@
 //! The dashboard on the admin listener: the web console's page and files, its JSON endpoints,
 //! their auth. The browser tests of the same pages are in tests/js/dashboard.test.mjs.
 
+mod console;
 mod system;
 mod web;
