@@ -5,6 +5,7 @@
 //! another; so are the cluster-wide [`Transition`]s, in the same order.
 
 mod debug;
+mod fan_out;
 mod local;
 mod state;
 mod sync;
@@ -18,14 +19,14 @@ use parking_lot::RwLock;
 use protocol::control::{Change, Control};
 use protocol::frame;
 use protocol::presence::{Member, SignedInUser};
-use protocol::{Channel, Envelope, Source};
+use protocol::Channel;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::barrier::{SyncRounds, SYNC_TIMEOUT};
 use crate::debug::Record;
 use crate::{Frame, SocketHandle, Transition};
-use local::{ChannelState, LocalMember, Subscriber};
+use local::{LocalMember, Subscriber};
 use state::{State, COUNT_THROTTLE};
 
 /// Pusher close code for connections closed by `terminate_connections`.
@@ -104,6 +105,16 @@ pub struct Registry {
 impl Registry {
     /// A registry for node `node` and the receiver of the control messages it wants broadcast.
     pub fn new(node: u32, config: RegistryConfig) -> (Registry, mpsc::Receiver<Control>) {
+        // Exposed at 0 from the start, so a rate over them is defined before the first one.
+        for counter in [
+            "switchboard_slow_consumers_closed_total",
+            "switchboard_debug_records_dropped_total",
+            "switchboard_transitions_dropped_total",
+            "switchboard_live_dropped_events_total",
+            "switchboard_live_gap_closes_total",
+        ] {
+            metrics::counter!(counter).increment(0);
+        }
         let (outbox, rx) = mpsc::channel(1024);
         let registry = Registry {
             node,
@@ -578,42 +589,6 @@ impl Registry {
         });
     }
 
-    /// Encodes the event's frame once and offers it to every local subscriber of its channel,
-    /// except the excluded socket; remembers it for cache channels. Returns how many sockets it
-    /// was queued for.
-    ///
-    /// A cache channel's event is remembered and sent under the write lock, so a subscription
-    /// gets it either as its replay or from the fan-out, never both; other channels need only
-    /// the read lock.
-    pub fn fan_out(&self, envelope: &Envelope) -> usize {
-        if Channel::parse(&envelope.channel).is_ok_and(|c| c.cache) {
-            let mut state = self.state.write();
-            let channel = state
-                .local
-                .apps
-                .entry(envelope.app_id.clone())
-                .or_default()
-                .channels
-                .entry(envelope.channel.clone())
-                .or_default();
-            let cached = CachedEvent {
-                event: envelope.name.clone(),
-                data: envelope.data.clone(),
-                ttl: self.config.cache_ttl,
-            };
-            channel.cached = Some((cached, Instant::now() + self.config.cache_ttl));
-            let delivery = deliver(channel, envelope);
-            debug_delivery(&state, envelope, delivery)
-        } else {
-            let state = self.state.read();
-            let delivery = state
-                .local
-                .channel(&envelope.app_id, &envelope.channel)
-                .map_or_else(Delivery::default, |channel| deliver(channel, envelope));
-            debug_delivery(&state, envelope, delivery)
-        }
-    }
-
     /// Sends the subscription counts the throttle held back, once their window has passed.
     pub fn flush_counts(&self) {
         let mut guard = self.state.write();
@@ -637,61 +612,4 @@ impl Registry {
             state.notify_count(&key.0, &key.1);
         }
     }
-}
-
-/// What one fan-out did: for how many sockets the frame was queued, and which it closed as
-/// slow consumers.
-#[derive(Default)]
-struct Delivery {
-    delivered: usize,
-    slow: Vec<String>,
-}
-
-/// Tells the app's consoles about a fan-out; returns for how many sockets it was queued.
-fn debug_delivery(state: &State, envelope: &Envelope, delivery: Delivery) -> usize {
-    state.debug(&envelope.app_id, || {
-        Record::event(envelope, delivery.delivered)
-    });
-    for socket_id in delivery.slow {
-        state.debug(&envelope.app_id, || Record::SlowConsumerClosed {
-            socket_id,
-            channel: envelope.channel.clone(),
-        });
-    }
-    delivery.delivered
-}
-
-/// Encodes the event's frame once and queues it for the channel's subscribers, except the
-/// excluded socket.
-fn deliver(channel: &ChannelState, envelope: &Envelope) -> Delivery {
-    let mut delivery = Delivery::default();
-    if channel.subscribers.is_empty() {
-        return delivery;
-    }
-    // Client events on presence channels carry the sender's user id.
-    let user_id = match envelope.source {
-        Source::Client => envelope.user_id.as_deref(),
-        Source::Api | Source::Track => None,
-    };
-    let frame: Frame = frame::encode(
-        &envelope.name,
-        Some(&envelope.channel),
-        &envelope.data,
-        user_id,
-    )
-    .into();
-    let excluded = envelope.socket_id.as_deref();
-    for (socket_id, subscriber) in &channel.subscribers {
-        if Some(socket_id.as_ref()) == excluded {
-            continue;
-        }
-        let open = !subscriber.handle.close_signal().is_closed();
-        if subscriber.handle.send(frame.clone()) {
-            delivery.delivered += 1;
-        } else if open && subscriber.handle.close_signal().is_closed() {
-            delivery.slow.push(socket_id.to_string());
-        }
-    }
-    metrics::counter!("switchboard_deliveries_total").increment(delivery.delivered as u64);
-    delivery
 }

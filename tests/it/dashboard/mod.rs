@@ -2,5 +2,6 @@
 //! their auth. The browser tests of the same pages are in tests/js/dashboard.test.mjs.
 
 mod console;
+mod grafana;
 mod system;
 mod web;
