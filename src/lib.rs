@@ -14,6 +14,7 @@ use bus::{Publisher, PublisherConfig, QueueDepths, Topology};
 use config::Config;
 use consumer_worker::WorkerConfig;
 use dashboards::console::{ConsoleApp, ConsoleConfig};
+use dashboards::dead::{DeadLetterCounts, DeadLetterSource, Unavailable};
 use dashboards::system::{self, AppConnections, QueueCounts, System};
 use dashboards::DashboardConfig;
 use dispatcher::{LiveConfig, Registry, RegistryConfig};
@@ -348,6 +349,28 @@ pub async fn start(
         system::RESOLUTION,
         shutdown.clone(),
     ));
+    let dead_letters: DeadLetterSource = {
+        let (url, queue) = (config.amqp_url.clone(), topology.dead_letter_queue());
+        Arc::new(move || {
+            let (url, queue) = (url.clone(), queue.clone());
+            Box::pin(async move {
+                let peeked = bus::peek_dead_letters(
+                    &url,
+                    &queue,
+                    consumer_worker::REASON_HEADER,
+                    dashboards::dead::SAMPLE,
+                )
+                .await
+                .map_err(|error| Unavailable(Box::new(error)))?;
+                Ok(DeadLetterCounts {
+                    queue,
+                    depth: peeked.depth,
+                    sampled: peeked.sampled,
+                    reasons: peeked.reasons,
+                })
+            })
+        })
+    };
     let system = System::new(shutdown.clone());
     tracker.spawn(
         system.clone().run(system::Sources {
@@ -372,6 +395,7 @@ pub async fn start(
         report_timeout: Duration::from_millis(config.admin.report_timeout_ms),
         system,
         console,
+        dead_letters,
     })
     .map_err(StartError::Dashboard)?;
     tracker.spawn(admin::serve(listener, checks, dashboard, shutdown.clone()));

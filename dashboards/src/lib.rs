@@ -6,6 +6,7 @@
 
 mod auth;
 pub mod console;
+pub mod dead;
 pub mod reports;
 pub mod system;
 mod web;
@@ -44,6 +45,9 @@ pub struct DashboardConfig {
     pub system: Arc<system::System>,
     /// The debug console's apps, gateway and event creator.
     pub console: console::ConsoleConfig,
+    /// Reads what sits in the dead-letter queue.
+    #[debug(skip)]
+    pub dead_letters: dead::DeadLetterSource,
 }
 
 struct Dashboard {
@@ -120,6 +124,11 @@ pub fn routes(config: DashboardConfig) -> Result<BoxedFilter<(Response,)>, sqlx:
             },
         );
     let posts = warp::post().and(console_auth.or(console_events).unify());
+    let dead_letters = warp::path!("api" / "dead-letters")
+        .and(authorized.clone())
+        .then(|dashboard: Arc<Dashboard>| async move {
+            dead::answer(&dashboard.config.dead_letters).await
+        });
     let list = warp::path!("api" / "reports")
         .and(authorized.clone())
         .map(|_: Arc<Dashboard>| list_reports().into_response());
@@ -142,6 +151,8 @@ pub fn routes(config: DashboardConfig) -> Result<BoxedFilter<(Response,)>, sqlx:
                 .or(stream)
                 .unify()
                 .or(connection)
+                .unify()
+                .or(dead_letters)
                 .unify()
                 .or(list)
                 .unify()

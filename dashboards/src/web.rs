@@ -70,6 +70,11 @@ const ASSETS: &[Asset] = &[
         body: include_str!("../web/console.js"),
     },
     Asset {
+        name: "deadletters.js",
+        content_type: JS,
+        body: include_str!("../web/deadletters.js"),
+    },
+    Asset {
         name: "reports.js",
         content_type: JS,
         body: include_str!("../web/reports.js"),

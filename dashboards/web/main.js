@@ -3,6 +3,7 @@
 import { getJson } from './api.js';
 import { h, replace, status } from './dom.js';
 import * as debugConsole from './console.js';
+import * as deadLetters from './deadletters.js';
 import * as reports from './reports.js';
 import * as system from './system.js';
 
@@ -10,6 +11,7 @@ const VIEWS = {
   reports: { title: 'Reports', module: reports },
   system: { title: 'System', module: system },
   console: { title: 'Debug console', module: debugConsole },
+  'dead-letters': { title: 'Dead letters', module: deadLetters },
 };
 
 const shell = {

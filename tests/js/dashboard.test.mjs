@@ -322,3 +322,29 @@ test('the debug console shows an API event within 1 s; its event creator reaches
   assert.equal(await log.locator('.record').count(), 0);
   assert.deepEqual(errors, []);
 });
+
+test('the dead letters view counts what could not be stored, by reason', TIMEOUT, async (t) => {
+  // Postgres refuses a NUL character in jsonb: the worker dead-letters this event for its data.
+  const sdk = serverClient({ app: apps.dashboard });
+  await trigger(sdk, uniqueChannel('dead'), 'poison', '{"text": "\\u0000"}');
+
+  const { page, errors } = await openConsole(t);
+  await page.goto(`${ADMIN}/dashboard#/dead-letters`);
+  const card = page.locator('#dead-letters');
+  await waitUntil(
+    async () => {
+      await card.getByRole('button', { name: 'Refresh' }).click();
+      await card.locator('.dead-summary').waitFor();
+      return /^[1-9]\d* messages? in /.test(await card.locator('.dead-summary').innerText());
+    },
+    15_000,
+    'the dead letter did not show',
+    250,
+  );
+  const rows = await card.locator('tbody tr').allInnerTexts();
+  assert.ok(rows.length >= 1, 'a reason is listed');
+  assert.match(rows.join('\n'), /\t[1-9]\d*$/m);
+  assert.match(await page.locator('#webhook-failures').innerText(), /No webhooks are configured/);
+  await page.screenshot({ path: join(config.screenshots, 'dead-letters.png'), fullPage: true });
+  assert.deepEqual(errors, []);
+});

@@ -5,11 +5,10 @@
 
 use std::collections::BTreeSet;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::BasicProperties;
 use serde_json::{json, Value};
 use sqlx::{Connection, Row};
 
+use super::dead_letter_one;
 use crate::common::{TestServer, KEY};
 
 const SWITCHBOARD: &str = include_str!("../../../dashboards/grafana/switchboard.json");
@@ -90,33 +89,6 @@ async fn every_metric_of_the_grafana_dashboard_is_exposed_after_traffic() {
         .collect();
     assert!(missing.is_empty(), "not in /metrics: {missing:?}");
     server.cleanup().await;
-}
-
-/// Publishes a message the worker cannot decode, so it is dead-lettered (and counted).
-async fn dead_letter_one(server: &TestServer) {
-    let topology = bus::Topology::new(server.config.amqp_prefix.clone());
-    let connection = bus::connect(&server.config.amqp_url, "test-poison")
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    let confirm = channel
-        .basic_publish(
-            &topology.events_exchange(),
-            bus::EVENT_ROUTING_KEY,
-            BasicPublishOptions::default(),
-            b"not a batch of envelopes",
-            BasicProperties::default().with_delivery_mode(2),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    assert!(confirm.is_ack());
-    connection.close(200, "done").await.unwrap();
 }
 
 /// A query with Grafana's macros and the dashboard's variables filled in.
