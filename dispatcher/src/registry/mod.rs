@@ -16,6 +16,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use parking_lot::RwLock;
+use protocol::channel::DEBUG_CHANNEL;
 use protocol::control::{Change, Control};
 use protocol::frame;
 use protocol::presence::{Member, SignedInUser};
@@ -321,7 +322,8 @@ impl Registry {
                 None => socket.send_text(frame::encode_cache_miss(channel)),
             }
         }
-        if !occupied {
+        // The dashboard's console is no channel of the app's: its backend hears nothing of it.
+        if !occupied && channel != DEBUG_CHANNEL {
             state.emit(Transition::ChannelOccupied {
                 app_id: app_id.to_owned(),
                 channel: channel.to_owned(),
@@ -397,7 +399,7 @@ impl Registry {
             channel: channel.to_owned(),
             count,
         });
-        if state.subscriptions(app_id, channel) == 0 {
+        if state.subscriptions(app_id, channel) == 0 && channel != DEBUG_CHANNEL {
             state.emit(Transition::ChannelVacated {
                 app_id: app_id.to_owned(),
                 channel: channel.to_owned(),

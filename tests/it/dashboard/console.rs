@@ -111,6 +111,20 @@ async fn only_the_dashboard_opens_the_console_which_sees_what_happens() {
     .await;
     assert_eq!(invalid.status(), 400, "the HTTP API's own refusal");
 
+    // Nobody but the gateway publishes on the console's channel: no backend, no client.
+    let forged = server.trigger(DEBUG_CHANNEL, "record", "{}").await;
+    assert_eq!(forged.status(), 400);
+    let listed: Value = server
+        .get_signed(&format!("/apps/{APP_ID}/channels"), "")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed["channels"],
+        json!({ "news": {} }),
+        "the console's channel is not listed"
+    );
     // Client events into the console's channel are refused.
     console
         .send(json!({"event": "client-x", "channel": DEBUG_CHANNEL, "data": "{}"}))

@@ -377,3 +377,36 @@ fn connection_peaks_are_the_highest_count_since_the_last_look() {
     );
     assert_eq!(registry.connection_peak("other-app"), none);
 }
+
+#[test]
+fn the_debug_console_is_no_channel_of_the_app() {
+    let registry = registry();
+    let mut transitions = registry.transitions();
+    let mut records = registry.debug_log();
+    let (console, _rx_console) = socket(&registry, "1.1");
+    registry
+        .subscribe(APP, protocol::channel::DEBUG_CHANNEL, &console, None)
+        .unwrap();
+    assert!(
+        transitions.try_recv().is_err(),
+        "no channel_occupied for it"
+    );
+    assert!(
+        records.try_recv().is_err(),
+        "no record of the console itself"
+    );
+    let (client, _rx_client) = socket(&registry, "1.2");
+    registry.subscribe(APP, "news", &client, None).unwrap();
+    assert!(matches!(
+        transitions.try_recv(),
+        Ok(Transition::ChannelOccupied { .. })
+    ));
+    let subscribed = records.try_recv().unwrap();
+    assert_eq!(
+        subscribed.record,
+        crate::Record::Subscribed {
+            socket_id: "1.2".into(),
+            channel: "news".into()
+        }
+    );
+}
