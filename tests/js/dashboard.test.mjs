@@ -227,6 +227,19 @@ test('the reports view works from the keyboard and at phone width', TIMEOUT, asy
   await page.keyboard.press('ArrowDown');
   await page.locator('#report-top_events table, #report-top_events .state-empty').first().waitFor();
   await page.screenshot({ path: join(config.screenshots, 'reports-phone.png'), fullPage: true });
+
+  // Every other view fits the phone too.
+  for (const [view, ready] of [
+    ['system', '#system-events svg'],
+    ['console', '.console-state[data-state=subscribed]'],
+    ['dead-letters', '#dead-letters .dead-summary'],
+  ]) {
+    await page.goto(`${ADMIN}/dashboard#/${view}`);
+    await page.locator(ready).waitFor({ timeout: 10_000 });
+    const wider = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert.ok(wider <= 0, `${view}: the page is ${wider}px wider than the viewport`);
+    await page.screenshot({ path: join(config.screenshots, `${view}-phone.png`), fullPage: true });
+  }
   assert.deepEqual(errors, []);
 });
 
