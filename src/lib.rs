@@ -259,11 +259,14 @@ pub async fn start(
             app_ids
                 .iter()
                 .map(|app_id| {
-                    let peak = counted.connection_peak(app_id);
+                    let connections = counted.connection_peak(app_id);
+                    let subscriptions = counted.subscription_peak(app_id);
                     AppConnections {
                         app_id: app_id.clone(),
-                        now: peak.now,
-                        peak: peak.peak,
+                        now: connections.now,
+                        peak: connections.peak,
+                        subscriptions_now: subscriptions.now,
+                        subscriptions_peak: subscriptions.peak,
                     }
                 })
                 .collect()

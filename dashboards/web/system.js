@@ -49,11 +49,12 @@ function cards(app) {
   const events = card('events', 'Events in, per second');
   const deliveries = card('deliveries', 'Deliveries out, per second');
   const connections = card('connections', `Connections of ${app} (peak each second)`);
+  const subscriptions = card('subscriptions', `Subscriptions of ${app} on this node (peak each second)`);
   const confirm = card('confirm', 'Publish-confirm latency');
   const persist = card('persist', 'Persisting');
   const queues = card('queues', 'Queue depths (messages)');
   const slow = card('slow', 'Slow-consumer closes, per second');
-  const all = [events, deliveries, connections, confirm, persist, queues, slow];
+  const all = [events, deliveries, connections, subscriptions, confirm, persist, queues, slow];
 
   function draw(samples) {
     const last = samples.at(-1);
@@ -87,6 +88,20 @@ function cards(app) {
         connections.body,
         chart(`Connections of ${app}, peak per second`, samples, [['peak', (s) => ofApp(s)?.peak]], { limits }),
       );
+    }
+
+    if (current) {
+      const peak = peakOf(samples, (s) => ofApp(s)?.subscriptions_peak);
+      subscriptions.headline.value = `${integer.format(current.subscriptions_now)} now · peak ${integer.format(peak)}`;
+      replace(
+        subscriptions.body,
+        chart(`Subscriptions of ${app} on this node, peak per second`, samples, [
+          ['peak', (s) => ofApp(s)?.subscriptions_peak],
+        ]),
+      );
+    } else {
+      subscriptions.headline.value = '';
+      replace(subscriptions.body, status('empty', 'This process has no gateway: it serves no subscriptions.'));
     }
 
     confirm.headline.value = last.confirm ? `max ${milliseconds(last.confirm.max_ms)} now` : 'no publishes now';

@@ -18,7 +18,7 @@ pub use barrier::SYNC_TIMEOUT;
 pub use debug::{run_debug, DebugRecord, Record};
 pub use live::{run_live, LiveConfig};
 pub use registry::{
-    AppOptions, CachedEvent, ConnectError, ConnectionPeak, Occupancy, Registry, RegistryConfig,
+    AppOptions, CachedEvent, ConnectError, Occupancy, Peak, Registry, RegistryConfig,
     SubscribeError, CLOSE_TERMINATED, TRANSITIONS_CAPACITY,
 };
 pub use socket::{CloseSignal, Frame, SocketHandle};

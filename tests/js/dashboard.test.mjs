@@ -264,6 +264,11 @@ test('the system charts move under load, connections against the quota', TIMEOUT
     10_000,
     'the connections chart does not show the 3 clients against the quota of 50',
   );
+  await waitUntil(
+    async () => (await headline('subscriptions')).startsWith('3 now · peak 3'),
+    10_000,
+    'the subscriptions chart does not show the 3 subscriptions',
+  );
   await waitUntil(async () => /peak [1-9]/.test(await headline('events')), 10_000, 'no events in on the chart');
   await waitUntil(async () => /peak [1-9]/.test(await headline('deliveries')), 10_000, 'no deliveries on the chart');
   assert.equal(await connections.locator('line.limit').count(), 1, 'the quota is drawn');

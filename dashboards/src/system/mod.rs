@@ -26,13 +26,15 @@ pub const RESOLUTION: Duration = Duration::from_secs(1);
 /// Samples a slow page may fall behind before it skips ahead.
 const SUBSCRIBER_BACKLOG: usize = 16;
 
-/// An app's connections across the cluster: now, and the most at any moment since the
-/// previous sample.
+/// An app's connections across the cluster and its subscriptions on this node: now, and the
+/// most at any moment since the previous sample.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppConnections {
     pub app_id: String,
     pub now: usize,
     pub peak: usize,
+    pub subscriptions_now: usize,
+    pub subscriptions_peak: usize,
 }
 
 /// The depths of the queues the view shows; `None` while unknown.
@@ -66,9 +68,13 @@ pub struct EventsIn {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AppSample {
     pub app_id: String,
+    /// Connections across the cluster.
     pub now: usize,
     pub peak: usize,
     pub quota: Option<usize>,
+    /// Subscriptions on this node.
+    pub subscriptions_now: usize,
+    pub subscriptions_peak: usize,
 }
 
 /// One second of the system: counts are of that second, connections its peak.
@@ -221,6 +227,8 @@ fn sample(sources: &Sources, previous: Totals, totals: Totals, t: i64) -> Sample
                     now: counts.map_or(0, |c| c.now),
                     peak: counts.map_or(0, |c| c.peak),
                     quota: *quota,
+                    subscriptions_now: counts.map_or(0, |c| c.subscriptions_now),
+                    subscriptions_peak: counts.map_or(0, |c| c.subscriptions_peak),
                 }
             })
             .collect(),
@@ -257,6 +265,8 @@ mod tests {
                     app_id: "b".into(),
                     now: 2,
                     peak: 5,
+                    subscriptions_now: 7,
+                    subscriptions_peak: 9,
                 }]
             })),
             queues: Box::new(|| QueueCounts {
@@ -307,13 +317,17 @@ mod tests {
                     app_id: "a".into(),
                     now: 0,
                     peak: 0,
-                    quota: None
+                    quota: None,
+                    subscriptions_now: 0,
+                    subscriptions_peak: 0,
                 },
                 AppSample {
                     app_id: "b".into(),
                     now: 2,
                     peak: 5,
-                    quota: Some(10)
+                    quota: Some(10),
+                    subscriptions_now: 7,
+                    subscriptions_peak: 9,
                 },
             ]
         );

@@ -70,9 +70,10 @@ pub enum SubscribeError {
     TooManyChannels { max: usize },
 }
 
-/// An app's connections now and at their highest since the previous look.
+/// A count (an app's connections, its subscriptions) now and at its highest since the
+/// previous look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnectionPeak {
+pub struct Peak {
     pub now: usize,
     pub peak: usize,
 }
@@ -178,13 +179,37 @@ impl Registry {
         self.state.read().connections(app_id)
     }
 
-    /// An app's connections across the cluster now, and the most there were at any local
-    /// connect since the previous call (never less than now): a true peak, not a sample.
-    pub fn connection_peak(&self, app_id: &str) -> ConnectionPeak {
+    /// An app's connections across the cluster now, and the most there were since the previous
+    /// call — at its end, or at any local connect in between: a true peak, not a sample.
+    pub fn connection_peak(&self, app_id: &str) -> Peak {
         let mut state = self.state.write();
         let now = state.connections(app_id);
         let peak = state.peaks.remove(app_id).unwrap_or(0).max(now);
-        ConnectionPeak { now, peak }
+        // The next window starts at the count now.
+        if now > 0 {
+            state.peaks.insert(app_id.to_owned(), now);
+        }
+        Peak { now, peak }
+    }
+
+    /// An app's subscriptions on this node now, and the most there were since the previous
+    /// call (never less than now).
+    pub fn subscription_peak(&self, app_id: &str) -> Peak {
+        let mut state = self.state.write();
+        let now = state
+            .local
+            .apps
+            .get(app_id)
+            .map_or(0, |app| app.subscriptions);
+        let peak = state
+            .subscription_peaks
+            .remove(app_id)
+            .unwrap_or(0)
+            .max(now);
+        if now > 0 {
+            state.subscription_peaks.insert(app_id.to_owned(), now);
+        }
+        Peak { now, peak }
     }
 
     /// Forgets a connection: leaves its channels (with the notifications that follow), signs it
@@ -272,6 +297,8 @@ impl Registry {
         if let Some(channels) = app.sockets.get_mut(&socket.socket_id) {
             *channels += 1;
         }
+        app.subscriptions += 1;
+        let subscriptions = app.subscriptions;
         let channel_state = app.channels.entry(channel.to_owned()).or_default();
         channel_state.subscribers.insert(
             socket.socket_id.clone(),
@@ -341,6 +368,14 @@ impl Registry {
             });
         }
         state.notify_count(app_id, channel);
+        match state.subscription_peaks.get_mut(app_id) {
+            Some(peak) => *peak = (*peak).max(subscriptions),
+            None => {
+                state
+                    .subscription_peaks
+                    .insert(app_id.to_owned(), subscriptions);
+            }
+        }
         state.debug(app_id, || Record::Subscribed {
             socket_id: socket.socket_id.to_string(),
             channel: channel.to_owned(),
@@ -376,6 +411,7 @@ impl Registry {
         if let Some(channels) = app.sockets.get_mut(socket_id) {
             *channels -= 1;
         }
+        app.subscriptions -= 1;
         if let Some(user_id) = left {
             state.outgoing.record(Change::MemberRemoved {
                 app_id: app_id.to_owned(),

@@ -3,6 +3,7 @@
 //! notices of remote changes, the transitions.
 //!
 //! [`Registry::connection_peak`]: super::Registry::connection_peak
+//! [`Registry::subscription_peak`]: super::Registry::subscription_peak
 //! [`Registry::debug_log`]: super::Registry::debug_log
 
 use std::collections::HashMap;
@@ -35,6 +36,9 @@ pub(super) struct State {
     /// Per app, the most connections across the cluster at a local connect since the last
     /// [`Registry::connection_peak`].
     pub peaks: HashMap<String, usize>,
+    /// Per app, the most subscriptions on this node since the last
+    /// [`Registry::subscription_peak`].
+    pub subscription_peaks: HashMap<String, usize>,
     /// Where debug records go, once [`Registry::debug_log`] was called.
     pub debug: Option<mpsc::Sender<DebugRecord>>,
 }

@@ -112,6 +112,12 @@ async fn samples_stream_live_with_connection_peaks_and_quotas() {
     let sample = seen.last().unwrap();
     assert_eq!(app(sample)["quota"], 40);
     assert_eq!(app(sample)["peak"], 3);
+    clients[0].subscribe("one").await;
+    clients[0].subscribe("two").await;
+    let seen = events
+        .samples_until(10, |s| app(s)["subscriptions_now"] == 2)
+        .await;
+    assert_eq!(app(seen.last().unwrap())["subscriptions_peak"], 2);
 
     // A fourth comes and two leave at once: the samples show the peak of 4.
     clients.push(server.connect().await);

@@ -358,7 +358,7 @@ fn watchlists_hear_online_and_offline() {
 #[test]
 fn connection_peaks_are_the_highest_count_since_the_last_look() {
     let registry = registry();
-    let none = ConnectionPeak { now: 0, peak: 0 };
+    let none = Peak { now: 0, peak: 0 };
     assert_eq!(registry.connection_peak(APP), none);
     let (a, _rx_a) = socket(&registry, "1.1");
     let (b, _rx_b) = socket(&registry, "1.2");
@@ -367,13 +367,21 @@ fn connection_peaks_are_the_highest_count_since_the_last_look() {
     let (_c, _rx_c) = socket(&registry, "1.3");
     assert_eq!(
         registry.connection_peak(APP),
-        ConnectionPeak { now: 1, peak: 2 },
+        Peak { now: 1, peak: 2 },
         "two at once, though only one is left"
     );
     assert_eq!(
         registry.connection_peak(APP),
-        ConnectionPeak { now: 1, peak: 1 },
+        Peak { now: 1, peak: 1 },
         "the next second starts from now"
+    );
+    let (_d, _rx_d) = socket(&registry, "1.4");
+    assert_eq!(registry.connection_peak(APP).peak, 2);
+    registry.disconnect(APP, "1.4", &[]);
+    assert_eq!(
+        registry.connection_peak(APP),
+        Peak { now: 1, peak: 2 },
+        "the second began with two"
     );
     assert_eq!(registry.connection_peak("other-app"), none);
 }
@@ -409,4 +417,17 @@ fn the_debug_console_is_no_channel_of_the_app() {
             channel: "news".into()
         }
     );
+}
+
+#[test]
+fn subscription_peaks_are_the_most_on_this_node_since_the_last_look() {
+    let registry = registry();
+    let (a, _rx_a) = socket(&registry, "1.1");
+    registry.subscribe(APP, "one", &a, None).unwrap();
+    registry.subscribe(APP, "two", &a, None).unwrap();
+    registry.unsubscribe(APP, "one", &a.socket_id);
+    assert_eq!(registry.subscription_peak(APP), Peak { now: 1, peak: 2 });
+    registry.disconnect(APP, &a.socket_id, &["two".into()]);
+    assert_eq!(registry.subscription_peak(APP), Peak { now: 0, peak: 1 });
+    assert_eq!(registry.subscription_peak(APP), Peak { now: 0, peak: 0 });
 }
