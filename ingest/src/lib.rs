@@ -15,6 +15,7 @@ pub mod root;
 pub mod segment;
 pub mod server;
 pub mod tls;
+pub mod webhooks;
 pub mod websocket;
 
 use std::convert::Infallible;
@@ -33,6 +34,7 @@ use warp::Filter;
 pub use apps::{AnalyticsChannel, App, Apps, AppsError, Limits};
 pub use forwarded::{PeerAddr, TrustedProxy};
 pub use root::About;
+pub use webhooks::WebhookConfig;
 
 /// Gateway limits and timings.
 #[derive(Debug, Clone)]

@@ -138,6 +138,29 @@ impl WebhookEvent {
     }
 }
 
+/// Which events a webhook wants: its `event_types` and, when set, only channels whose name
+/// starts with `channel_prefix`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filter {
+    pub event_types: Vec<EventType>,
+    pub channel_prefix: Option<String>,
+}
+
+impl Filter {
+    /// Whether an event of `kind` on `channel` passes the filter.
+    pub fn wants(&self, kind: EventType, channel: &str) -> bool {
+        self.event_types.contains(&kind)
+            && self
+                .channel_prefix
+                .as_deref()
+                .is_none_or(|prefix| channel.starts_with(prefix))
+    }
+
+    pub fn matches(&self, event: &WebhookEvent) -> bool {
+        self.wants(event.event_type(), event.channel())
+    }
+}
+
 /// A webhook request's body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Body {
@@ -309,6 +332,31 @@ mod tests {
         assert!(!verify(KEY_SECRET, &altered, signature));
         assert!(!verify(KEY_SECRET, &body, "not hex"));
         assert_eq!(serde_json::from_slice::<Body>(&body).unwrap(), client);
+    }
+
+    #[test]
+    fn filters_by_type_and_prefix() {
+        let miss = |channel: &str| WebhookEvent::CacheMiss {
+            channel: channel.into(),
+        };
+        let any = Filter {
+            event_types: EventType::ALL.to_vec(),
+            channel_prefix: None,
+        };
+        assert!(any.matches(&miss("cache-a")));
+        let presence_only = Filter {
+            event_types: vec![EventType::CacheMiss, EventType::MemberAdded],
+            channel_prefix: Some("presence-cache-".into()),
+        };
+        assert!(presence_only.matches(&miss("presence-cache-a")));
+        assert!(!presence_only.matches(&miss("cache-a")));
+        assert!(!presence_only.wants(EventType::ClientEvent, "presence-cache-a"));
+        assert!(presence_only.wants(EventType::MemberAdded, "presence-cache-a"));
+        let none = Filter {
+            event_types: vec![],
+            channel_prefix: None,
+        };
+        assert!(!none.matches(&miss("cache-a")));
     }
 
     #[test]
