@@ -8,7 +8,7 @@ mod publisher;
 mod topology;
 
 pub use backoff::Backoff;
-pub use publisher::{Pending, PublishError, Publisher, PublisherConfig};
+pub use publisher::{Pending, PublishError, Publisher, PublisherConfig, WebhookPublisher};
 pub use topology::{
     declare_durable, declare_live_queue, delete_live_queues, live_queue_exists, LiveQueues,
     QueueType, Topology, CONTROL_ROUTING_KEY, EVENT_ROUTING_KEY,

@@ -34,7 +34,7 @@ use warp::Filter;
 pub use apps::{AnalyticsChannel, App, Apps, AppsError, Limits};
 pub use forwarded::{PeerAddr, TrustedProxy};
 pub use root::About;
-pub use webhooks::WebhookConfig;
+pub use webhooks::{WebhookConfig, Webhooks};
 
 /// Gateway limits and timings.
 #[derive(Debug, Clone)]
@@ -90,6 +90,8 @@ pub struct Gateway {
     pub node: u32,
     /// The bounded way to the blocking pool for big request bodies.
     pub offload: offload::Offload,
+    /// Where webhook events go.
+    pub webhooks: webhooks::Webhooks,
     next_socket: AtomicU64,
     shutdown: CancellationToken,
     sessions: TaskTracker,
@@ -101,6 +103,7 @@ impl Gateway {
         config: GatewayConfig,
         publisher: Publisher,
         registry: Arc<Registry>,
+        webhooks: webhooks::Webhooks,
         node: u32,
         shutdown: CancellationToken,
     ) -> Gateway {
@@ -115,6 +118,7 @@ impl Gateway {
             registry,
             node,
             offload: offload::Offload::per_core(),
+            webhooks,
             next_socket: AtomicU64::new(1),
             shutdown,
             sessions: TaskTracker::new(),

@@ -1,13 +1,70 @@
-//! The gateway's side of webhooks: an app's `[[apps.webhooks]]` ([`WebhookConfig`]).
+//! The gateway's side of webhooks: an app's `[[apps.webhooks]]` ([`WebhookConfig`]) and
+//! [`Webhooks`], the one entry point through which the gateway emits webhook events.
 //!
 //! Secrets never show in `Debug`: the URL is shown without credentials or query, the extra
 //! headers by name only.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
-use protocol::webhook::{EventType, Filter};
+use bus::WebhookPublisher;
+use protocol::webhook::{EventType, Filter, Queued, WebhookEvent};
 use serde::{Deserialize, Serialize};
+
+use crate::apps::Apps;
+
+/// Emits webhook events: an event goes to the publisher only when a webhook of its app wants it
+/// (type and channel prefix; the worker filters again per webhook), so an app without webhooks
+/// costs a map lookup and nothing is published for it. Cluster-wide events (occupancy,
+/// members) come in through the same [`Webhooks::emit`].
+pub struct Webhooks {
+    /// The filters of the apps that have webhooks.
+    filters: HashMap<String, Vec<Filter>>,
+    publisher: Option<WebhookPublisher>,
+}
+
+impl Webhooks {
+    /// The apps' webhooks, published through `publisher` (`None` when no app has any).
+    pub fn new(apps: &Apps, publisher: Option<WebhookPublisher>) -> Webhooks {
+        let filters = apps
+            .iter()
+            .filter(|app| !app.webhooks.is_empty())
+            .map(|app| {
+                let filters = app.webhooks.iter().map(WebhookConfig::filter).collect();
+                (app.id.clone(), filters)
+            })
+            .collect();
+        Webhooks { filters, publisher }
+    }
+
+    /// Whether any app has a webhook (and so whether a publisher is needed).
+    pub fn any(apps: &Apps) -> bool {
+        apps.iter().any(|app| !app.webhooks.is_empty())
+    }
+
+    /// Whether some webhook of `app_id` wants events of `kind` on `channel`: callers check it
+    /// before building an event.
+    pub fn wants(&self, app_id: &str, kind: EventType, channel: &str) -> bool {
+        self.publisher.is_some()
+            && self
+                .filters
+                .get(app_id)
+                .is_some_and(|filters| filters.iter().any(|f| f.wants(kind, channel)))
+    }
+
+    /// Hands `event` to the publisher when some webhook of `app_id` wants it.
+    pub fn emit(&self, app_id: &str, event: WebhookEvent) {
+        if !self.wants(app_id, event.event_type(), event.channel()) {
+            return;
+        }
+        if let Some(publisher) = &self.publisher {
+            publisher.send(Queued {
+                app_id: app_id.to_owned(),
+                event,
+            });
+        }
+    }
+}
 
 /// One webhook of an app: where to POST, which events, and extra headers to send.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
