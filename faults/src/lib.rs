@@ -2,7 +2,10 @@
 //! 127.0.0.1 in front of a target that forwards until it is told otherwise. It can cut (drop
 //! every forwarded connection and refuse new ones), hold back the target's replies (so a request
 //! reaches the target and its answer never comes back), or go silent (accept connections and
-//! never answer, as a host behind a dropping firewall does).
+//! never answer, as a host behind a dropping firewall does). [`receiver`] is the other side of
+//! webhooks: an HTTP server that records requests and answers well or badly on request.
+
+pub mod receiver;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
