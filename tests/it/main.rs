@@ -15,3 +15,4 @@ mod processes;
 mod segment;
 mod startup;
 mod tls;
+mod webhooks;

@@ -1,0 +1,212 @@
+//! Webhooks end to end through the real server: WebSocket clients make the events, a receiver in
+//! the test takes the requests (`faults::receiver`).
+
+use std::time::Duration;
+
+use faults::receiver::{Behaviour, Received, Receiver};
+use ingest::WebhookConfig;
+use protocol::webhook::{Body, EventType, WebhookEvent};
+use serde_json::json;
+use switchboard::config::Config;
+use switchboard::Role;
+
+use crate::common::{amqp_url_via, broker_proxy, test_config, TestServer, AMQP, KEY, SECRET};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:08x}", rand::random::<u32>())
+}
+
+/// The test's webhooks: quick batches, quick retries.
+fn with_webhooks(config: &mut Config, webhooks: Vec<WebhookConfig>) {
+    config.apps[0].webhooks = webhooks;
+    config.webhooks.batch_window_ms = 20;
+    config.webhooks.backoff_base_ms = 20;
+    config.webhooks.backoff_max_ms = 200;
+}
+
+fn webhook(url: &str, types: &[EventType], prefix: Option<&str>) -> WebhookConfig {
+    WebhookConfig {
+        event_types: types.to_vec(),
+        channel_prefix: prefix.map(str::to_owned),
+        ..WebhookConfig::new(url)
+    }
+}
+
+/// Every event of every request the receiver answered, after checking its signature.
+fn events(received: &[Received]) -> Vec<WebhookEvent> {
+    received
+        .iter()
+        .filter(|r| r.status == Some(200))
+        .flat_map(|r| {
+            assert_eq!(r.headers["x-pusher-key"], KEY);
+            assert_eq!(r.headers["content-type"], "application/json");
+            assert!(protocol::webhook::verify(
+                SECRET,
+                &r.body,
+                &r.headers["x-pusher-signature"]
+            ));
+            serde_json::from_slice::<Body>(&r.body).unwrap().events
+        })
+        .collect()
+}
+
+async fn wait_for_events(receiver: &Receiver, count: usize) -> Vec<WebhookEvent> {
+    let received = receiver
+        .wait_until(WAIT, |r| events(r).len() >= count)
+        .await;
+    events(&received)
+}
+
+#[tokio::test]
+async fn client_events_and_cache_misses_reach_the_webhooks_that_want_them() {
+    let everything = Receiver::start(Behaviour::Ok).await;
+    let presence_only = Receiver::start(Behaviour::Ok).await;
+    let misses_only = Receiver::start(Behaviour::Ok).await;
+    let server = TestServer::start_with(|c| {
+        with_webhooks(
+            c,
+            vec![
+                WebhookConfig::new(&everything.url("/all")),
+                webhook(
+                    &presence_only.url("/presence"),
+                    &[EventType::ClientEvent],
+                    Some("presence-"),
+                ),
+                webhook(&misses_only.url("/misses"), &[EventType::CacheMiss], None),
+            ],
+        )
+    })
+    .await;
+    let private = unique("private-hook");
+    let room = unique("presence-hook");
+    let cache = unique("cache-hook");
+    let mut ann = server.connect().await;
+    let mut ben = server.connect().await;
+    ann.subscribe_private(&private).await;
+    ann.join(&room, "ann").await;
+    ben.join(&room, "ben").await;
+    ann.next_app_event().await; // member_added ben
+    ann.send(json!({"event":"client-typing","channel":private,"data":{"x":1}}))
+        .await;
+    ben.send(json!({"event":"client-wave","channel":room,"data":"hi"}))
+        .await;
+    assert_eq!(ann.next_app_event().await["event"], "client-wave");
+    ann.subscribe(&cache).await;
+    assert_eq!(ann.next_app_event().await["event"], "pusher:cache_miss");
+
+    let got = wait_for_events(&everything, 3).await;
+    let typing = WebhookEvent::ClientEvent {
+        channel: private.clone(),
+        event: "client-typing".into(),
+        data: r#"{"x":1}"#.into(),
+        socket_id: ann.socket_id.clone(),
+        user_id: None,
+    };
+    let wave = WebhookEvent::ClientEvent {
+        channel: room.clone(),
+        event: "client-wave".into(),
+        data: r#""hi""#.into(),
+        socket_id: ben.socket_id.clone(),
+        user_id: Some("ben".into()),
+    };
+    let miss = WebhookEvent::CacheMiss {
+        channel: cache.clone(),
+    };
+    for expected in [&typing, &wave, &miss] {
+        assert!(got.contains(expected), "{expected:?} not in {got:?}");
+    }
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(wait_for_events(&presence_only, 1).await, [wave]);
+    assert_eq!(wait_for_events(&misses_only, 1).await, [miss]);
+    // A cache channel with an event cached is no miss.
+    let response = server.trigger(&cache, "cached", "{}").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(ann.next_app_event().await["event"], "cached");
+    let mut late = server.connect().await;
+    late.subscribe(&cache).await;
+    assert_eq!(late.next_app_event().await["event"], "cached");
+    let sql = "SELECT count(*)::bigint FROM webhook_deliveries d, jsonb_array_elements(d.events) \
+               WHERE d.status = 'delivered' AND d.webhook LIKE '%/all'";
+    assert_eq!(server.wait_count(sql, 3).await, 3, "stored and delivered");
+    assert_eq!(events(&everything.received()).len(), 3, "no second miss");
+    server.cleanup().await;
+}
+
+#[tokio::test]
+async fn webhook_events_made_while_the_broker_is_away_are_delivered_after() {
+    let receiver = Receiver::start(Behaviour::Ok).await;
+    let proxy = broker_proxy().await;
+    let mut config = test_config();
+    with_webhooks(
+        &mut config,
+        vec![WebhookConfig::new(&receiver.url("/hooks"))],
+    );
+    config.amqp_url = amqp_url_via(&proxy);
+    let gateway = TestServer::start_config(Role::Gateway, config.clone()).await;
+    let worker = TestServer::start_config(
+        Role::Worker,
+        Config {
+            amqp_url: AMQP.into(),
+            ..config
+        },
+    )
+    .await;
+    let mut client = gateway.connect().await;
+    let before = unique("cache-before");
+    client.subscribe(&before).await;
+    assert_eq!(client.next_app_event().await["event"], "pusher:cache_miss");
+    assert_eq!(wait_for_events(&receiver, 1).await.len(), 1);
+
+    proxy.cut();
+    let during: Vec<String> = (0..5).map(|_| unique("cache-during")).collect();
+    for channel in &during {
+        client.subscribe(channel).await;
+        assert_eq!(client.next_app_event().await["event"], "pusher:cache_miss");
+    }
+    proxy.restore();
+    let got = wait_for_events(&receiver, 1 + during.len()).await;
+    for channel in &during {
+        let miss = WebhookEvent::CacheMiss {
+            channel: channel.clone(),
+        };
+        assert!(got.contains(&miss), "{channel} lost: {got:?}");
+    }
+    drop(client);
+    gateway.cleanup().await;
+    worker.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_full_webhook_buffer_drops_the_newest_and_counts_them() {
+    let receiver = Receiver::start(Behaviour::Ok).await;
+    let proxy = broker_proxy().await;
+    let mut config = test_config();
+    with_webhooks(
+        &mut config,
+        vec![WebhookConfig::new(&receiver.url("/hooks"))],
+    );
+    config.amqp_url = amqp_url_via(&proxy);
+    config.webhooks.buffer_events = 3;
+    let server = TestServer::start_config(Role::Serve, config).await;
+    let mut client = server.connect().await;
+    proxy.cut();
+    for _ in 0..20 {
+        client.subscribe(&unique("cache-full")).await;
+        assert_eq!(client.next_app_event().await["event"], "pusher:cache_miss");
+    }
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.lines().any(|l| l
+            .starts_with(r#"switchboard_webhook_events_dropped_total{reason="buffer_full"}"#)
+            && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    proxy.restore();
+    // What the buffer held (and the message being retried) arrives; the rest was dropped.
+    let got = wait_for_events(&receiver, 4).await;
+    assert!((4..20).contains(&got.len()), "{}", got.len());
+    drop(client);
+    server.cleanup().await;
+}
