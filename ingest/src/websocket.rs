@@ -139,6 +139,9 @@ pub async fn run(gateway: Arc<Gateway>, handshake: Handshake, socket: WebSocket)
             .gateway
             .registry
             .disconnect(&session.app.id, &session.handle.socket_id, &channels);
+        for channel in &channels {
+            session.subscription_count_webhook(channel);
+        }
         session.handle.close_signal().close(code::NORMAL);
         let _ = writer.await;
         metrics::gauge!("switchboard_connections").decrement(1.0);
@@ -309,6 +312,7 @@ impl Session {
                         &channel,
                         &self.handle.socket_id,
                     );
+                    self.subscription_count_webhook(&channel);
                 }
             }
             Ok(ClientMessage::ClientEvent {
@@ -345,6 +349,7 @@ impl Session {
         match result {
             Ok(user_id) => {
                 self.cache_miss_webhook(&name);
+                self.subscription_count_webhook(&name);
                 self.subscriptions.insert(name, user_id);
             }
             Err(Refusal::Invalid(message)) => self.error(&message, None),
@@ -373,6 +378,32 @@ impl Session {
             &self.app.id,
             WebhookEvent::CacheMiss {
                 channel: name.to_owned(),
+            },
+        );
+    }
+
+    /// Emits `subscription_count` after this socket changed `channel`'s subscriptions, when the
+    /// app counts subscriptions (`subscription_count = true`, Pusher's "subscription counting")
+    /// and a webhook wants it. Presence channels count members instead and have none. The count
+    /// is the cluster's as this node sees it.
+    fn subscription_count_webhook(&self, channel: &str) {
+        let webhooks = &self.gateway.webhooks;
+        if !self.app.subscription_count
+            || !webhooks.wants(&self.app.id, EventType::SubscriptionCount, channel)
+            || Channel::parse(channel).is_ok_and(|c| c.kind == ChannelKind::Presence)
+        {
+            return;
+        }
+        let count = self
+            .gateway
+            .registry
+            .occupancy(&self.app.id, channel)
+            .subscriptions;
+        webhooks.emit(
+            &self.app.id,
+            WebhookEvent::SubscriptionCount {
+                channel: channel.to_owned(),
+                subscription_count: count as u64,
             },
         );
     }

@@ -210,3 +210,71 @@ async fn a_full_webhook_buffer_drops_the_newest_and_counts_them() {
     drop(client);
     server.cleanup().await;
 }
+
+/// The latest `subscription_count` of `channel` received: of the newest batch that has one (batches
+/// may arrive out of order; `time_ms` orders them), its last.
+fn latest_count(received: &[Received], channel: &str) -> Option<u64> {
+    let mut bodies: Vec<Body> = received
+        .iter()
+        .filter(|r| r.status == Some(200))
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    bodies.sort_by_key(|b| b.time_ms);
+    bodies
+        .iter()
+        .flat_map(|b| &b.events)
+        .filter_map(|event| match event {
+            WebhookEvent::SubscriptionCount {
+                channel: c,
+                subscription_count,
+            } if c == channel => Some(*subscription_count),
+            _ => None,
+        })
+        .next_back()
+}
+
+#[tokio::test]
+async fn subscription_counts_follow_the_channel_when_the_app_counts_them() {
+    let receiver = Receiver::start(Behaviour::Ok).await;
+    let server = TestServer::start_with(|c| {
+        with_webhooks(
+            c,
+            vec![webhook(
+                &receiver.url("/counts"),
+                &[EventType::SubscriptionCount],
+                None,
+            )],
+        );
+        c.apps[0].subscription_count = true;
+    })
+    .await;
+    let channel = unique("counted");
+    let room = unique("presence-counted");
+    let mut a = server.connect().await;
+    let mut b = server.connect().await;
+    let mut c = server.connect().await;
+    c.join(&room, "cid").await;
+    a.subscribe(&channel).await;
+    b.subscribe(&channel).await;
+    let at = |n| {
+        let channel = channel.clone();
+        move |r: &[Received]| latest_count(r, &channel) == Some(n)
+    };
+    let received = receiver.wait_until(WAIT, at(2)).await;
+    assert_eq!(latest_count(&received, &channel), Some(2));
+    b.send(json!({"event":"pusher:unsubscribe","data":{"channel":channel}}))
+        .await;
+    assert_eq!(
+        latest_count(&receiver.wait_until(WAIT, at(1)).await, &channel),
+        Some(1)
+    );
+    drop(a);
+    let received = receiver.wait_until(WAIT, at(0)).await;
+    assert_eq!(latest_count(&received, &channel), Some(0));
+    assert_eq!(
+        latest_count(&received, &room),
+        None,
+        "none for presence channels"
+    );
+    server.cleanup().await;
+}

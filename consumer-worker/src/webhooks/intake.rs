@@ -4,12 +4,13 @@
 //! `max_events_per_request`, inserts the batches in one transaction and only then acks the
 //! messages. A crash before the commit means redelivery; nothing is acked that is not stored.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use bus::Backoff;
 use lapin::message::Delivery;
 use lapin::types::DeliveryTag;
-use protocol::webhook::{decode_queued, Queued};
+use protocol::webhook::{decode_queued, Queued, WebhookEvent};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -191,8 +192,9 @@ impl Intake {
 }
 
 /// Sorts `events` to the targets that want them and cuts each target's share into batches of
-/// at most `max_events`, keeping their order. Events no target wants are dropped here (the
-/// gateway filters the same way, so only a configuration that differs between roles has any).
+/// at most `max_events`, keeping their order; of a channel's `subscription_count` events only
+/// the latest is kept. Events no target wants are dropped here (the gateway filters the same
+/// way, so only a configuration that differs between roles has any).
 pub(crate) fn group(targets: &[Target], events: &[Queued], max_events: usize) -> Vec<NewBatch> {
     let mut batches = Vec::new();
     for target in targets {
@@ -201,6 +203,7 @@ pub(crate) fn group(targets: &[Target], events: &[Queued], max_events: usize) ->
             .filter(|queued| queued.app_id == target.app_id && target.filter.matches(&queued.event))
             .map(|queued| queued.event.clone())
             .collect();
+        let wanted = latest_counts(wanted);
         for chunk in wanted.chunks(max_events.max(1)) {
             batches.push(NewBatch {
                 id: Uuid::now_v7(),
@@ -213,12 +216,27 @@ pub(crate) fn group(targets: &[Target], events: &[Queued], max_events: usize) ->
     batches
 }
 
+/// `events` without the `subscription_count`s that a later one of the same channel replaces.
+fn latest_counts(events: Vec<WebhookEvent>) -> Vec<WebhookEvent> {
+    let mut counted = HashSet::new();
+    let mut kept: Vec<WebhookEvent> = events
+        .into_iter()
+        .rev()
+        .filter(|event| match event {
+            WebhookEvent::SubscriptionCount { channel, .. } => counted.insert(channel.clone()),
+            _ => true,
+        })
+        .collect();
+    kept.reverse();
+    kept
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use protocol::webhook::{EventType, Filter, WebhookEvent};
+    use protocol::webhook::{EventType, Filter};
 
     fn target(app: &str, url: &str, types: &[EventType], prefix: Option<&str>) -> Target {
         let filter = Filter {
@@ -272,5 +290,24 @@ mod tests {
         assert_eq!(batches[0].events[0], events[0].event);
         assert_eq!(batches[2].events[0], events[4].event);
         assert!(group(&targets, &[miss("3", "cache-a")], 2).is_empty());
+    }
+
+    #[test]
+    fn only_the_latest_count_of_a_channel_is_kept() {
+        let count = |channel: &str, n| WebhookEvent::SubscriptionCount {
+            channel: channel.into(),
+            subscription_count: n,
+        };
+        let miss = WebhookEvent::CacheMiss {
+            channel: "cache-a".into(),
+        };
+        let events = vec![
+            count("a", 1),
+            miss.clone(),
+            count("b", 1),
+            count("a", 2),
+            count("a", 3),
+        ];
+        assert_eq!(latest_counts(events), [miss, count("b", 1), count("a", 3)]);
     }
 }
