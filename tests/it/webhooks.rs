@@ -278,3 +278,63 @@ async fn subscription_counts_follow_the_channel_when_the_app_counts_them() {
     );
     server.cleanup().await;
 }
+
+/// Every webhook event waiting in the queue of `config`'s prefix, once one is there.
+async fn queued_webhook_events(config: &Config) -> Vec<protocol::webhook::Queued> {
+    let amqp = bus::connect(AMQP, "switchboard-test").await.unwrap();
+    let channel = amqp.create_channel().await.unwrap();
+    let queue = bus::Topology::new(config.amqp_prefix.clone()).webhook_queue();
+    let mut events = Vec::new();
+    for _ in 0..200 {
+        let got = channel
+            .basic_get(&queue, lapin::options::BasicGetOptions { no_ack: true })
+            .await
+            .unwrap();
+        match got {
+            Some(message) => {
+                events.extend(protocol::webhook::decode_queued(&message.delivery.data).unwrap())
+            }
+            None if !events.is_empty() => break,
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let _ = amqp.close(200, "taken").await;
+    events
+}
+
+#[tokio::test]
+async fn the_gateway_publishes_only_what_some_webhook_wants() {
+    let mut config = test_config();
+    with_webhooks(
+        &mut config,
+        vec![webhook(
+            "http://127.0.0.1:9/misses",
+            &[EventType::CacheMiss],
+            Some("cache-wanted-"),
+        )],
+    );
+    // A gateway alone: what it publishes stays in the queue.
+    let gateway = TestServer::start_config(Role::Gateway, config.clone()).await;
+    let mut sender = gateway.connect().await;
+    let mut other = gateway.connect().await;
+    let private = unique("private-unwanted");
+    sender.subscribe_private(&private).await;
+    other.subscribe_private(&private).await;
+    sender
+        .send(json!({"event":"client-x","channel":private,"data":{}}))
+        .await;
+    assert_eq!(other.next_app_event().await["event"], "client-x");
+    sender.subscribe(&unique("cache-other")).await;
+    assert_eq!(sender.next_app_event().await["event"], "pusher:cache_miss");
+    sender.subscribe(&unique("cache-wanted")).await;
+    assert_eq!(sender.next_app_event().await["event"], "pusher:cache_miss");
+    let queued = queued_webhook_events(&config).await;
+    let wanted = queued.iter().map(|q| q.event.channel()).collect::<Vec<_>>();
+    assert_eq!(
+        wanted.len(),
+        1,
+        "only the wanted cache_miss was published: {wanted:?}"
+    );
+    assert!(wanted[0].starts_with("cache-wanted-"), "{wanted:?}");
+    gateway.cleanup().await;
+}
