@@ -338,3 +338,34 @@ async fn the_gateway_publishes_only_what_some_webhook_wants() {
     assert!(wanted[0].starts_with("cache-wanted-"), "{wanted:?}");
     gateway.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_gateway_stopped_while_the_broker_is_away_stops_in_time_counting_what_it_drops() {
+    let proxy = broker_proxy().await;
+    let mut config = test_config();
+    with_webhooks(
+        &mut config,
+        vec![WebhookConfig::new("http://127.0.0.1:9/never")],
+    );
+    config.amqp_url = amqp_url_via(&proxy);
+    let mut server = TestServer::start_config(Role::Serve, config).await;
+    let mut client = server.connect().await;
+    proxy.cut();
+    client.subscribe(&unique("cache-stranded")).await;
+    assert_eq!(client.next_app_event().await["event"], "pusher:cache_miss");
+    let metrics = server.metrics().await;
+    assert!(server.stop().await, "stopped within the shutdown timeout");
+    drop(client);
+    let dropped = |metrics: &str| {
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(r#"switchboard_webhook_events_dropped_total{reason="shutdown"} "#)
+            })
+            .map_or(0.0, |n| n.parse::<f64>().unwrap())
+    };
+    let after = switchboard::admin::metrics_handle().render();
+    assert!(dropped(&after) > dropped(&metrics), "{after}");
+    proxy.restore();
+    server.cleanup().await;
+}

@@ -6,8 +6,8 @@
 //! else. The task takes what is buffered into one message (a JSON array of
 //! [`protocol::webhook::Queued`]) and publishes it with `mandatory` until RabbitMQ confirms it:
 //! while the broker is unreachable, nacks or returns it, the same bytes are published again
-//! with backoff, so no buffered event is lost silently. Only at shutdown does it give up (after
-//! a failed attempt), counting what it drops with `reason="shutdown"`.
+//! with backoff, so no buffered event is lost silently. Only once shutdown has begun does it give
+//! up (at its next failed attempt), counting what it drops with `reason="shutdown"`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -31,7 +31,7 @@ use crate::Backoff;
 const MAX_MESSAGE_EVENTS: usize = 1000;
 
 /// Handle to the webhook publishing task; cheap to clone. The task ends when every handle is
-/// gone (or at shutdown, once its buffer is empty).
+/// gone and what they sent is published (at shutdown, when publishing fails, at once).
 #[derive(Clone)]
 pub struct WebhookPublisher {
     tx: mpsc::Sender<Queued>,
@@ -88,12 +88,7 @@ async fn run(
 ) {
     let queue = config.topology.webhook_queue();
     loop {
-        let first = tokio::select! {
-            biased;
-            event = events.recv() => event,
-            () = shutdown.cancelled(), if events.is_empty() => None,
-        };
-        let Some(first) = first else {
+        let Some(first) = events.recv().await else {
             return;
         };
         let mut parts = vec![first.encode()];
