@@ -8,7 +8,6 @@
 #                               the stall's p99 effect may reach 100 % there (a debug build's
 #                               5 s windows are noisy): it still catches a stall that slows the
 #                               fan-out, and the full run holds the 10 % target
-
 # Other arguments go to `switchboard-bench chaos` (see its --help).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
