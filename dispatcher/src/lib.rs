@@ -8,12 +8,14 @@
 
 mod barrier;
 mod cluster;
+mod debounce;
 mod live;
 mod registry;
 mod socket;
 mod transition;
 
 pub use barrier::SYNC_TIMEOUT;
+pub use debounce::{Debounce, MAX_PENDING as MAX_DEBOUNCE_PENDING};
 pub use live::{run_live, LiveConfig};
 pub use registry::{
     AppOptions, CachedEvent, ConnectError, Occupancy, Registry, RegistryConfig, SubscribeError,
