@@ -1,4 +1,5 @@
-//! The admin listener: `/health`, `/ready` and Prometheus `/metrics`.
+//! The admin listener: `/health`, `/ready`, Prometheus `/metrics` and the dashboard
+//! (`dashboards`).
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,7 +8,9 @@ use std::sync::{Arc, OnceLock};
 use ingest::server::Listener;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
+use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
+use warp::reply::Response;
 use warp::{Filter, Reply};
 
 /// Installs the process-wide Prometheus recorder once and returns its handle.
@@ -50,7 +53,12 @@ impl Check {
 
 /// Serves `/health`, `/ready` and `/metrics` on `listener` (the edge the gateway uses: same
 /// accept loop, timeouts and graceful shutdown) until `shutdown`.
-pub async fn serve(listener: Listener, checks: Vec<Check>, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: Listener,
+    checks: Vec<Check>,
+    dashboard: BoxedFilter<(Response,)>,
+    shutdown: CancellationToken,
+) {
     let handle = metrics_handle();
     let checks = Arc::new(checks);
     let health = warp::path!("health").map(|| "ok".into_response());
@@ -70,6 +78,8 @@ pub async fn serve(listener: Listener, checks: Vec<Check>, shutdown: Cancellatio
     let metrics = warp::path!("metrics").map(move || handle.render().into_response());
     let routes = warp::get()
         .and(health.or(ready).unify().or(metrics).unify())
+        .or(dashboard)
+        .unify()
         .recover(|_| async {
             Ok::<_, Infallible>(warp::reply::with_status("not found", StatusCode::NOT_FOUND))
         });

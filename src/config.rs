@@ -90,6 +90,11 @@ pub enum ConfigError {
         field: &'static str,
         expected: &'static str,
     },
+    #[error(
+        "admin_bind {0} is not a loopback address: set admin.password \
+         (SWITCHBOARD_ADMIN__PASSWORD) so that the dashboard is not open to the network"
+    )]
+    OpenDashboard(std::net::SocketAddr),
     #[error("amqp_prefix {0:?} must be 1-64 characters of A-Z a-z 0-9 _ - .")]
     BadPrefix(String),
     #[error("apps {app:?} webhooks[{index}]: {source}")]
@@ -227,6 +232,7 @@ impl Config {
             max_frame_bytes: g.max_frame_bytes,
             max_body_bytes: g.max_body_bytes,
             cache_ttl: Duration::from_secs(g.cache_ttl_secs),
+            max_channels_per_connection: g.max_channels_per_connection,
             trusted_proxies: g.trusted_proxies.clone(),
             idempotency_cache_entries: NonZeroUsize::new(g.idempotency_cache_entries)
                 .unwrap_or(NonZeroUsize::MIN),

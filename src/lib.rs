@@ -13,7 +13,8 @@ use admin::Check;
 use bus::{Publisher, PublisherConfig, Topology, WebhookPublisher};
 use config::Config;
 use consumer_worker::WorkerConfig;
-use dispatcher::{LiveConfig, Registry};
+use dashboards::DashboardConfig;
+use dispatcher::{LiveConfig, Registry, RegistryConfig};
 use ingest::server::{Limits, Listener, Liveness};
 use ingest::tls::{Tls, TlsError};
 use ingest::{About, Gateway, Webhooks};
@@ -61,6 +62,8 @@ pub enum StartError {
     LiveNotReady(Duration),
     #[error("the publisher did not connect to RabbitMQ within {0:?}")]
     PublisherNotReady(Duration),
+    #[error("the dashboard's database: {0}")]
+    Dashboard(#[source] sqlx::Error),
     #[error("TLS of the {listener} listener: {source}")]
     Tls {
         listener: &'static str,
@@ -235,7 +238,13 @@ pub async fn start(
             tls: bound.tls.is_some(),
             admin: Some((admin_addr, admin_listener.tls.is_some())),
         };
-        let (registry, outbox) = Registry::new(node, gateway_config.cache_ttl);
+        let (registry, outbox) = Registry::new(
+            node,
+            RegistryConfig {
+                cache_ttl: gateway_config.cache_ttl,
+                max_channels_per_connection: gateway_config.max_channels_per_connection,
+            },
+        );
         let registry = Arc::new(registry);
         let live_ready = Arc::new(AtomicBool::new(false));
         tracker.spawn(dispatcher::run_live(
@@ -310,7 +319,14 @@ pub async fn start(
 
     info!(%admin_addr, tls = admin_listener.tls.is_some(), "admin listening");
     let listener = admin_listener.listen(&tracker, &shutdown);
-    tracker.spawn(admin::serve(listener, checks, shutdown.clone()));
+    let dashboard = dashboards::routes(DashboardConfig {
+        password: config.admin.password.clone(),
+        database_url: config.database_url.clone(),
+        apps: config.apps.iter().map(|app| app.id.clone()).collect(),
+        report_timeout: Duration::from_millis(config.admin.report_timeout_ms),
+    })
+    .map_err(StartError::Dashboard)?;
+    tracker.spawn(admin::serve(listener, checks, dashboard, shutdown.clone()));
     Ok(Running {
         gateway_addr,
         admin_addr,

@@ -6,15 +6,22 @@
 //! per event and offered to every subscriber with `try_send`; a subscriber whose queue is full is
 //! closed with 4100 (slow consumer) instead of slowing the others.
 
+mod barrier;
+mod cluster;
+mod debounce;
 mod live;
 mod registry;
+mod socket;
 mod transition;
 
+pub use barrier::SYNC_TIMEOUT;
+pub use debounce::{Debounce, MAX_PENDING as MAX_DEBOUNCE_PENDING};
 pub use live::{run_live, LiveConfig};
 pub use registry::{
-    AppOptions, CachedEvent, CloseSignal, Frame, Occupancy, Registry, SocketHandle, SubscribeError,
-    CLOSE_TERMINATED,
+    AppOptions, CachedEvent, ConnectError, Occupancy, Registry, RegistryConfig, SubscribeError,
+    CLOSE_TERMINATED, TRANSITIONS_CAPACITY,
 };
+pub use socket::{CloseSignal, Frame, SocketHandle};
 pub use transition::Transition;
 
 /// Pusher close code for "reconnect at once" (4200–4299): the server cannot rule out that this

@@ -1,6 +1,6 @@
 //! This node's link to the bus for the live path: consumes the live queue (event batches and the
-//! other nodes' control messages), fans events out, and publishes this node's snapshots and
-//! control messages. Reconnects on its own.
+//! other nodes' control messages), fans events out, and publishes this node's deltas, snapshots
+//! and control messages. Reconnects on its own.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,14 +33,17 @@ pub struct LiveConfig {
     /// for the node to reconnect); a node away for longer closes its sockets on return.
     pub queue_expires: Duration,
     pub prefetch: u16,
-    /// How often this node publishes its snapshot even when nothing changed.
+    /// How often this node publishes its snapshot (the heartbeat) even when nothing changed.
     pub heartbeat: Duration,
-    /// How long without a snapshot before another node is considered dead.
+    /// How long without a message before another node is considered dead.
     pub node_timeout: Duration,
 }
 
-/// A change is announced to the other nodes within this time.
-const SNAPSHOT_DEBOUNCE: Duration = Duration::from_millis(50);
+/// A change is announced to the other nodes within this time, in a delta.
+const DELTA_DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// How often expired cache-channel events are swept (the shortest TTL is a second).
+const CACHE_SWEEP: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 enum LiveError {
@@ -259,9 +262,14 @@ async fn serve(
                 .map(drop)
         }
     };
-    publish(Control::Snapshot(registry.snapshot())).await?;
+    // Deltas published while the link was down are lost: a new snapshot for everyone.
+    registry.request_snapshot();
+    for message in registry.outgoing(false) {
+        publish(message).await?;
+    }
     let mut last_snapshot = Instant::now();
-    let mut tick = tokio::time::interval(SNAPSHOT_DEBOUNCE);
+    let mut tick = tokio::time::interval(DELTA_DEBOUNCE);
+    let mut sweep = tokio::time::interval(CACHE_SWEEP);
     let mut acks = Acks::default();
     loop {
         tokio::select! {
@@ -272,8 +280,11 @@ async fn serve(
                 }
             }
             _ = tick.tick() => {
-                if registry.take_dirty() || last_snapshot.elapsed() >= config.heartbeat {
-                    publish(Control::Snapshot(registry.snapshot())).await?;
+                let heartbeat = last_snapshot.elapsed() >= config.heartbeat;
+                for message in registry.outgoing(heartbeat) {
+                    publish(message).await?;
+                }
+                if heartbeat {
                     last_snapshot = Instant::now();
                 }
                 for node in registry.stale_nodes(config.node_timeout) {
@@ -282,6 +293,7 @@ async fn serve(
                 registry.flush_counts();
                 acks.flush(&channel).await?;
             }
+            _ = sweep.tick() => registry.sweep_cache(),
             next = dropped.next() => {
                 // Overflow of the live queue: these events will never reach this node's
                 // sockets, so their subscribers are closed (4100) rather than left behind.
@@ -298,12 +310,16 @@ async fn serve(
                 let delivery = next.ok_or(LiveError::Cancelled)??;
                 if delivery.routing_key.as_str() == CONTROL_ROUTING_KEY {
                     match Control::decode(&delivery.data) {
-                        Ok(Control::Snapshot(snapshot)) => registry.apply_remote(snapshot),
-                        Ok(Control::Goodbye { node }) if node != registry.node() => registry.forget_node(node),
-                        Ok(Control::Goodbye { .. }) => {}
-                        Ok(Control::Terminate { app_id, user_id }) => {
-                            registry.terminate_local(&app_id, &user_id);
+                        Ok(Control::Sync { node, id }) => {
+                            if node != registry.node() {
+                                // What this node knows goes out first, on this channel, in order.
+                                for message in registry.outgoing(false) {
+                                    publish(message).await?;
+                                }
+                                publish(Control::Synced { to: node, from: registry.node(), id }).await?;
+                            }
                         }
+                        Ok(message) => registry.receive(message),
                         Err(error) => warn!(%error, "undecodable control message"),
                     }
                 } else {

@@ -130,7 +130,10 @@ async fn accept(listener: TcpListener, target: SocketAddr, control: Arc<Control>
             Mode::Forward | Mode::HoldReplies => {}
         }
         tokio::spawn(async move {
+            // The token first: a restore cancels it before switching the mode, so held bytes are
+            // dropped with their connection, never relayed on the way out.
             tokio::select! {
+                biased;
                 () = token.cancelled() => {}
                 () = relay(inbound, target, mode) => {}
             }

@@ -145,6 +145,7 @@ async fn handle_inner(
             Ok(json!({ "batch": described }))
         }
         Endpoint::Channels => {
+            gateway.registry.fresh().await;
             let prefix = param("filter_by_prefix").unwrap_or("");
             let attributes = param("info")
                 .map(parse_info)
@@ -177,6 +178,7 @@ async fn handle_inner(
         }
         Endpoint::Channel(name) => {
             validate_channel(&name)?;
+            gateway.registry.fresh().await;
             let attributes = param("info")
                 .map(parse_info)
                 .transpose()?
@@ -188,6 +190,7 @@ async fn handle_inner(
             if channel.kind != ChannelKind::Presence {
                 return Err(ApiError::NotPresence(name));
             }
+            gateway.registry.fresh().await;
             let users: Vec<Value> = gateway
                 .registry
                 .members(&app.id, &name)

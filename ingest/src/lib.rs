@@ -51,6 +51,8 @@ pub struct GatewayConfig {
     pub max_body_bytes: u64,
     /// How long a cache channel keeps its last event.
     pub cache_ttl: Duration,
+    /// Most channels one connection may be subscribed to at once.
+    pub max_channels_per_connection: usize,
     /// Proxies whose `X-Forwarded-For` gives the client's address (Segment `ip`).
     pub trusted_proxies: Vec<TrustedProxy>,
     /// How many confirmed idempotency keys the node remembers (the least recently used go).
@@ -70,6 +72,7 @@ impl Default for GatewayConfig {
             max_frame_bytes: 64 * 1024,
             max_body_bytes: 256 * 1024,
             cache_ttl: Duration::from_secs(30 * 60),
+            max_channels_per_connection: 100,
             trusted_proxies: Vec::new(),
             idempotency_cache_entries: NonZeroUsize::new(100_000).expect("not zero"),
             idempotency_window: Duration::from_secs(48 * 3600),

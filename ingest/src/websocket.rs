@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dispatcher::{AppOptions, Frame, SocketHandle, SubscribeError};
+use dispatcher::{AppOptions, ConnectError, Frame, SocketHandle, SubscribeError};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use governor::clock::DefaultClock;
@@ -42,6 +42,9 @@ pub mod code {
     pub const PONG_TIMEOUT: u16 = 4201;
     pub const CLIENT_EVENT_RATE_LIMIT: u16 = 4301;
     pub const WATCHLIST_LIMIT: u16 = 4302;
+    /// The `status` of the `pusher:subscription_error` for a subscription over
+    /// `gateway.max_channels_per_connection` (the connection stays open).
+    pub const TOO_MANY_CHANNELS: u16 = 4303;
     pub const NORMAL: u16 = 1000;
 }
 
@@ -79,13 +82,15 @@ fn check_handshake(
         Ok(version) if PROTOCOLS.contains(&version) => {}
         _ => return Err((code::UNSUPPORTED_PROTOCOL, "Unsupported protocol version")),
     }
-    if app
-        .max_connections
-        .is_some_and(|max| gateway.registry.connections(&app.id) >= max)
-    {
-        return Err((code::OVER_CONNECTION_QUOTA, "Over connection quota"));
-    }
     Ok(app.clone())
+}
+
+/// Tells the client why it is refused, then closes.
+async fn refuse(sink: &mut SplitSink<WebSocket, Message>, code: u16, message: &'static str) {
+    let _ = sink
+        .send(Message::text(frame::encode_error(message, Some(code))))
+        .await;
+    let _ = sink.send(Message::close_with(code, message)).await;
 }
 
 /// Runs one WebSocket connection to its end.
@@ -93,13 +98,7 @@ pub async fn run(gateway: Arc<Gateway>, handshake: Handshake, socket: WebSocket)
     let (mut sink, stream) = socket.split();
     let app = match check_handshake(&gateway, &handshake) {
         Ok(app) => app,
-        Err((code, message)) => {
-            let _ = sink
-                .send(Message::text(frame::encode_error(message, Some(code))))
-                .await;
-            let _ = sink.send(Message::close_with(code, message)).await;
-            return;
-        }
+        Err((code, message)) => return refuse(&mut sink, code, message).await,
     };
     let socket_id = SocketId {
         node: gateway.node,
@@ -108,8 +107,25 @@ pub async fn run(gateway: Arc<Gateway>, handshake: Handshake, socket: WebSocket)
     .to_string();
     let span = tracing::info_span!("socket", socket_id, app_id = app.id);
     async move {
-        metrics::gauge!("switchboard_connections").increment(1.0);
         let (handle, outbound) = SocketHandle::new(&socket_id, gateway.config.socket_queue_len);
+        let options = AppOptions {
+            subscription_count: app.subscription_count,
+            max_presence_members: app.limits.max_presence_members,
+            max_connections: app.max_connections,
+        };
+        // The quota is checked and the connection counted in one step (the registry's lock).
+        if let Err(error @ ConnectError::OverQuota { .. }) =
+            gateway.registry.connect(&app.id, options, &handle)
+        {
+            debug!(%error, "connection refused");
+            return refuse(
+                &mut sink,
+                code::OVER_CONNECTION_QUOTA,
+                "Over connection quota",
+            )
+            .await;
+        }
+        metrics::gauge!("switchboard_connections").increment(1.0);
         let writer = tokio::spawn(write_loop(sink, outbound, handle.clone()).in_current_span());
         handle.send(
             frame::encode_connection_established(
@@ -118,11 +134,6 @@ pub async fn run(gateway: Arc<Gateway>, handshake: Handshake, socket: WebSocket)
             )
             .into(),
         );
-        let options = AppOptions {
-            subscription_count: app.subscription_count,
-            max_presence_members: app.limits.max_presence_members,
-        };
-        gateway.registry.connect(&app.id, options, &handle);
         let rate =
             ClientEventLimit::new(app.limits.client_events_per_second, DefaultClock::default());
         let mut session = Session {
@@ -338,13 +349,18 @@ impl Session {
                     .registry
                     .subscribe(&self.app.id, &name, &self.handle, member)
                     .map(|_| user_id)
-                    .map_err(
-                        |SubscribeError::PresenceFull { max }| Refusal::Subscription {
+                    .map_err(|error| match error {
+                        SubscribeError::PresenceFull { max } => Refusal::Subscription {
                             kind: "LimitReached",
                             error: format!("Presence channel is full ({max} members)"),
                             status: 403,
                         },
-                    )
+                        SubscribeError::TooManyChannels { max } => Refusal::Subscription {
+                            kind: "LimitReached",
+                            error: format!("Too many channels on this connection: at most {max}"),
+                            status: code::TOO_MANY_CHANNELS,
+                        },
+                    })
             });
         match result {
             Ok(user_id) => {

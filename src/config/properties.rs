@@ -100,6 +100,7 @@ fn config_text() -> impl Strategy<Value = String> {
             "max_frame_bytes",
             "max_body_bytes",
             "cache_ttl_secs",
+            "max_channels_per_connection",
             "live_queue_max_len",
             "cluster_heartbeat_ms",
             "cluster_node_timeout_ms",
@@ -282,7 +283,12 @@ fn valid_config() -> impl Strategy<Value = Config> {
                 gateway,
                 publisher,
                 worker,
-                ..Config::default()
+                webhooks: WebhooksSection::default(),
+                // Any admin_bind: a password keeps a non-loopback one valid.
+                admin: AdminSection {
+                    password: Some("generated".into()),
+                    ..AdminSection::default()
+                },
             },
         )
 }

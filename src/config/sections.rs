@@ -33,6 +33,9 @@ pub struct GatewaySection {
     pub max_body_bytes: u64,
     /// Seconds a cache channel keeps its last event (Pusher: at most 30 min).
     pub cache_ttl_secs: u64,
+    /// Channels one connection may be subscribed to at once; a subscription beyond is refused
+    /// with `pusher:subscription_error` (the connection stays open).
+    pub max_channels_per_connection: usize,
     /// Messages the node's live queue holds before dropping the oldest.
     pub live_queue_max_len: u32,
     /// Seconds the node's live queue outlives its broker connection: what is routed meanwhile
@@ -59,12 +62,18 @@ pub struct GatewaySection {
 }
 
 /// The admin listener's own settings (its timeouts are the gateway's).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(custom_debug::Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminSection {
     pub max_connections: usize,
     /// `https://` on `admin_bind`.
     pub tls: Option<TlsSection>,
+    /// The dashboard's password (user `admin`); without one the dashboard is served only on a
+    /// loopback `admin_bind`.
+    #[debug(with = dashboards::debug_secret)]
+    pub password: Option<String>,
+    /// The statement timeout of one report of the reports API.
+    pub report_timeout_ms: u64,
 }
 
 impl Default for AdminSection {
@@ -72,6 +81,8 @@ impl Default for AdminSection {
         AdminSection {
             max_connections: 64,
             tls: None,
+            password: None,
+            report_timeout_ms: 5000,
         }
     }
 }
@@ -111,6 +122,7 @@ impl Default for GatewaySection {
             max_frame_bytes: g.max_frame_bytes,
             max_body_bytes: g.max_body_bytes,
             cache_ttl_secs: g.cache_ttl.as_secs(),
+            max_channels_per_connection: g.max_channels_per_connection,
             live_queue_max_len: 100_000,
             live_queue_expires_secs: 60,
             cluster_heartbeat_ms: 1000,

@@ -68,6 +68,37 @@ fn edge_limits_must_be_positive() {
 }
 
 #[test]
+fn the_dashboard_is_never_open_to_the_network() {
+    let open = Config {
+        admin_bind: Some("0.0.0.0:9601".parse().unwrap()),
+        ..Config::default()
+    };
+    let error = open.validate().unwrap_err();
+    assert!(matches!(error, ConfigError::OpenDashboard(_)));
+    assert!(
+        error.to_string().contains("SWITCHBOARD_ADMIN__PASSWORD"),
+        "{error}"
+    );
+    let mut guarded = open.clone();
+    guarded.admin.password = Some("s3cret".into());
+    assert!(guarded.validate().is_ok());
+    assert!(!format!("{guarded:?}").contains("s3cret"));
+    guarded.admin.password = Some(String::new());
+    assert!(matches!(
+        guarded.validate(),
+        Err(ConfigError::OutOfRange {
+            field: "admin.password",
+            ..
+        })
+    ));
+    let local = Config {
+        admin_bind: Some("127.0.0.1:9601".parse().unwrap()),
+        ..Config::default()
+    };
+    assert!(local.validate().is_ok(), "loopback needs no password");
+}
+
+#[test]
 fn dev_credentials_on_public_bind_are_flagged() {
     let config = Config {
         bind: "0.0.0.0:6001".parse().unwrap(),
@@ -118,6 +149,10 @@ fn rejects_bad_values() {
         (
             |c: &mut Config| c.worker.max_attempts = 0,
             "worker.max_attempts",
+        ),
+        (
+            |c: &mut Config| c.gateway.max_channels_per_connection = 0,
+            "gateway.max_channels_per_connection",
         ),
     ] {
         let mut config = Config::default();
@@ -174,6 +209,7 @@ fn file_then_environment() {
         jail.set_env("SWITCHBOARD_PUBLISHER__MAX_MESSAGE_BYTES", "65536");
         jail.set_env("SWITCHBOARD_WORKER__MAX_ATTEMPTS", "5");
         jail.set_env("SWITCHBOARD_GATEWAY__IDEMPOTENCY_CACHE_ENTRIES", "10");
+        jail.set_env("SWITCHBOARD_GATEWAY__MAX_CHANNELS_PER_CONNECTION", "20");
         jail.set_env("SWITCHBOARD_GATEWAY__TLS__CERT_PATH", "/etc/sb/cert.pem");
         jail.set_env("SWITCHBOARD_GATEWAY__TLS__KEY_PATH", "/etc/sb/key.pem");
         jail.set_env("SWITCHBOARD_ADMIN__MAX_CONNECTIONS", "8");
@@ -191,6 +227,7 @@ fn file_then_environment() {
         assert_eq!(config.publisher.max_message_bytes, 65536);
         assert_eq!(config.worker.max_attempts, 5);
         assert_eq!(config.gateway_config().idempotency_cache_entries.get(), 10);
+        assert_eq!(config.gateway_config().max_channels_per_connection, 20);
         assert_eq!(config.worker.dedup_window_hours, 48);
         assert_eq!(config.amqp_prefix, "fromenv");
         assert_eq!(config.bind.port(), 7001);

@@ -23,7 +23,7 @@ impl Config {
         self.validate_edge()?;
         self.validate_webhooks()?;
         let g = &self.gateway;
-        let checks: [(&'static str, bool, &'static str); 16] = [
+        let checks: &[(&'static str, bool, &'static str)] = &[
             (
                 "gateway.activity_timeout_secs",
                 (1..=3600).contains(&g.activity_timeout_secs),
@@ -58,6 +58,11 @@ impl Config {
                 "gateway.cache_ttl_secs",
                 (1..=1800).contains(&g.cache_ttl_secs),
                 "1 to 1800",
+            ),
+            (
+                "gateway.max_channels_per_connection",
+                g.max_channels_per_connection > 0,
+                "at least 1",
             ),
             (
                 "gateway.cluster_node_timeout_ms",
@@ -105,7 +110,7 @@ impl Config {
                 "at least 1 (or unset to keep everything)",
             ),
         ];
-        for (field, ok, expected) in checks {
+        for &(field, ok, expected) in checks {
             if !ok {
                 return Err(ConfigError::OutOfRange { field, expected });
             }
@@ -192,6 +197,7 @@ impl Config {
             ("gateway.tls.reload_interval_secs", reload_ok(&g.tls)),
             ("admin.max_connections", self.admin.max_connections >= 1),
             ("admin.tls.reload_interval_secs", reload_ok(&self.admin.tls)),
+            ("admin.report_timeout_ms", self.admin.report_timeout_ms >= 1),
         ];
         for (field, ok) in checks {
             if !ok {
@@ -201,7 +207,14 @@ impl Config {
                 });
             }
         }
-        Ok(())
+        match (&self.admin.password, self.admin_bind) {
+            (Some(password), _) if password.is_empty() => Err(ConfigError::OutOfRange {
+                field: "admin.password",
+                expected: "not empty (or unset)",
+            }),
+            (None, Some(bind)) if !bind.ip().is_loopback() => Err(ConfigError::OpenDashboard(bind)),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -99,6 +99,47 @@ async fn presence_rejections() {
 }
 
 #[tokio::test]
+async fn channels_per_connection_are_limited_and_the_socket_stays() {
+    let server = TestServer::start_with(|c| c.gateway.max_channels_per_connection = 2).await;
+    let [first, second, third] = ["first", "second", "third"].map(unique);
+    let mut client = server.connect().await;
+    client.subscribe(&first).await;
+    client.subscribe(&second).await;
+    client
+        .send(json!({"event":"pusher:subscribe","data":{"auth":"","channel":third}}))
+        .await;
+    let refused = client.next_app_event().await;
+    assert_eq!(refused["event"], "pusher:subscription_error", "{refused}");
+    assert_eq!(refused["channel"], third.as_str());
+    assert_eq!(
+        ws::data(&refused),
+        json!({"type":"LimitReached","error":"Too many channels on this connection: at most 2","status":4303})
+    );
+    // The connection and its subscriptions are untouched.
+    assert_eq!(
+        server.trigger(&first, "ev", "still here").await.status(),
+        200
+    );
+    assert_eq!(client.next_app_event().await["data"], "still here");
+    assert_eq!(
+        server.trigger(&third, "ev", "not yours").await.status(),
+        200
+    );
+    client.assert_silent(Duration::from_millis(300)).await;
+    // Leaving a channel makes room for another.
+    client
+        .send(json!({"event":"pusher:unsubscribe","data":{"channel":first}}))
+        .await;
+    client.subscribe(&third).await;
+    assert_eq!(
+        server.trigger(&third, "ev", "now yours").await.status(),
+        200
+    );
+    assert_eq!(client.next_app_event().await["data"], "now yours");
+    server.cleanup().await;
+}
+
+#[tokio::test]
 async fn client_events_rules() {
     let server = TestServer::start().await;
     let channel = unique("private-chat");
@@ -342,6 +383,29 @@ fn two_apps(config: &mut Config) {
 
 fn switchboard_app(id: &str, key: &str, secret: &str) -> ingest::App {
     ingest::App::new(id, key, secret)
+}
+
+#[tokio::test]
+async fn concurrent_handshakes_get_exactly_the_connection_quota() {
+    const MAX: usize = 3;
+    let server = TestServer::start_with(|c| c.apps[0].max_connections = Some(MAX)).await;
+    let url = server.ws_url(common::KEY, "protocol=7");
+    let handshakes = (0..3 * MAX).map(|_| async {
+        let mut socket = Client::connect_raw(&url).await;
+        let first = ws::read_seen(&mut socket, ws::WAIT).await;
+        (socket, first)
+    });
+    let outcomes = futures_util::future::join_all(handshakes).await;
+    let mut established = 0;
+    for (_, first) in &outcomes {
+        match first {
+            Seen::Event(ev) if ev["event"] == "pusher:connection_established" => established += 1,
+            Seen::Event(ev) => assert_eq!(ws::data(ev)["code"], 4004, "{ev}"),
+            other => panic!("expected an event, saw {other:?}"),
+        }
+    }
+    assert_eq!(established, MAX);
+    server.cleanup().await;
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 
 mod api;
 mod channels;
+mod cluster;
 mod common;
 mod conformance;
 mod durable;

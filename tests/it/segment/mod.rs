@@ -8,6 +8,7 @@ mod enrich;
 mod limits;
 mod live;
 mod reports;
+mod reports_api;
 
 use std::io::Write;
 

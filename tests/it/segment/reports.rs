@@ -19,7 +19,7 @@ fn fixture_base() -> DateTime<Utc> {
 }
 
 /// Four visitors over three weeks (see the expectations in `reports_match_the_fixture`).
-async fn load_fixture(server: &TestServer) -> DateTime<Utc> {
+pub(super) async fn load_fixture(server: &TestServer) -> DateTime<Utc> {
     let base = fixture_base();
     // week, day of week (0 = Monday), hour, minute
     let at = |week: i64, day: i64, hour: i64, minute: i64| {

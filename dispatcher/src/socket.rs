@@ -1,0 +1,106 @@
+//! What the registry holds of a connection: the sending half of its bounded outbound queue and
+//! the signal that closes it.
+
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio_util::sync::CancellationToken;
+
+use crate::CLOSE_SLOW_CONSUMER;
+
+/// One encoded server → client text frame, shared by every socket it goes to.
+pub type Frame = Arc<str>;
+
+/// Asks a socket to close with a Pusher close code; the first code given wins.
+#[derive(Debug, Default)]
+pub struct CloseSignal {
+    code: AtomicU16,
+    token: CancellationToken,
+}
+
+impl CloseSignal {
+    pub fn close(&self, code: u16) {
+        let _ = self
+            .code
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
+        self.token.cancel();
+    }
+
+    /// Resolves with the close code once [`CloseSignal::close`] was called.
+    pub async fn closed(&self) -> u16 {
+        self.token.cancelled().await;
+        self.code.load(Ordering::Acquire)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.token.is_cancelled()
+    }
+}
+
+/// A connection's id and the sending half of its bounded queue.
+#[derive(Debug, Clone)]
+pub struct SocketHandle {
+    pub socket_id: Arc<str>,
+    tx: mpsc::Sender<Frame>,
+    close: Arc<CloseSignal>,
+}
+
+impl SocketHandle {
+    /// A handle and the receiving half of its outbound queue of `capacity` frames.
+    pub fn new(socket_id: &str, capacity: usize) -> (SocketHandle, mpsc::Receiver<Frame>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let handle = SocketHandle {
+            socket_id: socket_id.into(),
+            tx,
+            close: Arc::default(),
+        };
+        (handle, rx)
+    }
+
+    /// Queues a frame without waiting. A full queue closes the socket with 4100; returns whether
+    /// the frame was queued.
+    pub fn send(&self, frame: Frame) -> bool {
+        match self.tx.try_send(frame) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                if !self.close.is_closed() {
+                    metrics::counter!("switchboard_slow_consumers_closed_total").increment(1);
+                    tracing::warn!(socket_id = %self.socket_id, "outbound queue full; closing slow consumer");
+                }
+                self.close.close(CLOSE_SLOW_CONSUMER);
+                false
+            }
+            Err(TrySendError::Closed(_)) => false,
+        }
+    }
+
+    pub(crate) fn send_text(&self, frame: String) {
+        self.send(frame.into());
+    }
+
+    pub fn close_signal(&self) -> &CloseSignal {
+        &self.close
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn close_signal_keeps_first_code() {
+        let signal = CloseSignal::default();
+        signal.close(CLOSE_SLOW_CONSUMER);
+        signal.close(4200);
+        assert_eq!(signal.closed().await, CLOSE_SLOW_CONSUMER);
+    }
+
+    #[test]
+    fn a_full_queue_closes_the_socket_with_4100() {
+        let (handle, _rx) = SocketHandle::new("1.1", 1);
+        assert!(handle.send("a".into()));
+        assert!(!handle.send("b".into()));
+        assert!(handle.close_signal().is_closed());
+    }
+}
