@@ -314,6 +314,13 @@ pub async fn start(
             name: "gateway_listener",
             ok: Arc::new(listener.liveness.probe()),
         });
+        if Webhooks::any(&gateway.apps) {
+            tracker.spawn(ingest::cluster_webhooks::forward(
+                gateway.clone(),
+                Duration::from_millis(config.webhooks.vacate_debounce_ms),
+                shutdown.clone(),
+            ));
+        }
         tracker.spawn(ingest::serve(listener, gateway));
     }
 

@@ -4,6 +4,7 @@
 mod api;
 mod channels;
 mod cluster;
+mod cluster_webhooks;
 mod common;
 mod conformance;
 mod durable;

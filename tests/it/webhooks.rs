@@ -14,19 +14,19 @@ use crate::common::{amqp_url_via, broker_proxy, test_config, TestServer, AMQP, K
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     format!("{prefix}-{:08x}", rand::random::<u32>())
 }
 
 /// The test's webhooks: quick batches, quick retries.
-fn with_webhooks(config: &mut Config, webhooks: Vec<WebhookConfig>) {
+pub(crate) fn with_webhooks(config: &mut Config, webhooks: Vec<WebhookConfig>) {
     config.apps[0].webhooks = webhooks;
     config.webhooks.batch_window_ms = 20;
     config.webhooks.backoff_base_ms = 20;
     config.webhooks.backoff_max_ms = 200;
 }
 
-fn webhook(url: &str, types: &[EventType], prefix: Option<&str>) -> WebhookConfig {
+pub(crate) fn webhook(url: &str, types: &[EventType], prefix: Option<&str>) -> WebhookConfig {
     WebhookConfig {
         event_types: types.to_vec(),
         channel_prefix: prefix.map(str::to_owned),
@@ -35,7 +35,7 @@ fn webhook(url: &str, types: &[EventType], prefix: Option<&str>) -> WebhookConfi
 }
 
 /// Every event of every request the receiver answered, after checking its signature.
-fn events(received: &[Received]) -> Vec<WebhookEvent> {
+pub(crate) fn events(received: &[Received]) -> Vec<WebhookEvent> {
     received
         .iter()
         .filter(|r| r.status == Some(200))
@@ -52,7 +52,7 @@ fn events(received: &[Received]) -> Vec<WebhookEvent> {
         .collect()
 }
 
-async fn wait_for_events(receiver: &Receiver, count: usize) -> Vec<WebhookEvent> {
+pub(crate) async fn wait_for_events(receiver: &Receiver, count: usize) -> Vec<WebhookEvent> {
     let received = receiver
         .wait_until(WAIT, |r| events(r).len() >= count)
         .await;

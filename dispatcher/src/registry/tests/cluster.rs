@@ -272,5 +272,9 @@ fn the_lowest_node_known_alive_leads() {
     tell(&high, &low, true);
     assert_eq!(low.leader(), 3, "a higher node does not take over");
     high.forget_node(3);
-    assert_eq!(high.leader(), 9, "the leader's successor once it is forgotten");
+    assert_eq!(
+        high.leader(),
+        9,
+        "the leader's successor once it is forgotten"
+    );
 }
