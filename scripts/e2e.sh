@@ -4,7 +4,9 @@
 # database, RabbitMQ vhost and AMQP prefix:
 # tests/python (the PyPI `pusher` SDK, unittest, in the venv tests/python/.venv made here) and
 # tests/js (pusher-js, Laravel Echo and the npm `pusher` SDK, node's built-in test runner; one suite
-# starts a second server with TLS, whose CA this script makes for the run with openssl). Then
+# starts a second server with TLS, whose CA this script makes for the run with openssl; the
+# dashboard's suite drives Debian's headless `chromium`, installed here when missing, with
+# playwright-core and leaves a screenshot of each view in target/dashboard-screenshots/). Then
 # it stops the server (it must exit 0 on SIGTERM within 10 s) and removes the database and the
 # vhost. Expects PostgreSQL and RabbitMQ to be up (scripts/ensure-services.sh).
 #
@@ -186,6 +188,8 @@ until curl -fsS -o /dev/null --max-time 2 "$ready_url" 2>/dev/null; do
 done
 log "switchboard is ready"
 
+bash scripts/ensure-services.sh chromium
+
 installed=tests/js/node_modules/.package-lock.json
 if [[ ! -f tests/js/package-lock.json ]]; then
   (cd tests/js && npm install --no-audit --no-fund)
@@ -237,6 +241,11 @@ test_env=(
   SWITCHBOARD_HOOK_APP_SECRET=hook-secret
   SWITCHBOARD_E2E_WEBHOOK_JS_PORT="$hook_js_port"
   SWITCHBOARD_E2E_WEBHOOK_PY_PORT="$hook_py_port"
+  SWITCHBOARD_DASHBOARD_APP_ID=dashboard-id
+  SWITCHBOARD_DASHBOARD_APP_KEY=dashboard-key
+  SWITCHBOARD_DASHBOARD_APP_SECRET=dashboard-secret
+  SWITCHBOARD_DASHBOARD_PASSWORD=e2e-dashboard-password
+  SWITCHBOARD_SCREENSHOTS="$PWD/target/dashboard-screenshots"
 )
 
 js_tests=()

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Makes sure PostgreSQL (127.0.0.1:5432, trust auth for user postgres) and RabbitMQ
-# (127.0.0.1:5672, guest/guest) are installed, running and reachable. Idempotent; prints nothing
-# when both are already up. Exits non-zero with a clear message if either cannot be made ready.
+# (127.0.0.1:5672, guest/guest) are installed, running and reachable, and that Debian's
+# `chromium` (the dashboard's browser test, tests/js/dashboard.test.mjs) is installed.
+# Idempotent; prints nothing when all are already there. Exits non-zero with a clear message if
+# one cannot be made ready. `scripts/ensure-services.sh chromium` only installs the browser.
 set -euo pipefail
 
 PG_HOST=127.0.0.1
@@ -177,5 +179,21 @@ ensure_rabbitmq() {
   log "RabbitMQ is ready"
 }
 
+# --- Chromium (the dashboard's browser test drives it with playwright-core) ----------------------
+
+CHROMIUM=/usr/bin/chromium
+
+ensure_chromium() {
+  [[ -x $CHROMIUM ]] && return 0
+  apt_install chromium
+  [[ -x $CHROMIUM ]] || die "apt-get installed chromium but $CHROMIUM is missing"
+  log "Chromium is installed"
+}
+
+if [[ ${1:-} == chromium ]]; then
+  ensure_chromium
+  exit 0
+fi
 ensure_postgres
 ensure_rabbitmq
+ensure_chromium

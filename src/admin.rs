@@ -5,6 +5,7 @@ use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use dashboards::system::tap::{Tap, Tapped};
 use ingest::server::Listener;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
@@ -13,27 +14,43 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
-/// Installs the process-wide Prometheus recorder once and returns its handle.
+/// The process-wide recorder: Prometheus, tapped for the dashboard's system view.
+struct Recording {
+    handle: PrometheusHandle,
+    tap: Arc<Tap>,
+}
+
+/// Installs the process-wide recorder once and returns it.
+fn recording() -> &'static Recording {
+    static RECORDING: OnceLock<Recording> = OnceLock::new();
+    RECORDING.get_or_init(|| {
+        let seconds = [
+            0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ];
+        let sizes = [
+            1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 5000.0,
+        ];
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_envelopes".into()), &sizes))
+            .expect("bucket lists are not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        let tap = Arc::new(Tap::default());
+        metrics::set_global_recorder(Tapped::new(recorder, tap.clone()))
+            .expect("the metrics recorder is installed once per process");
+        Recording { handle, tap }
+    })
+}
+
+/// The handle that renders `/metrics` (installs the recorder on first use).
 pub fn metrics_handle() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let seconds = [
-                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ];
-            let sizes = [
-                1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 5000.0,
-            ];
-            PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
-                .and_then(|b| {
-                    b.set_buckets_for_metric(Matcher::Suffix("_envelopes".into()), &sizes)
-                })
-                .expect("bucket lists are not empty")
-                .install_recorder()
-                .expect("the metrics recorder is installed once per process")
-        })
-        .clone()
+    recording().handle.clone()
+}
+
+/// The counters and timings the system view reads (installs the recorder on first use).
+pub fn metrics_tap() -> Arc<Tap> {
+    recording().tap.clone()
 }
 
 /// One dependency `/ready` reports on.

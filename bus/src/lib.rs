@@ -4,10 +4,14 @@
 //! [`declare_durable`] (idempotent), so roles can start in any order.
 
 mod backoff;
+mod dead;
+mod depth;
 mod publisher;
 mod topology;
 
 pub use backoff::Backoff;
+pub use dead::{peek_dead_letters, DeadLetters};
+pub use depth::QueueDepths;
 pub use publisher::{Pending, PublishError, Publisher, PublisherConfig, WebhookPublisher};
 pub use topology::{
     declare_durable, declare_live_queue, delete_live_queues, live_queue_exists, LiveQueues,

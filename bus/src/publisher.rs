@@ -70,6 +70,13 @@ pub enum PublishError {
 }
 
 impl PublishError {
+    const ALL: [PublishError; 4] = [
+        PublishError::Unavailable,
+        PublishError::Timeout,
+        PublishError::Nacked,
+        PublishError::Returned,
+    ];
+
     fn label(self) -> &'static str {
         match self {
             PublishError::Unavailable => "unavailable",
@@ -102,6 +109,12 @@ impl Publisher {
         let (links, link) = watch::channel(None);
         tracker.spawn(connector::run(config.clone(), links, connected.clone()));
         tracker.spawn(outbox::run(config, rx, link));
+        // Exposed at 0 from the start, so a rate over them is defined before the first one.
+        for error in PublishError::ALL {
+            metrics::counter!("switchboard_publish_failures_total", "reason" => error.label())
+                .increment(0);
+        }
+        metrics::counter!("switchboard_publish_republished_total").increment(0);
         Publisher { tx, connected }
     }
 

@@ -1,10 +1,15 @@
-//! The admin listener's dashboard: the read-only reports API (`/api/reports/*`) behind HTTP
-//! Basic auth (user `admin`, `admin.password`), for the web console and for scripts.
+//! The admin listener's dashboard: the web console (`/dashboard`, its files embedded in the
+//! binary) and the read-only reports API (`/api/reports/*`) behind it, both behind HTTP Basic
+//! auth (user `admin`, `admin.password`); `GET /` redirects to the console.
 //!
 //! Never writes: every report runs in a read-only transaction as `switchboard_analyst`.
 
 mod auth;
+pub mod console;
+pub mod dead;
 pub mod reports;
+pub mod system;
+mod web;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,6 +40,14 @@ pub struct DashboardConfig {
     pub apps: Vec<String>,
     /// The statement timeout of one report.
     pub report_timeout: Duration,
+    /// The system view's samples.
+    #[debug(skip)]
+    pub system: Arc<system::System>,
+    /// The debug console's apps, gateway and event creator.
+    pub console: console::ConsoleConfig,
+    /// Reads what sits in the dead-letter queue.
+    #[debug(skip)]
+    pub dead_letters: dead::DeadLetterSource,
 }
 
 struct Dashboard {
@@ -45,7 +58,7 @@ struct Dashboard {
 /// Most database connections the reports use at once.
 const REPORT_CONNECTIONS: u32 = 2;
 
-/// The dashboard's routes (GET only), or an error if the database URL is not one.
+/// The dashboard's routes, or an error if the database URL is not one.
 pub fn routes(config: DashboardConfig) -> Result<BoxedFilter<(Response,)>, sqlx::Error> {
     let pool = PgPoolOptions::new()
         .max_connections(REPORT_CONNECTIONS)
@@ -68,6 +81,54 @@ pub fn routes(config: DashboardConfig) -> Result<BoxedFilter<(Response,)>, sqlx:
                 }
             },
         );
+    let root = warp::path::end().map(|| {
+        warp::redirect::see_other(warp::http::Uri::from_static("/dashboard")).into_response()
+    });
+    let page = warp::path!("dashboard")
+        .and(authorized.clone())
+        .map(|_: Arc<Dashboard>| web::index());
+    let asset = warp::path!("dashboard" / "assets" / String)
+        .and(authorized.clone())
+        .map(|name: String, _: Arc<Dashboard>| web::asset(&name));
+    let apps =
+        warp::path!("api" / "apps")
+            .and(authorized.clone())
+            .map(|dashboard: Arc<Dashboard>| {
+                warp::reply::json(&json!({ "apps": dashboard.config.apps })).into_response()
+            });
+    let stream = warp::path!("api" / "system" / "stream")
+        .and(authorized.clone())
+        .map(|dashboard: Arc<Dashboard>| {
+            let events = dashboard.config.system.stream();
+            warp::sse::reply(warp::sse::keep_alive().stream(events)).into_response()
+        });
+    let connection = warp::path!("api" / "console" / String)
+        .and(authorized.clone())
+        .map(|app_id: String, dashboard: Arc<Dashboard>| {
+            dashboard.config.console.connection(&app_id)
+        });
+    let console_auth = warp::path!("api" / "console" / String / "auth")
+        .and(authorized.clone())
+        .and(json_body())
+        .map(
+            |app_id: String, dashboard: Arc<Dashboard>, request: console::AuthRequest| {
+                dashboard.config.console.authorize(&app_id, &request)
+            },
+        );
+    let console_events = warp::path!("api" / "console" / String / "events")
+        .and(authorized.clone())
+        .and(json_body())
+        .then(
+            |app_id: String, dashboard: Arc<Dashboard>, request: console::EventRequest| async move {
+                dashboard.config.console.trigger(&app_id, request).await
+            },
+        );
+    let posts = warp::post().and(console_auth.or(console_events).unify());
+    let dead_letters = warp::path!("api" / "dead-letters")
+        .and(authorized.clone())
+        .then(|dashboard: Arc<Dashboard>| async move {
+            dead::answer(&dashboard.config.dead_letters).await
+        });
     let list = warp::path!("api" / "reports")
         .and(authorized.clone())
         .map(|_: Arc<Dashboard>| list_reports().into_response());
@@ -80,10 +141,38 @@ pub fn routes(config: DashboardConfig) -> Result<BoxedFilter<(Response,)>, sqlx:
             },
         );
     Ok(warp::get()
-        .and(list.or(report).unify())
+        .and(
+            root.or(page)
+                .unify()
+                .or(asset)
+                .unify()
+                .or(apps)
+                .unify()
+                .or(stream)
+                .unify()
+                .or(connection)
+                .unify()
+                .or(dead_letters)
+                .unify()
+                .or(list)
+                .unify()
+                .or(report)
+                .unify(),
+        )
+        .or(posts)
+        .unify()
         .recover(auth::recover)
         .unify()
         .boxed())
+}
+
+/// A JSON body, refused unless sent as `application/json`: a cross-site form cannot send that,
+/// so a browser logged in to the dashboard cannot be made to post here by another page.
+fn json_body<T: serde::de::DeserializeOwned + Send>(
+) -> impl Filter<Extract = (T,), Error = warp::Rejection> + Clone {
+    warp::header::exact_ignore_case("content-type", "application/json")
+        .and(warp::body::content_length_limit(console::MAX_BODY_BYTES))
+        .and(warp::body::json())
 }
 
 fn list_reports() -> warp::reply::Json {

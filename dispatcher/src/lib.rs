@@ -9,6 +9,7 @@
 mod barrier;
 mod cluster;
 mod debounce;
+pub mod debug;
 mod live;
 mod registry;
 mod socket;
@@ -16,10 +17,11 @@ mod transition;
 
 pub use barrier::SYNC_TIMEOUT;
 pub use debounce::{Debounce, MAX_PENDING as MAX_DEBOUNCE_PENDING};
+pub use debug::{run_debug, DebugRecord, Record};
 pub use live::{run_live, LiveConfig};
 pub use registry::{
-    AppOptions, CachedEvent, ConnectError, Occupancy, Registry, RegistryConfig, SubscribeError,
-    CLOSE_TERMINATED, TRANSITIONS_CAPACITY,
+    AppOptions, CachedEvent, ConnectError, Occupancy, Peak, Registry, RegistryConfig,
+    SubscribeError, CLOSE_TERMINATED, TRANSITIONS_CAPACITY,
 };
 pub use socket::{CloseSignal, Frame, SocketHandle};
 pub use transition::Transition;

@@ -32,6 +32,8 @@ pub enum ApiError {
         #[source]
         source: ChannelError,
     },
+    #[error("{0:?} is reserved for the dashboard's debug console")]
+    ReservedChannel(String),
     #[error("give `channel` or `channels` (at least one)")]
     NoChannels,
     #[error("{count} channels given; at most {max} per trigger")]
@@ -88,6 +90,7 @@ impl ApiError {
             ApiError::BadQuery(_)
             | ApiError::BadBody(_)
             | ApiError::InvalidChannel { .. }
+            | ApiError::ReservedChannel(_)
             | ApiError::NoChannels
             | ApiError::TooManyChannels { .. }
             | ApiError::InvalidEventName { .. }

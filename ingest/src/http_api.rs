@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use dispatcher::Occupancy;
+use protocol::channel::DEBUG_CHANNEL;
 use protocol::control::Control;
 use protocol::signature::{query_params, verify_http_request, HttpRequestToVerify};
 use protocol::{Channel, ChannelKind, Envelope, SocketId, Source};
@@ -169,6 +170,7 @@ async fn handle_inner(
                 .registry
                 .occupied(&app.id, prefix)
                 .into_iter()
+                .filter(|(name, _)| name != DEBUG_CHANNEL)
                 .map(|(name, occupancy)| {
                     let info = attributes_of(occupancy, &attributes);
                     (name, Value::Object(info))
@@ -423,6 +425,10 @@ impl TriggerRequest {
         }
         for name in &channels {
             let channel = validate_channel(name)?;
+            // Only the gateway publishes the console's records there.
+            if channel.name == DEBUG_CHANNEL {
+                return Err(ApiError::ReservedChannel(name.clone()));
+            }
             if channel.kind == ChannelKind::PrivateEncrypted && channels.len() > 1 {
                 return Err(ApiError::EncryptedMultiChannel(name.clone()));
             }

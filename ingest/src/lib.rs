@@ -7,6 +7,7 @@
 pub mod apps;
 pub mod body;
 pub mod cluster_webhooks;
+pub mod console;
 pub mod error;
 pub mod forwarded;
 pub mod http_api;

@@ -101,6 +101,17 @@ where
         tls,
         liveness,
     } = listener;
+    // Exposed at 0 from the start, so a rate over them is defined before the first one.
+    for counter in [
+        "switchboard_accept_errors_total",
+        "switchboard_connections_refused_total",
+    ] {
+        metrics::counter!(counter, "listener" => name).increment(0);
+    }
+    for phase in TIMEOUT_PHASES {
+        metrics::counter!("switchboard_http_timeouts_total", "listener" => name, "phase" => phase)
+            .increment(0);
+    }
     let shared = Arc::new(Shared { name, limits, tls });
     let connections = TaskTracker::new();
     let open = Arc::new(Semaphore::new(shared.limits.max_connections));
@@ -275,6 +286,9 @@ async fn connection<S>(
     };
     drive(Io::new(stream, permit), peer, service, &shared, shutdown).await;
 }
+
+/// The `phase` label of `switchboard_http_timeouts_total`.
+const TIMEOUT_PHASES: [&str; 3] = ["header", "idle", "handshake"];
 
 fn timed_out(shared: &Shared, phase: &'static str) {
     metrics::counter!("switchboard_http_timeouts_total", "listener" => shared.name, "phase" => phase)

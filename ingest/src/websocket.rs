@@ -4,18 +4,22 @@
 //! activity timer and applies them to the registry; the writer drains the socket's bounded
 //! outbound queue into the socket and sends the close frame when the [`CloseSignal`] fires.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dispatcher::{AppOptions, ConnectError, Frame, SocketHandle, SubscribeError};
+use dispatcher::{AppOptions, ConnectError, Frame, Record, SocketHandle, SubscribeError};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use governor::clock::DefaultClock;
+use protocol::channel::DEBUG_CHANNEL;
 use protocol::frame::{self, ClientMessage};
 use protocol::presence::{Member, SignedInUser, SigninError};
-use protocol::signature::{channel_string_to_sign, signin_string_to_sign, verify_client_auth};
+use protocol::signature::{
+    channel_string_to_sign, debug_console_secret, signin_string_to_sign, verify_client_auth,
+};
 use protocol::webhook::{EventType, WebhookEvent};
 use protocol::{Channel, ChannelKind, Envelope, SocketId, Source};
 use tokio::sync::mpsc;
@@ -126,6 +130,11 @@ pub async fn run(gateway: Arc<Gateway>, handshake: Handshake, socket: WebSocket)
             .await;
         }
         metrics::gauge!("switchboard_connections").increment(1.0);
+        gateway
+            .registry
+            .debug(&app.id, || Record::ConnectionOpened {
+                socket_id: socket_id.clone(),
+            });
         let writer = tokio::spawn(write_loop(sink, outbound, handle.clone()).in_current_span());
         handle.send(
             frame::encode_connection_established(
@@ -154,6 +163,14 @@ pub async fn run(gateway: Arc<Gateway>, handshake: Handshake, socket: WebSocket)
             session.subscription_count_webhook(channel);
         }
         session.handle.close_signal().close(code::NORMAL);
+        let closed_with = session.handle.close_signal().closed().await;
+        session
+            .gateway
+            .registry
+            .debug(&session.app.id, || Record::ConnectionClosed {
+                socket_id: socket_id.clone(),
+                code: closed_with,
+            });
         let _ = writer.await;
         metrics::gauge!("switchboard_connections").decrement(1.0);
         debug!("socket closed");
@@ -432,11 +449,16 @@ impl Session {
         channel_data: Option<&str>,
     ) -> Result<Option<Member>, Refusal> {
         let socket_id = &self.handle.socket_id;
+        // Only the dashboard signs for its console's channel, with a secret of its own.
+        let secret = match channel.name {
+            DEBUG_CHANNEL => Cow::Owned(debug_console_secret(&self.app.secret)),
+            _ => Cow::Borrowed(self.app.secret.as_str()),
+        };
         let check = |signed: String| {
             let auth = auth
                 .filter(|a| !a.is_empty())
                 .ok_or_else(|| auth_error("Missing auth for this channel"))?;
-            if verify_client_auth(&self.app.key, &self.app.secret, &signed, auth) {
+            if verify_client_auth(&self.app.key, &secret, &signed, auth) {
                 Ok(())
             } else {
                 Err(auth_error("Invalid signature for this socket and channel"))
@@ -498,6 +520,9 @@ impl Session {
                 "Client events are not allowed on the analytics channel",
                 None,
             );
+        }
+        if channel == DEBUG_CHANNEL {
+            return self.error("Client events are not allowed on the debug channel", None);
         }
         let Some(user_id) = self.subscriptions.get(&channel) else {
             return self.error(

@@ -7,6 +7,11 @@ pub const MAX_CHANNEL_NAME_LEN: usize = 200;
 
 const SERVER_TO_USER_PREFIX: &str = "#server-to-user-";
 
+/// The reserved channel on which the gateway publishes an app's debug records to the
+/// dashboard's console. Private, but signed with [`crate::signature::debug_console_secret`],
+/// never the app's secret, so an app's own auth endpoint cannot let a client in.
+pub const DEBUG_CHANNEL: &str = "private-switchboard-debug";
+
 /// What a channel's name says about how it is authorized and what it keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChannelKind {

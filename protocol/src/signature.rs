@@ -45,6 +45,12 @@ pub fn channel_string_to_sign(
     }
 }
 
+/// The secret that signs subscriptions to [`crate::channel::DEBUG_CHANNEL`]: derived from the
+/// app's secret, so every gateway node can check what the dashboard of any node signed.
+pub fn debug_console_secret(app_secret: &str) -> String {
+    sign(app_secret, b"switchboard debug console")
+}
+
 /// The string signed for `pusher:signin`.
 pub fn signin_string_to_sign(socket_id: &str, user_data: &str) -> String {
     format!("{socket_id}::user::{user_data}")
@@ -189,6 +195,29 @@ pub fn verify_http_request(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_debug_console_secret_is_not_the_app_secret() {
+        let secret = debug_console_secret("app-secret");
+        assert_eq!(secret.len(), 64);
+        assert_ne!(secret, debug_console_secret("other-secret"));
+        let auth = format!(
+            "app-key:{}",
+            sign(&secret, b"1.1:private-switchboard-debug")
+        );
+        assert!(verify_client_auth(
+            "app-key",
+            &secret,
+            "1.1:private-switchboard-debug",
+            &auth
+        ));
+        assert!(!verify_client_auth(
+            "app-key",
+            "app-secret",
+            "1.1:private-switchboard-debug",
+            &auth
+        ));
+    }
 
     const KEY: &str = "278d425bdf160c739803";
     const SECRET: &str = "7ad3773142a6692b25b8";

@@ -7,6 +7,7 @@ mod cluster;
 mod cluster_webhooks;
 mod common;
 mod conformance;
+mod dashboard;
 mod durable;
 mod edge;
 mod faults;

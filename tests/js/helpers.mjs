@@ -27,6 +27,10 @@ export const config = {
    * this run and passed to node as NODE_EXTRA_CA_CERTS. */
   tlsCert: process.env.SWITCHBOARD_E2E_TLS_CERT ?? '',
   tlsKey: process.env.SWITCHBOARD_E2E_TLS_KEY ?? '',
+  /** The dashboard's password (`[admin] password` in tests/e2e.toml; HTTP Basic user `admin`). */
+  dashboardPassword: process.env.SWITCHBOARD_DASHBOARD_PASSWORD ?? 'e2e-dashboard-password',
+  /** Where the dashboard suite saves its screenshots. */
+  screenshots: process.env.SWITCHBOARD_SCREENSHOTS ?? 'target/dashboard-screenshots',
 };
 
 function appFromEnv(name, id, key, secret) {
@@ -44,6 +48,8 @@ export const apps = {
   quiet: appFromEnv('QUIET', 'quiet-id', 'quiet-key', 'quiet-secret'),
   /** `enabled = false`. */
   disabled: appFromEnv('DISABLED', 'disabled-id', 'disabled-key', 'disabled-secret'),
+  /** The dashboard suite's own app (`max_connections = 50`). */
+  dashboard: appFromEnv('DASHBOARD', 'dashboard-id', 'dashboard-key', 'dashboard-secret'),
 };
 
 const CHANNEL_NAME = /^[A-Za-z0-9_\-=@,.;]+$/;

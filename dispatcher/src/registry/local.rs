@@ -77,6 +77,8 @@ pub(super) struct AppState {
     pub options: AppOptions,
     /// Connections on this node, with how many channels each is subscribed to.
     pub sockets: HashMap<Arc<str>, usize>,
+    /// Subscriptions on this node (the sum of `sockets`' counts).
+    pub subscriptions: usize,
     pub channels: HashMap<String, ChannelState>,
     /// Signed-in sockets by user id.
     pub users: HashMap<String, HashMap<Arc<str>, SocketHandle>>,

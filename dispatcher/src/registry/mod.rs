@@ -4,6 +4,8 @@
 //! is queued here, under the same lock as the change, so no frame of a channel can overtake
 //! another; so are the cluster-wide [`Transition`]s, in the same order.
 
+mod debug;
+mod fan_out;
 mod local;
 mod state;
 mod sync;
@@ -14,16 +16,18 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use parking_lot::RwLock;
+use protocol::channel::DEBUG_CHANNEL;
 use protocol::control::{Change, Control};
 use protocol::frame;
 use protocol::presence::{Member, SignedInUser};
-use protocol::{Channel, Envelope, Source};
+use protocol::Channel;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::barrier::{SyncRounds, SYNC_TIMEOUT};
+use crate::debug::Record;
 use crate::{Frame, SocketHandle, Transition};
-use local::{ChannelState, LocalMember, Subscriber};
+use local::{LocalMember, Subscriber};
 use state::{State, COUNT_THROTTLE};
 
 /// Pusher close code for connections closed by `terminate_connections`.
@@ -66,6 +70,14 @@ pub enum SubscribeError {
     TooManyChannels { max: usize },
 }
 
+/// A count (an app's connections, its subscriptions) now and at its highest since the
+/// previous look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peak {
+    pub now: usize,
+    pub peak: usize,
+}
+
 /// A channel's occupancy across the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Occupancy {
@@ -95,6 +107,16 @@ pub struct Registry {
 impl Registry {
     /// A registry for node `node` and the receiver of the control messages it wants broadcast.
     pub fn new(node: u32, config: RegistryConfig) -> (Registry, mpsc::Receiver<Control>) {
+        // Exposed at 0 from the start, so a rate over them is defined before the first one.
+        for counter in [
+            "switchboard_slow_consumers_closed_total",
+            "switchboard_debug_records_dropped_total",
+            "switchboard_transitions_dropped_total",
+            "switchboard_live_dropped_events_total",
+            "switchboard_live_gap_closes_total",
+        ] {
+            metrics::counter!(counter).increment(0);
+        }
         let (outbox, rx) = mpsc::channel(1024);
         let registry = Registry {
             node,
@@ -142,12 +164,52 @@ impl Registry {
             app_id: app_id.to_owned(),
             count,
         });
+        let total = state.connections(app_id);
+        match state.peaks.get_mut(app_id) {
+            Some(peak) => *peak = (*peak).max(total),
+            None => {
+                state.peaks.insert(app_id.to_owned(), total);
+            }
+        }
         Ok(())
     }
 
     /// Connections of an app across the cluster.
     pub fn connections(&self, app_id: &str) -> usize {
         self.state.read().connections(app_id)
+    }
+
+    /// An app's connections across the cluster now, and the most there were since the previous
+    /// call — at its end, or at any local connect in between: a true peak, not a sample.
+    pub fn connection_peak(&self, app_id: &str) -> Peak {
+        let mut state = self.state.write();
+        let now = state.connections(app_id);
+        let peak = state.peaks.remove(app_id).unwrap_or(0).max(now);
+        // The next window starts at the count now.
+        if now > 0 {
+            state.peaks.insert(app_id.to_owned(), now);
+        }
+        Peak { now, peak }
+    }
+
+    /// An app's subscriptions on this node now, and the most there were since the previous
+    /// call (never less than now).
+    pub fn subscription_peak(&self, app_id: &str) -> Peak {
+        let mut state = self.state.write();
+        let now = state
+            .local
+            .apps
+            .get(app_id)
+            .map_or(0, |app| app.subscriptions);
+        let peak = state
+            .subscription_peaks
+            .remove(app_id)
+            .unwrap_or(0)
+            .max(now);
+        if now > 0 {
+            state.subscription_peaks.insert(app_id.to_owned(), now);
+        }
+        Peak { now, peak }
     }
 
     /// Forgets a connection: leaves its channels (with the notifications that follow), signs it
@@ -235,6 +297,8 @@ impl Registry {
         if let Some(channels) = app.sockets.get_mut(&socket.socket_id) {
             *channels += 1;
         }
+        app.subscriptions += 1;
+        let subscriptions = app.subscriptions;
         let channel_state = app.channels.entry(channel.to_owned()).or_default();
         channel_state.subscribers.insert(
             socket.socket_id.clone(),
@@ -285,7 +349,8 @@ impl Registry {
                 None => socket.send_text(frame::encode_cache_miss(channel)),
             }
         }
-        if !occupied {
+        // The dashboard's console is no channel of the app's: its backend hears nothing of it.
+        if !occupied && channel != DEBUG_CHANNEL {
             state.emit(Transition::ChannelOccupied {
                 app_id: app_id.to_owned(),
                 channel: channel.to_owned(),
@@ -303,6 +368,18 @@ impl Registry {
             });
         }
         state.notify_count(app_id, channel);
+        match state.subscription_peaks.get_mut(app_id) {
+            Some(peak) => *peak = (*peak).max(subscriptions),
+            None => {
+                state
+                    .subscription_peaks
+                    .insert(app_id.to_owned(), subscriptions);
+            }
+        }
+        state.debug(app_id, || Record::Subscribed {
+            socket_id: socket.socket_id.to_string(),
+            channel: channel.to_owned(),
+        });
         metrics::gauge!("switchboard_subscriptions").increment(1.0);
         Ok(true)
     }
@@ -334,6 +411,7 @@ impl Registry {
         if let Some(channels) = app.sockets.get_mut(socket_id) {
             *channels -= 1;
         }
+        app.subscriptions -= 1;
         if let Some(user_id) = left {
             state.outgoing.record(Change::MemberRemoved {
                 app_id: app_id.to_owned(),
@@ -357,13 +435,17 @@ impl Registry {
             channel: channel.to_owned(),
             count,
         });
-        if state.subscriptions(app_id, channel) == 0 {
+        if state.subscriptions(app_id, channel) == 0 && channel != DEBUG_CHANNEL {
             state.emit(Transition::ChannelVacated {
                 app_id: app_id.to_owned(),
                 channel: channel.to_owned(),
             });
         }
         state.notify_count(app_id, channel);
+        state.debug(app_id, || Record::Unsubscribed {
+            socket_id: socket_id.to_owned(),
+            channel: channel.to_owned(),
+        });
         state.local.prune(app_id, channel);
         metrics::gauge!("switchboard_subscriptions").decrement(1.0);
         true
@@ -545,40 +627,6 @@ impl Registry {
         });
     }
 
-    /// Encodes the event's frame once and offers it to every local subscriber of its channel,
-    /// except the excluded socket; remembers it for cache channels. Returns how many sockets it
-    /// was queued for.
-    ///
-    /// A cache channel's event is remembered and sent under the write lock, so a subscription
-    /// gets it either as its replay or from the fan-out, never both; other channels need only
-    /// the read lock.
-    pub fn fan_out(&self, envelope: &Envelope) -> usize {
-        if Channel::parse(&envelope.channel).is_ok_and(|c| c.cache) {
-            let mut state = self.state.write();
-            let channel = state
-                .local
-                .apps
-                .entry(envelope.app_id.clone())
-                .or_default()
-                .channels
-                .entry(envelope.channel.clone())
-                .or_default();
-            let cached = CachedEvent {
-                event: envelope.name.clone(),
-                data: envelope.data.clone(),
-                ttl: self.config.cache_ttl,
-            };
-            channel.cached = Some((cached, Instant::now() + self.config.cache_ttl));
-            deliver(channel, envelope)
-        } else {
-            let state = self.state.read();
-            state
-                .local
-                .channel(&envelope.app_id, &envelope.channel)
-                .map_or(0, |channel| deliver(channel, envelope))
-        }
-    }
-
     /// Sends the subscription counts the throttle held back, once their window has passed.
     pub fn flush_counts(&self) {
         let mut guard = self.state.write();
@@ -602,33 +650,4 @@ impl Registry {
             state.notify_count(&key.0, &key.1);
         }
     }
-}
-
-/// Encodes the event's frame once and queues it for the channel's subscribers, except the
-/// excluded socket; returns for how many.
-fn deliver(channel: &ChannelState, envelope: &Envelope) -> usize {
-    if channel.subscribers.is_empty() {
-        return 0;
-    }
-    // Client events on presence channels carry the sender's user id.
-    let user_id = match envelope.source {
-        Source::Client => envelope.user_id.as_deref(),
-        Source::Api | Source::Track => None,
-    };
-    let frame: Frame = frame::encode(
-        &envelope.name,
-        Some(&envelope.channel),
-        &envelope.data,
-        user_id,
-    )
-    .into();
-    let excluded = envelope.socket_id.as_deref();
-    let mut delivered = 0;
-    for (socket_id, subscriber) in &channel.subscribers {
-        if Some(socket_id.as_ref()) != excluded && subscriber.handle.send(frame.clone()) {
-            delivered += 1;
-        }
-    }
-    metrics::counter!("switchboard_deliveries_total").increment(delivered as u64);
-    delivered
 }

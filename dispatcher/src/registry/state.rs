@@ -1,6 +1,10 @@
 //! The registry's state under its lock: the local sockets and the cluster view together, and
 //! what follows from both — cluster-wide counts and members, `subscription_count`, the
 //! notices of remote changes, the transitions.
+//!
+//! [`Registry::connection_peak`]: super::Registry::connection_peak
+//! [`Registry::subscription_peak`]: super::Registry::subscription_peak
+//! [`Registry::debug_log`]: super::Registry::debug_log
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -14,6 +18,7 @@ use tokio::time::Instant;
 use super::local::{ChannelState, Local};
 use super::sync::Outgoing;
 use crate::cluster::{Cluster, Effects, LocalView, Notice};
+use crate::debug::DebugRecord;
 use crate::{Frame, Transition};
 
 /// Above this many subscribers, `subscription_count` is sent at most every [`COUNT_THROTTLE`].
@@ -28,6 +33,14 @@ pub(super) struct State {
     pub outgoing: Outgoing,
     /// Where transitions go, once [`Registry::transitions`] was called.
     pub transitions: Option<mpsc::Sender<Transition>>,
+    /// Per app, the most connections across the cluster at a local connect since the last
+    /// [`Registry::connection_peak`].
+    pub peaks: HashMap<String, usize>,
+    /// Per app, the most subscriptions on this node since the last
+    /// [`Registry::subscription_peak`].
+    pub subscription_peaks: HashMap<String, usize>,
+    /// Where debug records go, once [`Registry::debug_log`] was called.
+    pub debug: Option<mpsc::Sender<DebugRecord>>,
 }
 
 impl State {

@@ -354,3 +354,80 @@ fn watchlists_hear_online_and_offline() {
     assert_eq!(registry.terminate_local(APP, "me"), 1);
     assert!(watcher.close_signal().is_closed());
 }
+
+#[test]
+fn connection_peaks_are_the_highest_count_since_the_last_look() {
+    let registry = registry();
+    let none = Peak { now: 0, peak: 0 };
+    assert_eq!(registry.connection_peak(APP), none);
+    let (a, _rx_a) = socket(&registry, "1.1");
+    let (b, _rx_b) = socket(&registry, "1.2");
+    registry.disconnect(APP, &a.socket_id, &[]);
+    registry.disconnect(APP, &b.socket_id, &[]);
+    let (_c, _rx_c) = socket(&registry, "1.3");
+    assert_eq!(
+        registry.connection_peak(APP),
+        Peak { now: 1, peak: 2 },
+        "two at once, though only one is left"
+    );
+    assert_eq!(
+        registry.connection_peak(APP),
+        Peak { now: 1, peak: 1 },
+        "the next second starts from now"
+    );
+    let (_d, _rx_d) = socket(&registry, "1.4");
+    assert_eq!(registry.connection_peak(APP).peak, 2);
+    registry.disconnect(APP, "1.4", &[]);
+    assert_eq!(
+        registry.connection_peak(APP),
+        Peak { now: 1, peak: 2 },
+        "the second began with two"
+    );
+    assert_eq!(registry.connection_peak("other-app"), none);
+}
+
+#[test]
+fn the_debug_console_is_no_channel_of_the_app() {
+    let registry = registry();
+    let mut transitions = registry.transitions();
+    let mut records = registry.debug_log();
+    let (console, _rx_console) = socket(&registry, "1.1");
+    registry
+        .subscribe(APP, protocol::channel::DEBUG_CHANNEL, &console, None)
+        .unwrap();
+    assert!(
+        transitions.try_recv().is_err(),
+        "no channel_occupied for it"
+    );
+    assert!(
+        records.try_recv().is_err(),
+        "no record of the console itself"
+    );
+    let (client, _rx_client) = socket(&registry, "1.2");
+    registry.subscribe(APP, "news", &client, None).unwrap();
+    assert!(matches!(
+        transitions.try_recv(),
+        Ok(Transition::ChannelOccupied { .. })
+    ));
+    let subscribed = records.try_recv().unwrap();
+    assert_eq!(
+        subscribed.record,
+        crate::Record::Subscribed {
+            socket_id: "1.2".into(),
+            channel: "news".into()
+        }
+    );
+}
+
+#[test]
+fn subscription_peaks_are_the_most_on_this_node_since_the_last_look() {
+    let registry = registry();
+    let (a, _rx_a) = socket(&registry, "1.1");
+    registry.subscribe(APP, "one", &a, None).unwrap();
+    registry.subscribe(APP, "two", &a, None).unwrap();
+    registry.unsubscribe(APP, "one", &a.socket_id);
+    assert_eq!(registry.subscription_peak(APP), Peak { now: 1, peak: 2 });
+    registry.disconnect(APP, &a.socket_id, &["two".into()]);
+    assert_eq!(registry.subscription_peak(APP), Peak { now: 0, peak: 1 });
+    assert_eq!(registry.subscription_peak(APP), Peak { now: 0, peak: 0 });
+}

@@ -4,6 +4,7 @@ mod cache;
 mod cluster;
 mod local;
 
+use protocol::{Envelope, Source};
 use serde_json::Value;
 use tokio::sync::mpsc;
 

@@ -1,0 +1,107 @@
+//! The fan-out: an event's frame encoded once and offered to every local subscriber of its
+//! channel without waiting (a full queue closes that socket with 4100), the last event of cache
+//! channels remembered, and what happened told to the app's debug console.
+
+use protocol::{frame, Channel, Envelope, Source};
+use tokio::time::Instant;
+
+use super::local::ChannelState;
+use super::state::State;
+use super::{CachedEvent, Registry};
+use crate::debug::Record;
+use crate::Frame;
+
+impl Registry {
+    /// Encodes the event's frame once and offers it to every local subscriber of its channel,
+    /// except the excluded socket; remembers it for cache channels. Returns how many sockets it
+    /// was queued for.
+    ///
+    /// A cache channel's event is remembered and sent under the write lock, so a subscription
+    /// gets it either as its replay or from the fan-out, never both; other channels need only
+    /// the read lock.
+    pub fn fan_out(&self, envelope: &Envelope) -> usize {
+        if Channel::parse(&envelope.channel).is_ok_and(|c| c.cache) {
+            let mut state = self.state.write();
+            let channel = state
+                .local
+                .apps
+                .entry(envelope.app_id.clone())
+                .or_default()
+                .channels
+                .entry(envelope.channel.clone())
+                .or_default();
+            let cached = CachedEvent {
+                event: envelope.name.clone(),
+                data: envelope.data.clone(),
+                ttl: self.config.cache_ttl,
+            };
+            channel.cached = Some((cached, Instant::now() + self.config.cache_ttl));
+            let delivery = deliver(channel, envelope);
+            debug_delivery(&state, envelope, delivery)
+        } else {
+            let state = self.state.read();
+            let delivery = state
+                .local
+                .channel(&envelope.app_id, &envelope.channel)
+                .map_or_else(Delivery::default, |channel| deliver(channel, envelope));
+            debug_delivery(&state, envelope, delivery)
+        }
+    }
+}
+
+/// What one fan-out did: for how many sockets the frame was queued, and which it closed as
+/// slow consumers.
+#[derive(Default)]
+struct Delivery {
+    delivered: usize,
+    slow: Vec<String>,
+}
+
+/// Tells the app's consoles about a fan-out; returns for how many sockets it was queued.
+fn debug_delivery(state: &State, envelope: &Envelope, delivery: Delivery) -> usize {
+    state.debug(&envelope.app_id, || {
+        Record::event(envelope, delivery.delivered)
+    });
+    for socket_id in delivery.slow {
+        state.debug(&envelope.app_id, || Record::SlowConsumerClosed {
+            socket_id,
+            channel: envelope.channel.clone(),
+        });
+    }
+    delivery.delivered
+}
+
+/// Encodes the event's frame once and queues it for the channel's subscribers, except the
+/// excluded socket.
+fn deliver(channel: &ChannelState, envelope: &Envelope) -> Delivery {
+    let mut delivery = Delivery::default();
+    if channel.subscribers.is_empty() {
+        return delivery;
+    }
+    // Client events on presence channels carry the sender's user id.
+    let user_id = match envelope.source {
+        Source::Client => envelope.user_id.as_deref(),
+        Source::Api | Source::Track => None,
+    };
+    let frame: Frame = frame::encode(
+        &envelope.name,
+        Some(&envelope.channel),
+        &envelope.data,
+        user_id,
+    )
+    .into();
+    let excluded = envelope.socket_id.as_deref();
+    for (socket_id, subscriber) in &channel.subscribers {
+        if Some(socket_id.as_ref()) == excluded {
+            continue;
+        }
+        let open = !subscriber.handle.close_signal().is_closed();
+        if subscriber.handle.send(frame.clone()) {
+            delivery.delivered += 1;
+        } else if open && subscriber.handle.close_signal().is_closed() {
+            delivery.slow.push(socket_id.to_string());
+        }
+    }
+    metrics::counter!("switchboard_deliveries_total").increment(delivery.delivered as u64);
+    delivery
+}
