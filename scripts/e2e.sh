@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the end-to-end suites with the real client libraries against a real `switchboard serve`
-# process (apps from tests/e2e.toml) with its own database, RabbitMQ vhost and AMQP prefix:
+# process (apps from tests/e2e.toml, plus one with webhooks to the suites' receivers) with its own
+# database, RabbitMQ vhost and AMQP prefix:
 # tests/python (the PyPI `pusher` SDK, unittest, in the venv tests/python/.venv made here) and
 # tests/js (pusher-js, Laravel Echo and the npm `pusher` SDK, node's built-in test runner; one suite
 # starts a second server with TLS, whose CA this script makes for the run with openssl; the
@@ -28,11 +29,9 @@ else
   [[ ${E2E_SKIP_BUILD:-} == 1 ]] || cargo build --bin switchboard
   server_bin=$PWD/target/debug/switchboard
 fi
-server_config=$PWD/tests/e2e.toml
-
-read -r port admin_port < <(python3 - <<'EOF'
+read -r port admin_port hook_js_port hook_py_port < <(python3 - <<'EOF'
 import socket
-sockets = [socket.socket() for _ in range(2)]
+sockets = [socket.socket() for _ in range(4)]
 for s in sockets:
     s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in sockets))
@@ -46,6 +45,35 @@ vhost=switchboard_e2e_$suffix
 database_url=postgres://postgres@$PG_HOST:$PG_PORT/$database
 amqp_url=amqp://guest:guest@127.0.0.1:5672/$vhost
 server_log=$(mktemp -t switchboard-e2e.XXXXXX.log)
+# tests/e2e.toml plus an app whose webhooks go to the receivers the suites start on ports chosen
+# for this run (tests/js/webhooks.test.mjs, tests/python/test_webhooks.py).
+server_config=$(mktemp -t switchboard-e2e.XXXXXX.toml)
+{
+  cat tests/e2e.toml
+  cat <<EOF
+
+# Added by scripts/e2e.sh: webhooks to the suites' receivers.
+[[apps]]
+id = "5151"
+key = "hook-key"
+secret = "hook-secret"
+client_events = true
+
+[[apps.webhooks]]
+url = "http://127.0.0.1:$hook_js_port/pusher/webhooks"
+event_types = ["client_event", "cache_miss"]
+channel_prefix = "private-"
+
+[[apps.webhooks]]
+url = "http://127.0.0.1:$hook_py_port/pusher/webhooks"
+channel_prefix = "private-py-"
+
+[webhooks]
+batch_window_ms = 20
+backoff_base_ms = 50
+backoff_max_ms = 500
+EOF
+} >"$server_config"
 server_pid=
 # A certificate authority made for this run only, and a server certificate it signs for
 # 127.0.0.1 / localhost: tests/js/tls.test.mjs serves them; node trusts the CA through
@@ -99,6 +127,7 @@ cleanup() {
   timeout 60 rabbitmqctl -q delete_vhost "$vhost" >/dev/null 2>&1 ||
     log "could not delete RabbitMQ vhost $vhost"
   rm -rf "$tls_dir"
+  rm -f "$server_config"
   if [[ $rc -eq 0 ]]; then
     rm -f "$server_log"
   else
@@ -189,7 +218,7 @@ test_env=(
   SWITCHBOARD_AMQP_URL="$amqp_url"
   SWITCHBOARD_E2E_AMQP_PREFIX="$amqp_prefix"
   SWITCHBOARD_BIN="$server_bin"
-  SWITCHBOARD_CONFIG="$server_config"
+  SWITCHBOARD_CONFIG="$PWD/tests/e2e.toml"
   SWITCHBOARD_E2E_TLS_CERT="$tls_dir/server.crt"
   SWITCHBOARD_E2E_TLS_KEY="$tls_dir/server.key"
   SWITCHBOARD_APP_ID=app-id
@@ -207,6 +236,11 @@ test_env=(
   SWITCHBOARD_DISABLED_APP_ID=disabled-id
   SWITCHBOARD_DISABLED_APP_KEY=disabled-key
   SWITCHBOARD_DISABLED_APP_SECRET=disabled-secret
+  SWITCHBOARD_HOOK_APP_ID=5151
+  SWITCHBOARD_HOOK_APP_KEY=hook-key
+  SWITCHBOARD_HOOK_APP_SECRET=hook-secret
+  SWITCHBOARD_E2E_WEBHOOK_JS_PORT="$hook_js_port"
+  SWITCHBOARD_E2E_WEBHOOK_PY_PORT="$hook_py_port"
   SWITCHBOARD_DASHBOARD_APP_ID=dashboard-id
   SWITCHBOARD_DASHBOARD_APP_KEY=dashboard-key
   SWITCHBOARD_DASHBOARD_APP_SECRET=dashboard-secret

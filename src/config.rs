@@ -13,7 +13,12 @@ use ingest::{App, Apps, AppsError, GatewayConfig};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use consumer_worker::webhooks::{check_unique, Target, WebhooksConfig};
+
 use crate::Role;
+
+/// Unacked messages of the webhook queue per worker (each carries up to 1,000 events).
+const WEBHOOK_PREFETCH: u16 = 256;
 
 /// The customary development credentials; a loud warning is logged when they are used on a
 /// non-loopback bind.
@@ -44,6 +49,7 @@ pub struct Config {
     pub admin: AdminSection,
     pub publisher: PublisherSection,
     pub worker: WorkerSection,
+    pub webhooks: WebhooksSection,
 }
 
 impl Default for Config {
@@ -66,6 +72,7 @@ impl Default for Config {
             admin: AdminSection::default(),
             publisher: PublisherSection::default(),
             worker: WorkerSection::default(),
+            webhooks: WebhooksSection::default(),
         }
     }
 }
@@ -90,6 +97,13 @@ pub enum ConfigError {
     OpenDashboard(std::net::SocketAddr),
     #[error("amqp_prefix {0:?} must be 1-64 characters of A-Z a-z 0-9 _ - .")]
     BadPrefix(String),
+    #[error("apps {app:?} webhooks[{index}]: {source}")]
+    Webhook {
+        app: String,
+        index: usize,
+        #[source]
+        source: consumer_worker::webhooks::TargetError,
+    },
     #[error("{field} {value:?} is not a {scheme}:// URL")]
     BadUrl {
         field: &'static str,
@@ -148,6 +162,56 @@ impl Config {
 
     pub fn apps(&self) -> Result<Apps, AppsError> {
         Apps::new(self.apps.clone())
+    }
+
+    /// Every app's webhooks as the worker sends to them, checked: a URL that is not http(s),
+    /// an empty `event_types`, a bad or reserved header, or one URL twice in an app.
+    pub fn webhook_targets(&self) -> Result<Vec<Target>, ConfigError> {
+        let mut targets = Vec::new();
+        for app in &self.apps {
+            let first = targets.len();
+            for (index, webhook) in app.webhooks.iter().enumerate() {
+                let error = |source| ConfigError::Webhook {
+                    app: app.id.clone(),
+                    index,
+                    source,
+                };
+                let target = Target::new(
+                    &app.id,
+                    &app.key,
+                    &app.secret,
+                    &webhook.url,
+                    webhook.filter(),
+                    &webhook.headers,
+                )
+                .map_err(error)?;
+                check_unique(targets[first..].iter().chain([&target])).map_err(error)?;
+                targets.push(target);
+            }
+        }
+        Ok(targets)
+    }
+
+    /// The worker's webhook settings, with `targets`.
+    pub fn webhooks_config(&self, targets: Vec<Target>) -> WebhooksConfig {
+        let w = &self.webhooks;
+        let days = |days: u32| Duration::from_secs(u64::from(days) * 86_400);
+        WebhooksConfig {
+            amqp_url: self.amqp_url.clone(),
+            topology: bus::Topology::new(self.amqp_prefix.clone()),
+            queue_type: self.persist_queue_type.into(),
+            targets,
+            batch_window: Duration::from_millis(w.batch_window_ms),
+            max_events_per_request: w.max_events_per_request,
+            request_timeout: Duration::from_millis(w.request_timeout_ms),
+            max_response_bytes: w.max_response_bytes,
+            retry_period: Duration::from_secs(w.retry_period_secs),
+            backoff_base: Duration::from_millis(w.backoff_base_ms),
+            backoff_max: Duration::from_millis(w.backoff_max_ms),
+            delivered_retention: days(w.retention_days),
+            dead_retention: days(w.dead_retention_days),
+            prefetch: WEBHOOK_PREFETCH,
+        }
     }
 
     /// True when the development credentials are served on an address others can reach.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use admin::Check;
-use bus::{Publisher, PublisherConfig, Topology};
+use bus::{Publisher, PublisherConfig, Topology, WebhookPublisher};
 use config::Config;
 use consumer_worker::WorkerConfig;
 use dashboards::console::ConsoleConfig;
@@ -19,7 +19,7 @@ use dashboards::DashboardConfig;
 use dispatcher::{LiveConfig, Registry, RegistryConfig};
 use ingest::server::{Limits, Listener, Liveness};
 use ingest::tls::{Tls, TlsError};
-use ingest::{About, Gateway};
+use ingest::{About, Gateway, Webhooks};
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -226,7 +226,17 @@ pub async fn start(
             max_attempts: config.worker.max_attempts,
             maintenance_interval: MAINTENANCE_INTERVAL,
         };
-        tracker.spawn(consumer_worker::run(worker_config, pool, shutdown.clone()));
+        tracker.spawn(consumer_worker::run(
+            worker_config,
+            pool.clone(),
+            shutdown.clone(),
+        ));
+        let webhooks = config.webhooks_config(config.webhook_targets()?);
+        tracker.spawn(consumer_worker::webhooks::run(
+            webhooks,
+            pool,
+            shutdown.clone(),
+        ));
     }
 
     let gateway_addr = gateway_listener.as_ref().map(|bound| bound.addr);
@@ -274,18 +284,26 @@ pub async fn start(
             .then_some(())
             .ok_or(StartError::LiveNotReady(LIVE_READY_TIMEOUT))?;
         checks.push(Check::flag("live_queue", live_ready));
-        let publisher = Publisher::spawn(
-            PublisherConfig {
-                url: config.amqp_url.clone(),
-                topology: topology.clone(),
-                persist_queue_type: queue_type,
-                max_batch_envelopes: config.publisher.max_batch_envelopes,
-                max_message_bytes: config.publisher.max_message_bytes,
-                max_in_flight: config.publisher.max_in_flight,
-                confirm_timeout: Duration::from_millis(config.publisher.confirm_timeout_ms),
-            },
-            &tracker,
-        );
+        let publisher_config = PublisherConfig {
+            url: config.amqp_url.clone(),
+            topology: topology.clone(),
+            persist_queue_type: queue_type,
+            max_batch_envelopes: config.publisher.max_batch_envelopes,
+            max_message_bytes: config.publisher.max_message_bytes,
+            max_in_flight: config.publisher.max_in_flight,
+            confirm_timeout: Duration::from_millis(config.publisher.confirm_timeout_ms),
+        };
+        // Only when some app has a webhook: otherwise webhooks cost nothing.
+        let webhook_publisher = Webhooks::any(&apps).then(|| {
+            WebhookPublisher::spawn(
+                publisher_config.clone(),
+                config.webhooks.buffer_events,
+                &tracker,
+                shutdown.clone(),
+            )
+        });
+        let webhooks = Webhooks::new(&apps, webhook_publisher);
+        let publisher = Publisher::spawn(publisher_config, &tracker);
         // Requests that come before the first connection would be refused.
         wait_for(|| publisher.is_connected(), LIVE_READY_TIMEOUT)
             .await
@@ -301,6 +319,7 @@ pub async fn start(
             gateway_config,
             publisher,
             registry,
+            webhooks,
             node,
             shutdown.clone(),
         ));
@@ -312,6 +331,13 @@ pub async fn start(
             name: "gateway_listener",
             ok: Arc::new(listener.liveness.probe()),
         });
+        if Webhooks::any(&gateway.apps) {
+            tracker.spawn(ingest::cluster_webhooks::forward(
+                gateway.clone(),
+                Duration::from_millis(config.webhooks.vacate_debounce_ms),
+                shutdown.clone(),
+            ));
+        }
         tracker.spawn(ingest::serve(listener, gateway));
     }
 

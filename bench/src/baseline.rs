@@ -120,7 +120,11 @@ pub async fn amqp(
     }
     .await;
     // Scratch resources go whatever happened; the live queue goes with the connection.
-    for queue in [topology.persist_queue(), topology.dead_letter_queue()] {
+    for queue in [
+        topology.persist_queue(),
+        topology.dead_letter_queue(),
+        topology.webhook_queue(),
+    ] {
         let _ = channel
             .queue_delete(&queue, QueueDeleteOptions::default())
             .await;

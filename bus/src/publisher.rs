@@ -20,6 +20,9 @@
 
 mod connector;
 mod outbox;
+mod webhooks;
+
+pub use webhooks::WebhookPublisher;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -48,6 +48,11 @@ impl Topology {
     pub fn dead_letter_queue(&self) -> String {
         format!("{}.dead", self.prefix)
     }
+    /// Durable queue of webhook events, from the gateways to the workers (published through the
+    /// default exchange, its name as the routing key).
+    pub fn webhook_queue(&self) -> String {
+        format!("{}.webhooks", self.prefix)
+    }
     /// One gateway node's live queue.
     pub fn live_queue(&self, node: u32) -> String {
         format!("{}.live.{node}", self.prefix)
@@ -65,8 +70,8 @@ pub struct LiveQueues {
     pub dropped: String,
 }
 
-/// Declares the durable part of the topology: events exchange, persist queue bound to it, and
-/// the dead-letter queue. Idempotent; gateways and workers both call it at connect time, so an
+/// Declares the durable part of the topology: events exchange, persist queue bound to it, the
+/// dead-letter queue and the webhook queue (all of `persist_queue_type`). Idempotent; gateways and workers both call it at connect time, so an
 /// event accepted before any worker runs waits in the persist queue.
 pub async fn declare_durable(
     channel: &Channel,
@@ -111,7 +116,11 @@ pub async fn declare_durable(
         .await
         .map_err(BusError::Declare)?;
     channel
-        .queue_declare(&topology.dead_letter_queue(), durable, args)
+        .queue_declare(&topology.dead_letter_queue(), durable, args.clone())
+        .await
+        .map_err(BusError::Declare)?;
+    channel
+        .queue_declare(&topology.webhook_queue(), durable, args)
         .await
         .map_err(BusError::Declare)?;
     Ok(())

@@ -7,10 +7,14 @@
 //! envelopes that still fail alone after `max_attempts` go to the dead-letter queue with the
 //! reason in the [`REASON_HEADER`] header; while Postgres is unreachable (or fails even without
 //! any rows) the deliveries stay unacked and the write is retried with backoff.
+//!
+//! [`webhooks::run`] is the webhook sender: the webhook queue → `webhook_deliveries` → the apps'
+//! URLs, retried until delivered or dead.
 
 mod link;
 mod maintenance;
 mod storage;
+pub mod webhooks;
 mod worker;
 
 pub use link::{FAILED_AT_HEADER, REASON_HEADER};

@@ -17,7 +17,15 @@ use lapin::{BasicProperties, Channel, Connection, Consumer};
 use thiserror::Error;
 use tracing::debug;
 
-use crate::worker::WorkerConfig;
+/// What a [`Link`] connects to and consumes.
+pub(crate) struct LinkConfig<'a> {
+    pub amqp_url: &'a str,
+    pub topology: &'a bus::Topology,
+    pub queue_type: bus::QueueType,
+    /// The queue consumed.
+    pub queue: String,
+    pub prefetch: u16,
+}
 
 /// Header of a dead-lettered message: why it could not be persisted (short text).
 pub const REASON_HEADER: &str = "x-switchboard-reason";
@@ -57,8 +65,8 @@ pub(crate) struct Link {
 }
 
 impl Link {
-    pub(crate) async fn open(config: &WorkerConfig) -> Result<Link, LinkError> {
-        let connection = bus::connect(&config.amqp_url, "switchboard-worker").await?;
+    pub(crate) async fn open(config: &LinkConfig<'_>) -> Result<Link, LinkError> {
+        let connection = bus::connect(config.amqp_url, "switchboard-worker").await?;
         match Self::open_channels(config, &connection).await {
             Ok((channel, dead_letters, consumer)) => Ok(Link {
                 connection,
@@ -78,13 +86,13 @@ impl Link {
 
     /// Opens both channels and starts consuming; every step is bounded.
     async fn open_channels(
-        config: &WorkerConfig,
+        config: &LinkConfig<'_>,
         connection: &Connection,
     ) -> Result<(Channel, Channel, Consumer), LinkError> {
         let channel = setup_step("opening a channel", connection.create_channel()).await?;
         within(
             "declaring the topology",
-            bus::declare_durable(&channel, &config.topology, config.persist_queue_type),
+            bus::declare_durable(&channel, config.topology, config.queue_type),
         )
         .await?;
         setup_step(
@@ -105,7 +113,7 @@ impl Link {
         let consumer = setup_step(
             "starting to consume",
             channel.basic_consume(
-                &config.topology.persist_queue(),
+                &config.queue,
                 "",
                 BasicConsumeOptions::default(),
                 FieldTable::default(),

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::link::{Link, LinkError};
+use crate::link::{Link, LinkConfig, LinkError};
 use crate::maintenance;
 use crate::storage::{self, Disposition};
 
@@ -153,7 +153,14 @@ impl Worker {
         let endpoint = bus::redacted_endpoint(&self.config.amqp_url);
         let mut backoff = Backoff::default();
         while !self.shutdown.is_cancelled() {
-            let error = match Link::open(&self.config).await {
+            let link_config = LinkConfig {
+                amqp_url: &self.config.amqp_url,
+                topology: &self.config.topology,
+                queue_type: self.config.persist_queue_type,
+                queue: self.config.topology.persist_queue(),
+                prefetch: self.config.prefetch,
+            };
+            let error = match Link::open(&link_config).await {
                 Ok(mut link) => {
                     info!(%endpoint, queue = %self.config.topology.persist_queue(), "worker consuming");
                     backoff = Backoff::default();

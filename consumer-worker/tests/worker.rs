@@ -3,6 +3,7 @@
 
 mod common;
 mod durability;
+mod webhooks;
 
 use std::time::{Duration, Instant};
 

@@ -241,6 +241,11 @@ impl Cluster {
         self.nodes.keys().copied().collect()
     }
 
+    /// When `node` was last heard from, if it is known.
+    pub fn heard_at(&self, node: u32) -> Option<Instant> {
+        self.nodes.get(&node).map(|remote| remote.seen)
+    }
+
     /// Nodes not heard from for longer than `timeout`.
     pub fn stale(&self, timeout: Duration) -> Vec<u32> {
         let now = Instant::now();

@@ -8,6 +8,7 @@
 
 mod barrier;
 mod cluster;
+mod debounce;
 pub mod debug;
 mod live;
 mod registry;
@@ -15,6 +16,7 @@ mod socket;
 mod transition;
 
 pub use barrier::SYNC_TIMEOUT;
+pub use debounce::{Debounce, MAX_PENDING as MAX_DEBOUNCE_PENDING};
 pub use debug::{run_debug, DebugRecord, Record};
 pub use live::{run_live, LiveConfig};
 pub use registry::{

@@ -2,7 +2,10 @@
 //! 127.0.0.1 in front of a target that forwards until it is told otherwise. It can cut (drop
 //! every forwarded connection and refuse new ones), hold back the target's replies (so a request
 //! reaches the target and its answer never comes back), or go silent (accept connections and
-//! never answer, as a host behind a dropping firewall does).
+//! never answer, as a host behind a dropping firewall does). [`receiver`] is the other side of
+//! webhooks: an HTTP server that records requests and answers well or badly on request.
+
+pub mod receiver;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -127,7 +130,10 @@ async fn accept(listener: TcpListener, target: SocketAddr, control: Arc<Control>
             Mode::Forward | Mode::HoldReplies => {}
         }
         tokio::spawn(async move {
+            // The token first: a restore cancels it before switching the mode, so held bytes are
+            // dropped with their connection, never relayed on the way out.
             tokio::select! {
+                biased;
                 () = token.cancelled() => {}
                 () = relay(inbound, target, mode) => {}
             }

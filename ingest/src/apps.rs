@@ -7,6 +7,8 @@ use std::sync::Arc;
 use protocol::{Channel, ChannelError, ChannelKind};
 use serde::{Deserialize, Serialize};
 
+use crate::webhooks::WebhookConfig;
+
 /// One tenant: credentials, switches and limits. Its secret never appears in `Debug` output or
 /// logs.
 #[derive(Clone, Deserialize, Serialize)]
@@ -33,6 +35,9 @@ pub struct App {
     pub analytics_channel: AnalyticsChannel,
     #[serde(default)]
     pub limits: Limits,
+    /// Where the app's webhooks are sent (`[[apps.webhooks]]`); none unless configured.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<WebhookConfig>,
 }
 
 /// The channel an app's Segment events are copied to live, in the config `"off"` or a
@@ -150,6 +155,7 @@ impl App {
             max_connections: None,
             analytics_channel: AnalyticsChannel::default(),
             limits: Limits::default(),
+            webhooks: Vec::new(),
         }
     }
 }
@@ -166,6 +172,7 @@ impl fmt::Debug for App {
             .field("max_connections", &self.max_connections)
             .field("analytics_channel", &self.analytics_channel)
             .field("limits", &self.limits)
+            .field("webhooks", &self.webhooks)
             .finish()
     }
 }
@@ -215,6 +222,11 @@ impl Apps {
 
     pub fn by_key(&self, key: &str) -> Option<&Arc<App>> {
         self.by_key.get(key)
+    }
+
+    /// Every app, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<App>> {
+        self.by_id.values()
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod apps;
 pub mod body;
+pub mod cluster_webhooks;
 pub mod console;
 pub mod error;
 pub mod forwarded;
@@ -16,6 +17,7 @@ pub mod root;
 pub mod segment;
 pub mod server;
 pub mod tls;
+pub mod webhooks;
 pub mod websocket;
 
 use std::convert::Infallible;
@@ -34,6 +36,7 @@ use warp::Filter;
 pub use apps::{AnalyticsChannel, App, Apps, AppsError, Limits};
 pub use forwarded::{PeerAddr, TrustedProxy};
 pub use root::About;
+pub use webhooks::{WebhookConfig, Webhooks};
 
 /// Gateway limits and timings.
 #[derive(Debug, Clone)]
@@ -92,6 +95,8 @@ pub struct Gateway {
     pub node: u32,
     /// The bounded way to the blocking pool for big request bodies.
     pub offload: offload::Offload,
+    /// Where webhook events go.
+    pub webhooks: webhooks::Webhooks,
     next_socket: AtomicU64,
     shutdown: CancellationToken,
     sessions: TaskTracker,
@@ -103,6 +108,7 @@ impl Gateway {
         config: GatewayConfig,
         publisher: Publisher,
         registry: Arc<Registry>,
+        webhooks: webhooks::Webhooks,
         node: u32,
         shutdown: CancellationToken,
     ) -> Gateway {
@@ -117,6 +123,7 @@ impl Gateway {
             registry,
             node,
             offload: offload::Offload::per_core(),
+            webhooks,
             next_socket: AtomicU64::new(1),
             shutdown,
             sessions: TaskTracker::new(),

@@ -6,7 +6,6 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::num::NonZeroU32;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,16 +13,14 @@ use std::time::Duration;
 use dispatcher::{AppOptions, ConnectError, Frame, Record, SocketHandle, SubscribeError};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use governor::clock::{Clock, DefaultClock};
-use governor::middleware::NoOpMiddleware;
-use governor::state::{InMemoryState, NotKeyed};
-use governor::{Quota, RateLimiter};
+use governor::clock::DefaultClock;
 use protocol::channel::DEBUG_CHANNEL;
 use protocol::frame::{self, ClientMessage};
 use protocol::presence::{Member, SignedInUser, SigninError};
 use protocol::signature::{
     channel_string_to_sign, debug_console_secret, signin_string_to_sign, verify_client_auth,
 };
+use protocol::webhook::{EventType, WebhookEvent};
 use protocol::{Channel, ChannelKind, Envelope, SocketId, Source};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -32,6 +29,10 @@ use warp::ws::{Message, WebSocket};
 
 use crate::apps::App;
 use crate::Gateway;
+
+mod rate;
+
+use rate::ClientEventLimit;
 
 /// Pusher close and error codes used by the WebSocket endpoint.
 pub mod code {
@@ -158,6 +159,9 @@ pub async fn run(gateway: Arc<Gateway>, handshake: Handshake, socket: WebSocket)
             .gateway
             .registry
             .disconnect(&session.app.id, &session.handle.socket_id, &channels);
+        for channel in &channels {
+            session.subscription_count_webhook(channel);
+        }
         session.handle.close_signal().close(code::NORMAL);
         let closed_with = session.handle.close_signal().closed().await;
         session
@@ -240,27 +244,6 @@ fn close_reason(code: u16) -> &'static str {
         code::SHUTTING_DOWN => "Server shutting down",
         code::PONG_TIMEOUT => "Pong reply not received",
         _ => "",
-    }
-}
-
-/// Client events of one connection: a token bucket of `per_second` tokens refilled continuously
-/// (governor's GCRA), so at most `per_second` pass in a burst, even across a second's boundary.
-struct ClientEventLimit<C: Clock = DefaultClock> {
-    /// None when the app allows no client events at all.
-    limiter: Option<RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<C::Instant>>>,
-}
-
-impl<C: Clock> ClientEventLimit<C> {
-    fn new(per_second: u32, clock: C) -> Self {
-        ClientEventLimit {
-            limiter: NonZeroU32::new(per_second)
-                .map(|rate| RateLimiter::direct_with_clock(Quota::per_second(rate), clock)),
-        }
-    }
-
-    /// Takes a token for one event; false when the bucket is empty.
-    fn allow(&self) -> bool {
-        self.limiter.as_ref().is_some_and(|l| l.check().is_ok())
     }
 }
 
@@ -357,6 +340,7 @@ impl Session {
                         &channel,
                         &self.handle.socket_id,
                     );
+                    self.subscription_count_webhook(&channel);
                 }
             }
             Ok(ClientMessage::ClientEvent {
@@ -397,6 +381,8 @@ impl Session {
             });
         match result {
             Ok(user_id) => {
+                self.cache_miss_webhook(&name);
+                self.subscription_count_webhook(&name);
                 self.subscriptions.insert(name, user_id);
             }
             Err(Refusal::Invalid(message)) => self.error(&message, None),
@@ -408,6 +394,51 @@ impl Session {
                 &name, kind, &error, status,
             )),
         }
+    }
+
+    /// Emits `cache_miss` when a webhook wants it and the cache channel just subscribed to has
+    /// no cached event. The registry answered the socket under its own lock a moment earlier, so
+    /// an event cached (or expired) in between can make the two disagree for that subscription.
+    fn cache_miss_webhook(&self, name: &str) {
+        let webhooks = &self.gateway.webhooks;
+        if !webhooks.wants(&self.app.id, EventType::CacheMiss, name)
+            || !Channel::parse(name).is_ok_and(|c| c.cache)
+            || self.gateway.registry.cached(&self.app.id, name).is_some()
+        {
+            return;
+        }
+        webhooks.emit(
+            &self.app.id,
+            WebhookEvent::CacheMiss {
+                channel: name.to_owned(),
+            },
+        );
+    }
+
+    /// Emits `subscription_count` after this socket changed `channel`'s subscriptions, when the
+    /// app counts subscriptions (`subscription_count = true`, Pusher's "subscription counting")
+    /// and a webhook wants it. Presence channels count members instead and have none. The count
+    /// is the cluster's as this node sees it.
+    fn subscription_count_webhook(&self, channel: &str) {
+        let webhooks = &self.gateway.webhooks;
+        if !self.app.subscription_count
+            || !webhooks.wants(&self.app.id, EventType::SubscriptionCount, channel)
+            || Channel::parse(channel).is_ok_and(|c| c.kind == ChannelKind::Presence)
+        {
+            return;
+        }
+        let count = self
+            .gateway
+            .registry
+            .occupancy(&self.app.id, channel)
+            .subscriptions;
+        webhooks.emit(
+            &self.app.id,
+            WebhookEvent::SubscriptionCount {
+                channel: channel.to_owned(),
+                subscription_count: count as u64,
+            },
+        );
     }
 
     /// Checks the subscription's signature; returns the presence member for presence channels.
@@ -512,6 +543,17 @@ impl Session {
                 Some(code::CLIENT_EVENT_RATE_LIMIT),
             );
         }
+        let webhook = self
+            .gateway
+            .webhooks
+            .wants(&self.app.id, EventType::ClientEvent, &channel)
+            .then(|| WebhookEvent::ClientEvent {
+                channel: channel.clone(),
+                event: event.clone(),
+                data: data.clone(),
+                socket_id: self.handle.socket_id.to_string(),
+                user_id: user_id.clone(),
+            });
         let mut envelope = Envelope::new(&self.app.id, Source::Client, &channel, &event, data);
         envelope.socket_id = Some(self.handle.socket_id.to_string());
         envelope.user_id.clone_from(user_id);
@@ -520,16 +562,26 @@ impl Session {
         match self.gateway.publisher.enqueue(vec![envelope]) {
             Ok(pending) => {
                 let handle = self.handle.clone();
+                let gateway = self.gateway.clone();
+                let app_id = self.app.id.clone();
+                // The webhook reports only a client event RabbitMQ confirmed.
                 tokio::spawn(async move {
-                    if let Err(error) = pending.confirmed().await {
-                        warn!(%error, "client event not accepted");
-                        handle.send(
-                            frame::encode_error(
-                                &format!("Client event not delivered: {error}"),
-                                None,
-                            )
-                            .into(),
-                        );
+                    match pending.confirmed().await {
+                        Ok(()) => {
+                            if let Some(webhook) = webhook {
+                                gateway.webhooks.emit(&app_id, webhook);
+                            }
+                        }
+                        Err(error) => {
+                            warn!(%error, "client event not accepted");
+                            handle.send(
+                                frame::encode_error(
+                                    &format!("Client event not delivered: {error}"),
+                                    None,
+                                )
+                                .into(),
+                            );
+                        }
                     }
                 });
             }
@@ -560,54 +612,5 @@ impl Session {
                 self.handle.close_signal().close(code::UNAUTHORIZED);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use governor::clock::FakeRelativeClock;
-
-    fn passed(limit: &ClientEventLimit<FakeRelativeClock>, attempts: usize) -> usize {
-        (0..attempts).filter(|_| limit.allow()).count()
-    }
-
-    #[test]
-    fn client_event_limit_is_a_token_bucket() {
-        let clock = FakeRelativeClock::default();
-        let limit = ClientEventLimit::new(10, clock.clone());
-        // A full bucket: a burst of 10 passes, the 11th does not.
-        assert_eq!(passed(&limit, 15), 10);
-        // 99 ms later, less than one token has refilled.
-        clock.advance(Duration::from_millis(99));
-        assert_eq!(passed(&limit, 5), 0);
-        // One token every 100 ms.
-        clock.advance(Duration::from_millis(1));
-        assert_eq!(passed(&limit, 5), 1);
-        clock.advance(Duration::from_millis(350));
-        assert_eq!(passed(&limit, 5), 3);
-        // Idle for long, the bucket holds no more than its size.
-        clock.advance(Duration::from_secs(60));
-        assert_eq!(passed(&limit, 30), 10);
-    }
-
-    #[test]
-    fn no_burst_across_a_second_boundary() {
-        let clock = FakeRelativeClock::default();
-        let limit = ClientEventLimit::new(10, clock.clone());
-        clock.advance(Duration::from_millis(990));
-        assert_eq!(passed(&limit, 10), 10);
-        // 20 ms later, across the boundary a fixed window had: only what refilled meanwhile.
-        clock.advance(Duration::from_millis(20));
-        assert_eq!(passed(&limit, 10), 0);
-        // A second after the burst, the bucket is full again: 10, not 20, in any short span.
-        clock.advance(Duration::from_millis(980));
-        assert_eq!(passed(&limit, 20), 10);
-    }
-
-    #[test]
-    fn a_zero_limit_allows_nothing() {
-        let limit = ClientEventLimit::new(0, FakeRelativeClock::default());
-        assert_eq!(passed(&limit, 3), 0);
     }
 }

@@ -11,8 +11,10 @@ pub mod presence;
 pub mod segment;
 pub mod signature;
 pub mod socket_id;
+pub mod webhook;
 
 pub use channel::{Channel, ChannelError, ChannelKind};
 pub use envelope::{Envelope, EnvelopeError, Source};
 pub use frame::{ClientMessage, FrameError};
 pub use socket_id::SocketId;
+pub use webhook::WebhookEvent;

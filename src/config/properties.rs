@@ -283,6 +283,7 @@ fn valid_config() -> impl Strategy<Value = Config> {
                 gateway,
                 publisher,
                 worker,
+                webhooks: WebhooksSection::default(),
                 // Any admin_bind: a password keeps a non-loopback one valid.
                 admin: AdminSection {
                     password: Some("generated".into()),

@@ -194,3 +194,50 @@ impl Default for WorkerSection {
         }
     }
 }
+
+/// Webhook delivery, for every app's `[[apps.webhooks]]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksSection {
+    /// How long the worker gathers a webhook's events after the first before making a batch.
+    pub batch_window_ms: u64,
+    /// Most events in one request.
+    pub max_events_per_request: usize,
+    /// One attempt's whole exchange: connect, send, the answer and its body.
+    pub request_timeout_ms: u64,
+    /// Most bytes of an answer read; a longer one fails the attempt (`body_too_large`).
+    pub max_response_bytes: usize,
+    /// How long a batch is retried after it was made; then it is `dead`.
+    pub retry_period_secs: u64,
+    /// The first retry comes within this (full jitter); each next ceiling doubles...
+    pub backoff_base_ms: u64,
+    /// ...up to this.
+    pub backoff_max_ms: u64,
+    /// How long `channel_vacated` and `member_removed` wait for the channel or user to come back.
+    pub vacate_debounce_ms: u64,
+    /// Webhook events a gateway buffers while RabbitMQ is slow or away; beyond, new ones are
+    /// dropped and counted.
+    pub buffer_events: usize,
+    /// Delivered rows of `webhook_deliveries` are deleted this many days after their creation.
+    pub retention_days: u32,
+    /// Dead rows are deleted this many days after their creation.
+    pub dead_retention_days: u32,
+}
+
+impl Default for WebhooksSection {
+    fn default() -> Self {
+        WebhooksSection {
+            batch_window_ms: 100,
+            max_events_per_request: 100,
+            request_timeout_ms: 10_000,
+            max_response_bytes: 64 * 1024,
+            retry_period_secs: 300,
+            backoff_base_ms: 1000,
+            backoff_max_ms: 60_000,
+            vacate_debounce_ms: 3000,
+            buffer_events: 10_000,
+            retention_days: 7,
+            dead_retention_days: 30,
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! Unit tests of loading, validation and redaction.
 
 use super::*;
+use protocol::webhook::EventType;
 
 #[test]
 fn defaults_are_valid_and_local() {
@@ -266,4 +267,123 @@ fn unknown_keys_and_missing_files_fail() {
         assert!(err.to_lowercase().contains("bind"), "{err}");
         Ok(())
     });
+}
+
+#[test]
+#[allow(clippy::result_large_err)]
+fn webhooks_from_the_file_and_the_environment() {
+    figment::Jail::expect_with(|jail| {
+        jail.create_file(
+            "hooks.toml",
+            r#"
+            [webhooks]
+            batch_window_ms = 20
+            retry_period_secs = 1
+            [[apps]]
+            id = "1"
+            key = "k"
+            secret = "s"
+            [[apps.webhooks]]
+            url = "http://127.0.0.1:8080/pusher/webhooks"
+            event_types = ["channel_occupied", "channel_vacated"]
+            channel_prefix = "presence-"
+            headers = { "X-Env" = "dev" }
+            [[apps.webhooks]]
+            url = "https://hooks.example/all"
+            "#,
+        )?;
+        jail.set_env("SWITCHBOARD_WEBHOOKS__REQUEST_TIMEOUT_MS", "500");
+        let config = Config::load(Some(Path::new("hooks.toml"))).unwrap();
+        let hooks = &config.apps[0].webhooks;
+        assert_eq!(
+            hooks[0].event_types,
+            [EventType::ChannelOccupied, EventType::ChannelVacated]
+        );
+        assert_eq!(hooks[0].channel_prefix.as_deref(), Some("presence-"));
+        assert_eq!(hooks[0].headers["X-Env"], "dev");
+        assert_eq!(hooks[1].event_types, EventType::ALL);
+        let targets = config.webhook_targets().unwrap();
+        assert_eq!(targets.len(), 2);
+        assert_eq!(targets[1].name, "https://hooks.example/all");
+        let worker = config.webhooks_config(targets);
+        assert_eq!(worker.batch_window, Duration::from_millis(20));
+        assert_eq!(worker.retry_period, Duration::from_secs(1));
+        assert_eq!(worker.request_timeout, Duration::from_millis(500));
+        assert_eq!(worker.max_events_per_request, 100);
+        assert_eq!(worker.max_response_bytes, 65536);
+        assert_eq!(config.webhooks.vacate_debounce_ms, 3000);
+        Ok(())
+    });
+}
+
+#[test]
+#[allow(clippy::result_large_err)]
+fn bad_webhooks_stop_the_start_naming_what_is_wrong() {
+    figment::Jail::expect_with(|jail| {
+        let app = "[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n[[apps.webhooks]]\n";
+        let load = |jail: &mut figment::Jail, hook: &str| {
+            jail.create_file("hook.toml", &format!("{app}{hook}"))
+                .unwrap();
+            Config::load(Some(Path::new("hook.toml")))
+                .unwrap_err()
+                .to_string()
+        };
+        let error = load(
+            jail,
+            "url = \"http://h/\"\nevent_types = [\"channel_existence\"]\n",
+        );
+        assert!(error.contains("channel_existence"), "{error}");
+        let error = load(jail, "url = \"ftp://u:hunter2@h/x\"\n");
+        assert!(
+            error.contains("apps \"1\" webhooks[0]: url \"ftp://h/x\" must be http:// or https://"),
+            "{error}"
+        );
+        let error = load(jail, "url = \"http://h/\"\nevent_types = []\n");
+        assert!(error.contains("event_types is empty"), "{error}");
+        let error = load(
+            jail,
+            "url = \"http://h/\"\nheaders = { \"X-Pusher-Signature\" = \"forged\" }\n",
+        );
+        assert!(error.contains("\"X-Pusher-Signature\""), "{error}");
+        let error = load(
+            jail,
+            "url = \"http://h/a\"\n[[apps.webhooks]]\nurl = \"http://h/a?again=1\"\n",
+        );
+        assert!(
+            error.contains("webhooks[1]: url \"http://h/a\" is configured twice"),
+            "{error}"
+        );
+        let error = load(jail, "url = \"http://h/\"\nsecret = \"x\"\n");
+        assert!(error.contains("secret"), "{error}");
+        Ok(())
+    });
+    for (adjust, field) in [
+        (
+            (|c: &mut Config| c.webhooks.retry_period_secs = 0) as fn(&mut Config),
+            "webhooks.retry_period_secs",
+        ),
+        (
+            |c: &mut Config| c.webhooks.max_events_per_request = 0,
+            "webhooks.max_events_per_request",
+        ),
+        (
+            |c: &mut Config| c.webhooks.backoff_max_ms = c.webhooks.backoff_base_ms - 1,
+            "webhooks.backoff_max_ms",
+        ),
+        (
+            |c: &mut Config| c.webhooks.batch_window_ms = 0,
+            "webhooks.batch_window_ms",
+        ),
+        (
+            |c: &mut Config| c.webhooks.buffer_events = 0,
+            "webhooks.buffer_events",
+        ),
+    ] {
+        let mut config = Config::default();
+        adjust(&mut config);
+        assert!(
+            matches!(config.validate(), Err(ConfigError::OutOfRange { field: f, .. }) if f == field),
+            "{field}"
+        );
+    }
 }

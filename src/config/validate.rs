@@ -21,6 +21,7 @@ impl Config {
         )?;
         check_url("amqp_url", &self.amqp_url, &["amqp"])?;
         self.validate_edge()?;
+        self.validate_webhooks()?;
         let g = &self.gateway;
         let checks: &[(&'static str, bool, &'static str)] = &[
             (
@@ -110,6 +111,70 @@ impl Config {
             ),
         ];
         for &(field, ok, expected) in checks {
+            if !ok {
+                return Err(ConfigError::OutOfRange { field, expected });
+            }
+        }
+        Ok(())
+    }
+
+    /// The `[webhooks]` section and every app's webhooks.
+    fn validate_webhooks(&self) -> Result<(), ConfigError> {
+        self.webhook_targets()?;
+        let w = &self.webhooks;
+        let checks: [(&'static str, bool, &'static str); 10] = [
+            (
+                "webhooks.batch_window_ms",
+                (1..=60_000).contains(&w.batch_window_ms),
+                "1 to 60000",
+            ),
+            (
+                "webhooks.max_events_per_request",
+                (1..=10_000).contains(&w.max_events_per_request),
+                "1 to 10000",
+            ),
+            (
+                "webhooks.request_timeout_ms",
+                (100..=600_000).contains(&w.request_timeout_ms),
+                "100 to 600000",
+            ),
+            (
+                "webhooks.max_response_bytes",
+                w.max_response_bytes <= 16 * 1024 * 1024,
+                "at most 16777216",
+            ),
+            (
+                "webhooks.retry_period_secs",
+                (1..=7 * 86_400).contains(&w.retry_period_secs),
+                "1 to 604800",
+            ),
+            (
+                "webhooks.backoff_base_ms",
+                (1..=3_600_000).contains(&w.backoff_base_ms),
+                "1 to 3600000",
+            ),
+            (
+                "webhooks.backoff_max_ms",
+                (w.backoff_base_ms..=86_400_000).contains(&w.backoff_max_ms),
+                "at least webhooks.backoff_base_ms, at most 86400000",
+            ),
+            (
+                "webhooks.vacate_debounce_ms",
+                w.vacate_debounce_ms <= 600_000,
+                "at most 600000",
+            ),
+            (
+                "webhooks.buffer_events",
+                (1..=10_000_000).contains(&w.buffer_events),
+                "1 to 10000000",
+            ),
+            (
+                "webhooks.retention_days",
+                w.retention_days >= 1 && w.dead_retention_days >= 1,
+                "at least 1 (and dead_retention_days too)",
+            ),
+        ];
+        for (field, ok, expected) in checks {
             if !ok {
                 return Err(ConfigError::OutOfRange { field, expected });
             }

@@ -4,6 +4,7 @@
 mod api;
 mod channels;
 mod cluster;
+mod cluster_webhooks;
 mod common;
 mod conformance;
 mod dashboard;
@@ -17,3 +18,4 @@ mod processes;
 mod segment;
 mod startup;
 mod tls;
+mod webhooks;

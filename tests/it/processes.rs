@@ -25,6 +25,8 @@ pub(crate) struct Deployment {
     database_url: String,
     prefix: String,
     pub(crate) env: Vec<(&'static str, &'static str)>,
+    /// A config file for every process (`--config`).
+    pub(crate) config_file: Option<std::path::PathBuf>,
 }
 
 pub(crate) struct Node {
@@ -39,6 +41,7 @@ impl Deployment {
             database_url: config.database_url,
             prefix: config.amqp_prefix,
             env: Vec::new(),
+            config_file: None,
         }
     }
 
@@ -56,6 +59,9 @@ impl Deployment {
             .envs(self.env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        if let Some(file) = &self.config_file {
+            command.arg("--config").arg(file);
+        }
         (command, http, admin)
     }
 

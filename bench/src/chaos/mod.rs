@@ -581,7 +581,11 @@ async fn cleanup(deployment: &Deployment) -> anyhow::Result<()> {
     let topology = bus::Topology::new(deployment.prefix.clone());
     let connection = bus::connect(&deployment.amqp_url(), "switchboard-chaos-cleanup").await?;
     let channel = connection.create_channel().await?;
-    for queue in [topology.persist_queue(), topology.dead_letter_queue()] {
+    for queue in [
+        topology.persist_queue(),
+        topology.dead_letter_queue(),
+        topology.webhook_queue(),
+    ] {
         channel
             .queue_delete(&queue, lapin::options::QueueDeleteOptions::default())
             .await?;

@@ -220,7 +220,11 @@ impl Drop for TestEnv {
                     .await
                     .expect("connect to RabbitMQ");
                 let channel = amqp.create_channel().await.expect("open a channel");
-                for queue in [topology.persist_queue(), topology.dead_letter_queue()] {
+                for queue in [
+                    topology.persist_queue(),
+                    topology.dead_letter_queue(),
+                    topology.webhook_queue(),
+                ] {
                     channel
                         .queue_delete(&queue, QueueDeleteOptions::default())
                         .await

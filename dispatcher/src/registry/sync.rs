@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::RwLockWriteGuard;
 use protocol::control::{Change, Control, MAX_CONTROL_BYTES};
+use tokio::time::Instant;
 
 use super::Registry;
 use crate::cluster::Heard;
@@ -207,6 +208,18 @@ impl Registry {
             state.apply(effects);
             tracing::info!(node, "forgot gateway node");
         }
+    }
+
+    /// The node that leads cluster-wide duties (webhooks): the lowest id this node knows alive,
+    /// itself included.
+    pub fn leader(&self) -> u32 {
+        let nodes = self.state.read().cluster.nodes();
+        nodes.into_iter().fold(self.node, u32::min)
+    }
+
+    /// When another node was last heard from, if it is known.
+    pub fn heard_at(&self, node: u32) -> Option<Instant> {
+        self.state.read().cluster.heard_at(node)
     }
 
     /// Nodes not heard from for longer than `timeout`.

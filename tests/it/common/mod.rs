@@ -285,7 +285,11 @@ pub async fn cleanup_resources(config: &Config) {
     let topology = bus::Topology::new(config.amqp_prefix.clone());
     let connection = bus::connect(AMQP, "test-cleanup").await.unwrap();
     let channel = connection.create_channel().await.unwrap();
-    for queue in [topology.persist_queue(), topology.dead_letter_queue()] {
+    for queue in [
+        topology.persist_queue(),
+        topology.dead_letter_queue(),
+        topology.webhook_queue(),
+    ] {
         let _ = channel
             .queue_delete(&queue, lapin::options::QueueDeleteOptions::default())
             .await;

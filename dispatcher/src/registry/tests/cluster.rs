@@ -259,3 +259,22 @@ fn too_many_changes_at_once_become_one_snapshot_in_bounded_parts() {
     assert_eq!(a.occupied(APP, "channel-").len(), MAX_PENDING_CHANGES);
     assert_eq!(a.connections(APP), 1);
 }
+
+#[test]
+fn the_lowest_node_known_alive_leads() {
+    let (high, _) = Registry::new(9, config());
+    let (low, _) = Registry::new(3, config());
+    assert_eq!(high.leader(), 9, "alone, a node leads");
+    assert_eq!(high.heard_at(3), None);
+    tell(&low, &high, true);
+    assert_eq!(high.leader(), 3);
+    assert!(high.heard_at(3).is_some());
+    tell(&high, &low, true);
+    assert_eq!(low.leader(), 3, "a higher node does not take over");
+    high.forget_node(3);
+    assert_eq!(
+        high.leader(),
+        9,
+        "the leader's successor once it is forgotten"
+    );
+}
