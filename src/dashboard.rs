@@ -94,7 +94,11 @@ pub fn system(
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> Arc<System> {
-    let depths = QueueDepths::new(vec![topology.persist_queue(), topology.dead_letter_queue()]);
+    let depths = QueueDepths::new(vec![
+        topology.persist_queue(),
+        topology.dead_letter_queue(),
+        topology.webhook_queue(),
+    ]);
     tracker.spawn(depths.clone().watch(
         config.amqp_url.clone(),
         system::RESOLUTION,
@@ -108,6 +112,7 @@ pub fn system(
             queues: Box::new(move || QueueCounts {
                 persist: depths.get(0),
                 dead: depths.get(1),
+                webhooks: depths.get(2),
             }),
             apps: config
                 .apps

@@ -359,6 +359,7 @@ pub async fn start(
         system,
         console,
         dead_letters: dashboard::dead_letters(&config, &topology),
+        webhooks_configured: config.apps.iter().any(|app| !app.webhooks.is_empty()),
     })
     .map_err(StartError::Dashboard)?;
     tracker.spawn(admin::serve(listener, checks, dashboard, shutdown.clone()));

@@ -1,12 +1,14 @@
-//! The Dead letters view's endpoint (`GET /api/dead-letters`): how many messages sit in the
-//! dead-letter queue and the reasons of the first [`SAMPLE`], read without taking them (by the
-//! bus, through a closure `src/lib.rs` hands in); webhooks' failing deliveries will join it.
+//! The Dead letters view's endpoints: how many messages sit in the dead-letter queue and the
+//! reasons of the first [`SAMPLE`], read without taking them (by the bus, through a closure
+//! `src/lib.rs` hands in) — `GET /api/dead-letters`; and the failing webhook deliveries, read
+//! from `webhook_deliveries` in a read-only transaction — `GET /api/webhook-failures`.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use serde_json::json;
+use serde_json::{json, Value};
+use sqlx::PgPool;
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::Reply;
@@ -50,7 +52,6 @@ pub async fn answer(source: &DeadLetterSource) -> Response {
                 "depth": counts.depth,
                 "sampled": counts.sampled,
                 "reasons": reasons,
-                "webhooks": null,
             }))
             .into_response()
         }
@@ -58,6 +59,51 @@ pub async fn answer(source: &DeadLetterSource) -> Response {
             tracing::warn!(error = %unavailable, "dead letters unavailable");
             warp::reply::with_status(
                 warp::reply::json(&json!({ "error": unavailable.to_string() })),
+                StatusCode::SERVICE_UNAVAILABLE,
+            )
+            .into_response()
+        }
+    }
+}
+
+/// Most (app, webhook, status) groups `GET /api/webhook-failures` answers with.
+const MAX_WEBHOOK_GROUPS: i64 = 100;
+
+/// Per app, webhook and status, the deliveries that failed at least once and are still
+/// retried (`pending`) or were given up (`dead`), with the latest failure's reason.
+const WEBHOOK_FAILURES: &str = "SELECT coalesce(json_agg(to_jsonb(t)), '[]'::json) FROM ( \
+     SELECT app_id, webhook, status, count(*) AS deliveries, sum(attempts)::bigint AS attempts, \
+            max(created_at) AS latest, \
+            (array_agg(last_error ORDER BY created_at DESC))[1] AS last_error \
+     FROM webhook_deliveries \
+     WHERE status = 'dead' OR (status = 'pending' AND attempts > 0) \
+     GROUP BY app_id, webhook, status \
+     ORDER BY app_id, webhook, status \
+     LIMIT $1) AS t";
+
+/// The answer of `GET /api/webhook-failures`; `configured`: whether any app has a webhook.
+pub async fn webhook_failures(pool: &PgPool, configured: bool) -> Response {
+    let read = async {
+        let mut tx = pool.begin().await?;
+        sqlx::query("SET TRANSACTION READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        let failures: Value = sqlx::query_scalar(WEBHOOK_FAILURES)
+            .bind(MAX_WEBHOOK_GROUPS)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.rollback().await?;
+        Ok::<_, sqlx::Error>(failures)
+    };
+    match read.await {
+        Ok(failures) => {
+            warp::reply::json(&json!({ "configured": configured, "failures": failures }))
+                .into_response()
+        }
+        Err(error) => {
+            tracing::warn!(%error, "webhook deliveries unavailable");
+            warp::reply::with_status(
+                warp::reply::json(&json!({ "error": "the webhook deliveries cannot be read" })),
                 StatusCode::SERVICE_UNAVAILABLE,
             )
             .into_response()

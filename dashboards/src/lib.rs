@@ -48,6 +48,8 @@ pub struct DashboardConfig {
     /// Reads what sits in the dead-letter queue.
     #[debug(skip)]
     pub dead_letters: dead::DeadLetterSource,
+    /// Whether any app has a webhook (else the failing deliveries show "none configured").
+    pub webhooks_configured: bool,
 }
 
 struct Dashboard {
@@ -129,6 +131,11 @@ pub fn routes(config: DashboardConfig) -> Result<BoxedFilter<(Response,)>, sqlx:
         .then(|dashboard: Arc<Dashboard>| async move {
             dead::answer(&dashboard.config.dead_letters).await
         });
+    let webhook_failures = warp::path!("api" / "webhook-failures")
+        .and(authorized.clone())
+        .then(|dashboard: Arc<Dashboard>| async move {
+            dead::webhook_failures(&dashboard.pool, dashboard.config.webhooks_configured).await
+        });
     let list = warp::path!("api" / "reports")
         .and(authorized.clone())
         .map(|_: Arc<Dashboard>| list_reports().into_response());
@@ -153,6 +160,8 @@ pub fn routes(config: DashboardConfig) -> Result<BoxedFilter<(Response,)>, sqlx:
                 .or(connection)
                 .unify()
                 .or(dead_letters)
+                .unify()
+                .or(webhook_failures)
                 .unify()
                 .or(list)
                 .unify()

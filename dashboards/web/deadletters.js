@@ -1,6 +1,6 @@
 // The Dead letters view: how many messages sit in the dead-letter queue and why (the reasons
-// of the first 100, read without taking them), and the webhooks' failing deliveries (none
-// until webhooks exist).
+// of the first 100, read without taking them), and the webhook deliveries that fail (still
+// retried) or were given up (dead).
 
 import { getJson } from './api.js';
 import { h, replace, status, table } from './dom.js';
@@ -14,11 +14,12 @@ export function mount(container) {
     h('header', { class: 'card-head' }, h('h3', { id: 'dead-letters-title' }, 'Dead-letter queue'), refresh),
     body,
   );
+  const webhookBody = h('div', { class: 'report-body' });
   const webhooks = h(
     'article',
     { class: 'card wide', id: 'webhook-failures', 'aria-labelledby': 'webhook-failures-title' },
     h('h3', { id: 'webhook-failures-title' }, 'Failing webhook deliveries'),
-    status('empty', 'No webhooks are configured: failing deliveries will show here once they are.'),
+    webhookBody,
   );
   container.append(h('div', { class: 'reports' }, letters, webhooks));
 
@@ -55,7 +56,42 @@ export function mount(container) {
       letters.removeAttribute('aria-busy');
     }
   }
-  refresh.addEventListener('click', load);
-  load();
+  async function loadWebhooks() {
+    replace(webhookBody, status('loading', 'Reading the deliveries…'));
+    try {
+      const answer = await getJson('/api/webhook-failures', { signal: controller.signal });
+      if (answer.failures.length > 0) {
+        replace(
+          webhookBody,
+          table(
+            ['app', 'webhook', 'state', 'batches', 'attempts', 'latest', 'last error'],
+            answer.failures.map((f) => [
+              f.app_id,
+              f.webhook,
+              f.status === 'dead' ? 'dead (given up)' : 'retrying',
+              f.deliveries,
+              f.attempts,
+              String(f.latest).replace('T', ' ').slice(0, 19),
+              f.last_error ?? '—',
+            ]),
+            { caption: 'Failing webhook deliveries' },
+          ),
+        );
+      } else if (answer.configured) {
+        replace(webhookBody, status('empty', 'No failing deliveries: every webhook batch was taken.'));
+      } else {
+        replace(webhookBody, status('empty', 'No webhooks are configured ([[apps.webhooks]]).'));
+      }
+    } catch (error) {
+      if (error.name === 'AbortError') return;
+      replace(webhookBody, status('error', `The webhook deliveries could not be read: ${error.message}`));
+    }
+  }
+  const loadAll = async () => {
+    await load();
+    await loadWebhooks();
+  };
+  refresh.addEventListener('click', loadAll);
+  loadAll();
   return { unmount: () => controller?.abort() };
 }

@@ -134,12 +134,14 @@ function cards(app) {
     );
 
     const depth = (value) => (value === null ? 'unknown' : integer.format(value));
-    queues.headline.value = `persist ${depth(last.queues.persist)} · dead-letter ${depth(last.queues.dead)}`;
+    queues.headline.value =
+      `persist ${depth(last.queues.persist)} · dead-letter ${depth(last.queues.dead)} · webhooks ${depth(last.queues.webhooks)}`;
     replace(
       queues.body,
       chart('Queue depths in messages', samples, [
         ['persist', (s) => s.queues.persist],
         ['dead-letter', (s) => s.queues.dead],
+        ['webhooks', (s) => s.queues.webhooks],
       ]),
     );
 

@@ -42,6 +42,7 @@ pub struct AppConnections {
 pub struct QueueCounts {
     pub persist: Option<u64>,
     pub dead: Option<u64>,
+    pub webhooks: Option<u64>,
 }
 
 type Read<T> = Box<dyn Fn() -> T + Send + Sync>;
@@ -272,6 +273,7 @@ mod tests {
             queues: Box::new(|| QueueCounts {
                 persist: Some(3),
                 dead: None,
+                webhooks: Some(0),
             }),
             apps: vec![("a".into(), None), ("b".into(), Some(10))],
             persist_lag: true,

@@ -51,3 +51,56 @@ async fn the_dead_letters_are_counted_by_reason_and_left_in_the_queue() {
     assert_eq!(again, seen, "reading takes nothing");
     server.cleanup().await;
 }
+
+#[tokio::test]
+async fn failing_webhook_deliveries_are_listed_by_app_webhook_and_state() {
+    let server = TestServer::start_with(|c| c.admin.password = Some(PASSWORD.into())).await;
+    let mut db = server.db().await;
+    // (status, attempts, last_error): a dead batch, two still retried, one delivered, one new.
+    for (status, attempts, error) in [
+        ("dead", 12, Some("status_5xx: 503")),
+        ("pending", 2, Some("connect: refused")),
+        ("pending", 1, Some("timeout")),
+        ("delivered", 3, Some("timeout")),
+        ("pending", 0, None),
+    ] {
+        sqlx::query(
+            "INSERT INTO webhook_deliveries (id, app_id, webhook, event_types, events, status, \
+             attempts, last_error) VALUES ($1, 'app-id', 'http://127.0.0.1:9/hook', \
+             ARRAY['client_event'], '[]', $2, $3, $4)",
+        )
+        .bind(uuid::Uuid::new_v4())
+        .bind(status)
+        .bind(attempts)
+        .bind(error)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    }
+    let answer: Value = reqwest::Client::new()
+        .get(format!("http://{}/api/webhook-failures", server.admin))
+        .basic_auth("admin", Some(PASSWORD))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["configured"], false);
+    let failures = answer["failures"].as_array().unwrap();
+    let summary: Vec<(&str, i64, i64)> = failures
+        .iter()
+        .map(|f| {
+            (
+                f["status"].as_str().unwrap(),
+                f["deliveries"].as_i64().unwrap(),
+                f["attempts"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(summary, [("dead", 1, 12), ("pending", 2, 3)], "{answer}");
+    assert_eq!(failures[0]["last_error"], "status_5xx: 503");
+    assert_eq!(failures[0]["webhook"], "http://127.0.0.1:9/hook");
+    drop(db);
+    server.cleanup().await;
+}
