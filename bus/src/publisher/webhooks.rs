@@ -57,6 +57,12 @@ impl WebhookPublisher {
             Arc::new(AtomicBool::new(false)),
         ));
         tracker.spawn(run(config, rx, link, full.clone(), shutdown));
+        // Exposed at 0 from the start, so a rate over them is defined before the first one.
+        for reason in ["buffer_full", "shutdown"] {
+            metrics::counter!("switchboard_webhook_events_dropped_total", "reason" => reason)
+                .increment(0);
+        }
+        metrics::counter!("switchboard_webhook_publish_retries_total").increment(0);
         WebhookPublisher { tx, full }
     }
 

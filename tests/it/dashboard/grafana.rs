@@ -5,6 +5,8 @@
 
 use std::collections::BTreeSet;
 
+use ingest::WebhookConfig;
+use protocol::webhook::EventType;
 use serde_json::{json, Value};
 use sqlx::{Connection, Row};
 
@@ -55,9 +57,23 @@ async fn every_metric_of_the_grafana_dashboard_is_exposed_after_traffic() {
         .flat_map(|e| names(e, "switchboard_"))
         .collect();
 
-    let server = TestServer::start().await;
+    // A webhook that can never be delivered (nothing listens on the discard port), given up
+    // after a second: every webhook metric has something to count.
+    let server = TestServer::start_with(|c| {
+        c.apps[0].webhooks = vec![WebhookConfig {
+            event_types: vec![EventType::CacheMiss],
+            ..WebhookConfig::new("http://127.0.0.1:9/never")
+        }];
+        c.webhooks.batch_window_ms = 10;
+        c.webhooks.retry_period_secs = 1;
+        c.webhooks.backoff_base_ms = 50;
+        c.webhooks.backoff_max_ms = 100;
+    })
+    .await;
     let mut client = server.connect().await;
     client.subscribe("grafana").await;
+    client.subscribe("cache-grafana").await;
+    assert_eq!(client.next_app_event().await["event"], "pusher:cache_miss");
     assert_eq!(server.trigger("grafana", "ev", "{}").await.status(), 200);
     client.next_app_event().await;
     let tracked = reqwest::Client::new()
@@ -71,8 +87,12 @@ async fn every_metric_of_the_grafana_dashboard_is_exposed_after_traffic() {
     server.wait_count("SELECT count(*) FROM events", 2).await;
     dead_letter_one(&server).await;
     let mut metrics = server.metrics().await;
-    for _ in 0..100 {
-        if metrics.contains("switchboard_dead_lettered_total{") {
+    for _ in 0..200 {
+        let counted = [
+            "switchboard_dead_lettered_total{",
+            "switchboard_webhook_dead_total ",
+        ];
+        if counted.iter().all(|name| metrics.contains(name)) {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
