@@ -100,10 +100,23 @@ pub fn routes(config: DashboardConfig) -> Result<BoxedFilter<(Response,)>, sqlx:
             });
     let stream = warp::path!("api" / "system" / "stream")
         .and(authorized.clone())
-        .map(|dashboard: Arc<Dashboard>| {
-            let events = dashboard.config.system.stream();
-            warp::sse::reply(warp::sse::keep_alive().stream(events)).into_response()
-        });
+        .and(warp::query::<HashMap<String, String>>())
+        .map(
+            |dashboard: Arc<Dashboard>, query: HashMap<String, String>| {
+                let app_id = query.get("app_id").cloned();
+                if app_id
+                    .as_ref()
+                    .is_some_and(|id| !dashboard.config.apps.contains(id))
+                {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "app_id: is not a configured app".into(),
+                    );
+                }
+                let events = dashboard.config.system.stream(app_id);
+                warp::sse::reply(warp::sse::keep_alive().stream(events)).into_response()
+            },
+        );
     let connection = warp::path!("api" / "console" / String)
         .and(authorized.clone())
         .map(|app_id: String, dashboard: Arc<Dashboard>| {

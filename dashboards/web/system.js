@@ -174,7 +174,7 @@ export function mount(container, { app }) {
       requestAnimationFrame(draw);
     }
   };
-  const source = new EventSource('/api/system/stream');
+  const source = new EventSource(`/api/system/stream?app_id=${encodeURIComponent(app)}`);
   source.addEventListener('history', (event) => {
     samples = JSON.parse(event.data);
     line.textContent = 'Live';

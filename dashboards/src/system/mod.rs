@@ -186,26 +186,54 @@ impl System {
     }
 
     /// What a page receives: the history as one `history` event, then a `sample` event a
-    /// second, until the shutdown. Nothing is missed or repeated between the two.
-    pub fn stream(&self) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
+    /// second, until the shutdown. Nothing is missed or repeated between the two. With an
+    /// `app_id`, the samples carry that app's counts only (a page shows one app; the history
+    /// of every configured app would weigh 900 times their number).
+    pub fn stream(
+        &self,
+        app_id: Option<String>,
+    ) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
         let (history, live) = {
             let ring = self.ring.lock();
             let history: Vec<Arc<Sample>> = ring.samples.iter().cloned().collect();
             (history, ring.live.subscribe())
         };
-        let first = stream::once(async move { event("history", &history) });
-        let rest = stream::unfold(live, |mut live| async move {
-            loop {
-                match live.recv().await {
-                    Ok(sample) => return Some((event("sample", &sample), live)),
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => return None,
+        let only = Arc::new(app_id);
+        let first = {
+            let only = only.clone();
+            stream::once(async move {
+                let history: Vec<Sample> = history.iter().map(|s| s.of(only.as_deref())).collect();
+                event("history", &history)
+            })
+        };
+        let rest = stream::unfold(live, move |mut live| {
+            let only = only.clone();
+            async move {
+                loop {
+                    match live.recv().await {
+                        Ok(sample) => {
+                            return Some((event("sample", &sample.of(only.as_deref())), live))
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    }
                 }
             }
         });
         first
             .chain(rest)
             .take_until(self.shutdown.clone().cancelled_owned())
+    }
+}
+
+impl Sample {
+    /// The sample with the connections of `app_id` only (all when `None`).
+    fn of(&self, app_id: Option<&str>) -> Sample {
+        let mut sample = self.clone();
+        if let Some(app_id) = app_id {
+            sample.connections.retain(|c| c.app_id == app_id);
+        }
+        sample
     }
 }
 
@@ -344,9 +372,14 @@ mod tests {
         for t in 0..(HISTORY as i64 + 5) {
             system.push(sample(&sources, Totals::default(), Totals::default(), t));
         }
-        let mut events = Box::pin(system.stream());
+        let mut events = Box::pin(system.stream(Some("b".into())));
         let history = events.next().await.unwrap().unwrap().to_string();
         assert!(history.starts_with("event:history\n"));
+        assert!(history.contains("\"app_id\":\"b\""));
+        assert!(
+            !history.contains("\"app_id\":\"a\""),
+            "only the app asked for"
+        );
         assert!(history.contains("\"t\":5,"), "the oldest kept");
         assert!(!history.contains("\"t\":4,"), "older ones dropped");
         system.push(sample(

@@ -19,7 +19,10 @@ struct Events {
 impl Events {
     async fn open(server: &TestServer) -> Events {
         let response = reqwest::Client::new()
-            .get(format!("http://{}/api/system/stream", server.admin))
+            .get(format!(
+                "http://{}/api/system/stream?app_id={APP_ID}",
+                server.admin
+            ))
             .basic_auth("admin", Some(PASSWORD))
             .send()
             .await
@@ -89,6 +92,17 @@ async fn samples_stream_live_with_connection_peaks_and_quotas() {
         .await
         .unwrap();
     assert_eq!(anonymous.status(), 401);
+
+    let unknown = reqwest::Client::new()
+        .get(format!(
+            "http://{}/api/system/stream?app_id=nope",
+            server.admin
+        ))
+        .basic_auth("admin", Some(PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 400);
 
     let mut events = Events::open(&server).await;
     let (first, history) = events.next().await.unwrap();
