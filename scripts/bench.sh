@@ -21,8 +21,8 @@ PG_PORT=5432
 log() { echo "bench: $*" >&2; }
 
 cargo build --release -p bench -p switchboard
-server_bin=target/release/switchboard
-bench_bin=target/release/switchboard-bench
+server_bin=${CARGO_TARGET_DIR:-target}/release/switchboard
+bench_bin=${CARGO_TARGET_DIR:-target}/release/switchboard-bench
 
 # 10,000 connections need as many descriptors on each side: take the hard limit (20,000 here).
 ulimit -n "$(ulimit -Hn)"
