@@ -344,3 +344,40 @@ pub async fn cost(target: &Target, args: CostArgs) -> anyhow::Result<Report> {
     );
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_receiver_counts_events_and_duplicates_of_this_run() {
+        let tally = Tally::default();
+        let data = |seq| payload::encode(seq, now_us(), 60);
+        let body = serde_json::json!({"time_ms": 1, "events": [
+            {"name": "client_event", "channel": "private-a", "event": "client-bench", "data": data(0)},
+            {"name": "client_event", "channel": "private-a", "event": "client-bench", "data": data(1)},
+            {"name": "cache_miss", "channel": "cache-x"},
+        ]});
+        tally.take(body.to_string().as_bytes());
+        tally.take(body.to_string().as_bytes());
+        tally.take(b"not json");
+        let received = tally.received.lock().unwrap();
+        assert_eq!(tally.requests.load(Ordering::Relaxed), 3);
+        assert_eq!(tally.events.load(Ordering::Relaxed), 6);
+        assert_eq!((received.seen.len(), received.duplicates), (2, 2));
+        assert_eq!(tally.progress.received.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn private_auth_matches_the_protocol_vector() {
+        assert_eq!(
+            private_auth(
+                "278d425bdf160c739803",
+                "7ad3773142a6692b25b8",
+                "1234.1234",
+                "private-foobar"
+            ),
+            "278d425bdf160c739803:58df8b0c36d6982b82c3ecf6b4662e34fe8c25bba48f5369f135bf843651c3a4"
+        );
+    }
+}
