@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod config;
+mod dashboard;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,12 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use admin::Check;
-use bus::{Publisher, PublisherConfig, QueueDepths, Topology, WebhookPublisher};
+use bus::{Publisher, PublisherConfig, Topology, WebhookPublisher};
 use config::Config;
 use consumer_worker::WorkerConfig;
-use dashboards::console::{ConsoleApp, ConsoleConfig};
-use dashboards::dead::{DeadLetterCounts, DeadLetterSource, Unavailable};
-use dashboards::system::{self, AppConnections, QueueCounts, System};
+use dashboards::console::ConsoleConfig;
 use dashboards::DashboardConfig;
 use dispatcher::{LiveConfig, Registry, RegistryConfig};
 use ingest::server::{Limits, Listener, Liveness};
@@ -197,18 +196,11 @@ pub async fn start(
     let topology = Topology::new(config.amqp_prefix.clone());
     let queue_type: bus::QueueType = config.persist_queue_type.into();
     let mut checks = Vec::new();
-    let tap = admin::metrics_tap();
-    let mut connections: Option<Box<dyn Fn() -> Vec<AppConnections> + Send + Sync>> = None;
+    // Installed before anything counts, so the dashboard's tap misses nothing.
+    admin::metrics_tap();
+    let mut connections = None;
     let mut console = ConsoleConfig {
-        apps: config
-            .apps
-            .iter()
-            .map(|app| ConsoleApp {
-                id: app.id.clone(),
-                key: app.key.clone(),
-                secret: app.secret.clone(),
-            })
-            .collect(),
+        apps: dashboard::console_apps(&config),
         ..ConsoleConfig::default()
     };
 
@@ -263,24 +255,7 @@ pub async fn start(
             },
         );
         let registry = Arc::new(registry);
-        let counted = registry.clone();
-        let app_ids: Vec<String> = config.apps.iter().map(|app| app.id.clone()).collect();
-        connections = Some(Box::new(move || {
-            app_ids
-                .iter()
-                .map(|app_id| {
-                    let connections = counted.connection_peak(app_id);
-                    let subscriptions = counted.subscription_peak(app_id);
-                    AppConnections {
-                        app_id: app_id.clone(),
-                        now: connections.now,
-                        peak: connections.peak,
-                        subscriptions_now: subscriptions.now,
-                        subscriptions_peak: subscriptions.peak,
-                    }
-                })
-                .collect()
-        }));
+        connections = Some(dashboard::connections(&config, registry.clone()));
         tracker.spawn(dispatcher::run_debug(
             registry.clone(),
             registry.debug_log(),
@@ -348,12 +323,8 @@ pub async fn start(
             node,
             shutdown.clone(),
         ));
-        let triggered = gateway.clone();
         console.gateway = Some((bound.addr, bound.tls.is_some()));
-        console.trigger = Some(Arc::new(move |app_id: String, body| {
-            let gateway = triggered.clone();
-            Box::pin(async move { ingest::console::trigger(gateway, &app_id, body).await })
-        }));
+        console.trigger = Some(dashboard::trigger(gateway.clone()));
         info!(addr = %bound.addr, tls = bound.tls.is_some(), node, "gateway listening");
         let listener = bound.listen(&tracker, &shutdown);
         checks.push(Check {
@@ -372,59 +343,22 @@ pub async fn start(
 
     info!(%admin_addr, tls = admin_listener.tls.is_some(), "admin listening");
     let listener = admin_listener.listen(&tracker, &shutdown);
-    let depths = QueueDepths::new(vec![topology.persist_queue(), topology.dead_letter_queue()]);
-    tracker.spawn(depths.clone().watch(
-        config.amqp_url.clone(),
-        system::RESOLUTION,
-        shutdown.clone(),
-    ));
-    let dead_letters: DeadLetterSource = {
-        let (url, queue) = (config.amqp_url.clone(), topology.dead_letter_queue());
-        Arc::new(move || {
-            let (url, queue) = (url.clone(), queue.clone());
-            Box::pin(async move {
-                let peeked = bus::peek_dead_letters(
-                    &url,
-                    &queue,
-                    consumer_worker::REASON_HEADER,
-                    dashboards::dead::SAMPLE,
-                )
-                .await
-                .map_err(|error| Unavailable(Box::new(error)))?;
-                Ok(DeadLetterCounts {
-                    queue,
-                    depth: peeked.depth,
-                    sampled: peeked.sampled,
-                    reasons: peeked.reasons,
-                })
-            })
-        })
-    };
-    let system = System::new(shutdown.clone());
-    tracker.spawn(
-        system.clone().run(system::Sources {
-            tap,
-            connections,
-            queues: Box::new(move || QueueCounts {
-                persist: depths.get(0),
-                dead: depths.get(1),
-            }),
-            apps: config
-                .apps
-                .iter()
-                .map(|app| (app.id.clone(), app.max_connections))
-                .collect(),
-            persist_lag: role == Role::Serve,
-        }),
+    let system = dashboard::system(
+        &config,
+        &topology,
+        connections,
+        role == Role::Serve,
+        &tracker,
+        &shutdown,
     );
     let dashboard = dashboards::routes(DashboardConfig {
         password: config.admin.password.clone(),
         database_url: config.database_url.clone(),
         apps: config.apps.iter().map(|app| app.id.clone()).collect(),
-        report_timeout: Duration::from_millis(config.admin.report_timeout_ms),
+        report_timeout: dashboard::report_timeout(&config),
         system,
         console,
-        dead_letters,
+        dead_letters: dashboard::dead_letters(&config, &topology),
     })
     .map_err(StartError::Dashboard)?;
     tracker.spawn(admin::serve(listener, checks, dashboard, shutdown.clone()));

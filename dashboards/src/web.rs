@@ -119,7 +119,8 @@ fn serve(content_type: &'static str, body: &'static str) -> Response {
 mod tests {
     use super::*;
 
-    /// Every `/dashboard/assets/…` the page names and every `./….js` a module imports is served.
+    /// Every `/dashboard/assets/…` the page names and every `./….js` a module imports is
+    /// served, and nothing else is.
     #[test]
     fn every_referenced_file_is_embedded() {
         let served = |name: &str| ASSETS.iter().any(|asset| asset.name == name);
@@ -133,8 +134,15 @@ mod tests {
             }
         }
         assert!(referenced.contains(&"main.js"));
-        for name in referenced {
+        for name in &referenced {
             assert!(served(name), "{name} is referenced but not embedded");
+        }
+        for asset in ASSETS {
+            assert!(
+                referenced.contains(&asset.name),
+                "{} is embedded but nothing loads it",
+                asset.name
+            );
         }
     }
 
