@@ -21,15 +21,15 @@ PG_PORT=5432
 log() { echo "bench: $*" >&2; }
 
 cargo build --release -p bench -p switchboard
-server_bin=target/release/switchboard
-bench_bin=target/release/switchboard-bench
+server_bin=${CARGO_TARGET_DIR:-target}/release/switchboard
+bench_bin=${CARGO_TARGET_DIR:-target}/release/switchboard-bench
 
 # 10,000 connections need as many descriptors on each side: take the hard limit (20,000 here).
 ulimit -n "$(ulimit -Hn)"
 
-read -r port admin_port < <(python3 - <<'PY'
+read -r port admin_port hook_port < <(python3 - <<'PY'
 import socket
-sockets = [socket.socket() for _ in range(2)]
+sockets = [socket.socket() for _ in range(3)]
 for s in sockets:
     s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in sockets))
@@ -44,6 +44,36 @@ amqp_url=amqp://guest:guest@127.0.0.1:5672/$vhost
 mkdir -p target/bench
 results=target/bench/$(date -u +%Y%m%dT%H%M%SZ).txt
 server_log=$(mktemp -t switchboard-bench.XXXXXX.log)
+# The default app, plus two for the webhook scenarios, identical but for the webhook: `hooked`
+# sends client_event and cache_miss to the receiver of webhook-delivery (port $hook_port); the
+# fan-out of webhook-cost on public channels produces neither.
+server_config=$(mktemp -t switchboard-bench.XXXXXX.toml)
+cat >"$server_config" <<TOML
+[[apps]]
+id = "app-id"
+key = "app-key"
+secret = "app-secret"
+client_events = true
+
+[[apps]]
+id = "fanout-plain"
+key = "fanout-plain-key"
+secret = "fanout-plain-secret"
+client_events = true
+[apps.limits]
+client_events_per_second = 100000
+
+[[apps]]
+id = "hooked"
+key = "hooked-key"
+secret = "hooked-secret"
+client_events = true
+[apps.limits]
+client_events_per_second = 100000
+[[apps.webhooks]]
+url = "http://127.0.0.1:$hook_port/webhooks"
+event_types = ["client_event", "cache_miss"]
+TOML
 server_pid=
 
 stop_server() {
@@ -72,7 +102,7 @@ cleanup() {
   timeout 60 rabbitmqctl -q delete_vhost "$vhost" >/dev/null 2>&1 ||
     log "could not delete RabbitMQ vhost $vhost"
   if [[ $rc -eq 0 ]]; then
-    rm -f "$server_log"
+    rm -f "$server_log" "$server_config"
     log "reports in $results"
   else
     log "server log kept at $server_log"
@@ -92,7 +122,7 @@ DATABASE_URL=$database_url \
   SWITCHBOARD_BIND=127.0.0.1:$port \
   SWITCHBOARD_ADMIN_BIND=127.0.0.1:$admin_port \
   RUST_LOG=info \
-  "$server_bin" "${BENCH_ROLE:-serve}" >"$server_log" 2>&1 </dev/null &
+  "$server_bin" --config "$server_config" "${BENCH_ROLE:-serve}" >"$server_log" 2>&1 </dev/null &
 server_pid=$!
 
 deadline=$((SECONDS + 60))
@@ -120,6 +150,8 @@ standard=(
   "segment-memory-attack|segment-memory --shape attack --concurrency 16 --requests 100"
   "segment-memory-context|segment-memory --shape context --concurrency 16 --requests 100"
   "segment-memory-tiny|segment-memory --shape tiny --concurrency 16 --requests 100"
+  "webhook-delivery|webhook-delivery --app-id hooked --key hooked-key --secret hooked-secret --receiver 127.0.0.1:$hook_port --channels 50 --rate 5000 --duration 15 --baseline-amqp-url $amqp_url"
+  "webhook-cost|webhook-cost --app-id hooked --key hooked-key --secret hooked-secret --subscribers 1000 --channels 100 --rate 1000 --duration 15"
   "segment-memory-large|segment-memory --shape large --concurrency 16 --requests 100"
 )
 

@@ -161,7 +161,17 @@ async fn receive(
     me
 }
 
+/// What other scenarios compare between fan-out runs.
+pub struct Outcome {
+    pub delivered_per_second: f64,
+    pub latency: Latency,
+}
+
 pub async fn run(target: &Target, args: FanoutArgs) -> anyhow::Result<Report> {
+    Ok(measure(target, &args).await?.0)
+}
+
+pub async fn measure(target: &Target, args: &FanoutArgs) -> anyhow::Result<(Report, Outcome)> {
     anyhow::ensure!(
         args.channels > 0 && args.subscribers > 0,
         "need subscribers and channels"
@@ -336,7 +346,8 @@ pub async fn run(target: &Target, args: FanoutArgs) -> anyhow::Result<Report> {
         "duplicated / wrong channel",
         format!("{duplicates} / {wrong_channel}"),
     );
-    report.row("publish→receive latency", Latency::of(latencies));
+    let latency = Latency::of(latencies);
+    report.row("publish→receive latency", latency);
     report.row(
         "server: deliveries_total Δ / slow consumers closed Δ",
         format!(
@@ -355,7 +366,11 @@ pub async fn run(target: &Target, args: FanoutArgs) -> anyhow::Result<Report> {
             cpu.broker * 1e6 / unique.max(1) as f64
         ),
     );
-    Ok(report)
+    let outcome = Outcome {
+        delivered_per_second: unique as f64 / window.max(1e-9),
+        latency,
+    };
+    Ok((report, outcome))
 }
 
 #[cfg(test)]

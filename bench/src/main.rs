@@ -13,6 +13,7 @@ mod payload;
 mod procfs;
 mod segment_memory;
 mod stats;
+mod webhooks;
 mod ws;
 
 use std::net::SocketAddr;
@@ -76,6 +77,12 @@ enum Scenario {
     /// Starts its own two gateways and two workers and injects faults while events of every
     /// kind flow; fails unless nothing acknowledged was lost or doubled (RELIABILITY.md).
     Chaos(chaos::ChaosArgs),
+    /// Client events on private channels become `client_event` webhooks, delivered to a receiver
+    /// inside the bench; against RabbitMQ publish with confirms.
+    WebhookDelivery(webhooks::DeliveryArgs),
+    /// The fan-out scenario on an app without webhooks, then on one with a webhook for types the
+    /// fan-out never produces.
+    WebhookCost(webhooks::CostArgs),
 }
 
 /// The server under test.
@@ -183,6 +190,8 @@ fn main() -> ExitCode {
                     Scenario::Ingest(args) => ingest::run(&target, args).await?,
                     Scenario::ClientEvents(args) => client_events::run(&target, args).await?,
                     Scenario::SegmentMemory(args) => segment_memory::run(&target, args).await?,
+                    Scenario::WebhookDelivery(args) => webhooks::delivery(&target, args).await?,
+                    Scenario::WebhookCost(args) => webhooks::cost(&target, args).await?,
                     Scenario::Chaos(_) => unreachable!("handled above"),
                 }
             }

@@ -79,7 +79,8 @@ class WebhookTest(unittest.TestCase):
         while time.time() < deadline and not events:
             with Receiver.lock:
                 events = [event for body in Receiver.validated if body is not None
-                          for event in body["events"] if event["channel"] == channel]
+                          for event in body["events"]
+                          if event["channel"] == channel and event["name"] == "client_event"]
             time.sleep(0.1)
         self.assertNotIn(None, Receiver.validated, "every request validates")
         self.assertEqual(events, [{
