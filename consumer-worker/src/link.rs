@@ -15,7 +15,8 @@ use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, DeliveryTag, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, Consumer};
 use thiserror::Error;
-use tracing::debug;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
 
 /// What a [`Link`] connects to and consumes.
 pub(crate) struct LinkConfig<'a> {
@@ -25,6 +26,62 @@ pub(crate) struct LinkConfig<'a> {
     /// The queue consumed.
     pub queue: String,
     pub prefetch: u16,
+}
+
+/// A consumer's way back to RabbitMQ: opens links with backoff (reset once one opens) and logs
+/// each loss, until shutdown. The consumer's loop is
+/// `while let Some(link) = reconnect.open(..).await { ..consume..; reconnect.lost(error).await }`.
+pub(crate) struct Reconnect<'a> {
+    config: &'a LinkConfig<'a>,
+    /// Names the consumer in the logs.
+    role: &'static str,
+    shutdown: CancellationToken,
+    endpoint: String,
+    backoff: bus::Backoff,
+}
+
+impl<'a> Reconnect<'a> {
+    pub fn new(
+        config: &'a LinkConfig<'a>,
+        role: &'static str,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Reconnect {
+            endpoint: bus::redacted_endpoint(config.amqp_url),
+            config,
+            role,
+            shutdown,
+            backoff: bus::Backoff::default(),
+        }
+    }
+
+    /// The next link, or `None` once shutdown comes.
+    pub async fn open(&mut self) -> Option<Link> {
+        while !self.shutdown.is_cancelled() {
+            match Link::open(self.config).await {
+                Ok(link) => {
+                    let (endpoint, queue, role) = (&self.endpoint, &self.config.queue, self.role);
+                    info!(%endpoint, %queue, role, "consuming");
+                    self.backoff.reset();
+                    return Some(link);
+                }
+                Err(error) => self.lost(error).await,
+            }
+        }
+        None
+    }
+
+    /// Logs why the link is gone and waits the backoff's delay (less if shutdown comes).
+    pub async fn lost(&mut self, error: LinkError) {
+        let delay = self.backoff.next_delay();
+        let (endpoint, role) = (&self.endpoint, self.role);
+        warn!(%error, %endpoint, role, retry_in_ms = delay.as_millis() as u64, "lost RabbitMQ; reconnecting");
+        tokio::select! {
+            biased;
+            () = self.shutdown.cancelled() => {}
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
 }
 
 /// Header of a dead-lettered message: why it could not be persisted (short text).

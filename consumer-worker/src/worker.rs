@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::link::{Link, LinkConfig, LinkError};
+use crate::link::{Link, LinkConfig, LinkError, Reconnect};
 use crate::maintenance;
 use crate::storage::{self, Disposition};
 
@@ -150,32 +150,22 @@ struct Worker {
 
 impl Worker {
     async fn consume_until_shutdown(&mut self) {
-        let endpoint = bus::redacted_endpoint(&self.config.amqp_url);
-        let mut backoff = Backoff::default();
-        while !self.shutdown.is_cancelled() {
-            let link_config = LinkConfig {
-                amqp_url: &self.config.amqp_url,
-                topology: &self.config.topology,
-                queue_type: self.config.persist_queue_type,
-                queue: self.config.topology.persist_queue(),
-                prefetch: self.config.prefetch,
-            };
-            let error = match Link::open(&link_config).await {
-                Ok(mut link) => {
-                    info!(%endpoint, queue = %self.config.topology.persist_queue(), "worker consuming");
-                    backoff = Backoff::default();
-                    let outcome = self.consume(&mut link).await;
-                    link.close().await;
-                    match outcome {
-                        Ok(()) => break,
-                        Err(error) => error,
-                    }
-                }
-                Err(error) => error,
-            };
-            let delay = backoff.next_delay();
-            warn!(%error, %endpoint, retry_in_ms = delay.as_millis() as u64, "worker lost RabbitMQ; reconnecting");
-            self.pause(delay).await;
+        let (amqp_url, topology) = (self.config.amqp_url.clone(), self.config.topology.clone());
+        let link_config = LinkConfig {
+            amqp_url: &amqp_url,
+            topology: &topology,
+            queue_type: self.config.persist_queue_type,
+            queue: topology.persist_queue(),
+            prefetch: self.config.prefetch,
+        };
+        let mut reconnect = Reconnect::new(&link_config, "worker", self.shutdown.clone());
+        while let Some(mut link) = reconnect.open().await {
+            let outcome = self.consume(&mut link).await;
+            link.close().await;
+            match outcome {
+                Ok(()) => break,
+                Err(error) => reconnect.lost(error).await,
+            }
         }
         info!("worker stopped");
     }

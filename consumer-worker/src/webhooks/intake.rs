@@ -21,7 +21,7 @@ use uuid::Uuid;
 use super::store::{self, NewBatch};
 use super::target::Target;
 use super::WebhooksConfig;
-use crate::link::{Link, LinkConfig, LinkError};
+use crate::link::{Link, LinkConfig, LinkError, Reconnect};
 
 pub(crate) struct Intake {
     pub config: Arc<WebhooksConfig>,
@@ -41,35 +41,20 @@ struct Taken {
 
 impl Intake {
     pub(crate) async fn run(self) {
-        let endpoint = bus::redacted_endpoint(&self.config.amqp_url);
-        let mut backoff = Backoff::default();
-        while !self.shutdown.is_cancelled() {
-            let link_config = LinkConfig {
-                amqp_url: &self.config.amqp_url,
-                topology: &self.config.topology,
-                queue_type: self.config.queue_type,
-                queue: self.config.topology.webhook_queue(),
-                prefetch: self.config.prefetch,
-            };
-            let error = match Link::open(&link_config).await {
-                Ok(mut link) => {
-                    info!(%endpoint, queue = %link_config.queue, "webhook intake consuming");
-                    backoff.reset();
-                    let outcome = self.consume(&mut link).await;
-                    link.close().await;
-                    match outcome {
-                        Ok(()) => break,
-                        Err(error) => error,
-                    }
-                }
-                Err(error) => error,
-            };
-            let delay = backoff.next_delay();
-            warn!(%error, %endpoint, retry_in_ms = delay.as_millis() as u64, "webhook intake lost RabbitMQ; reconnecting");
-            tokio::select! {
-                biased;
-                () = self.shutdown.cancelled() => {}
-                () = tokio::time::sleep(delay) => {}
+        let link_config = LinkConfig {
+            amqp_url: &self.config.amqp_url,
+            topology: &self.config.topology,
+            queue_type: self.config.queue_type,
+            queue: self.config.topology.webhook_queue(),
+            prefetch: self.config.prefetch,
+        };
+        let mut reconnect = Reconnect::new(&link_config, "webhook intake", self.shutdown.clone());
+        while let Some(mut link) = reconnect.open().await {
+            let outcome = self.consume(&mut link).await;
+            link.close().await;
+            match outcome {
+                Ok(()) => break,
+                Err(error) => reconnect.lost(error).await,
             }
         }
     }
