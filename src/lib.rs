@@ -316,10 +316,16 @@ pub async fn start(
             name: "publisher",
             ok: Arc::new(move || connected.is_connected()),
         });
+        let fences = FencePublisher::spawn(publisher_config, &tracker);
+        // History requests that come before its first connection would be refused.
+        wait_for(|| fences.is_connected(), LIVE_READY_TIMEOUT)
+            .await
+            .then_some(())
+            .ok_or(StartError::PublisherNotReady(LIVE_READY_TIMEOUT))?;
         let history = History::new(
             &config.database_url,
             config.history.history_config(),
-            FencePublisher::spawn(publisher_config, &tracker),
+            fences,
             &tracker,
             shutdown.clone(),
         )

@@ -8,7 +8,7 @@
 //! is in Postgres — unless a consumer lost its connection meanwhile (its unacked messages are
 //! delivered again, perhaps after the copies). ARCHITECTURE.md, "Decisions (history)".
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
@@ -30,6 +30,7 @@ pub const FENCE_MESSAGE_TYPE: &str = "switchboard.fence";
 #[derive(Clone)]
 pub struct FencePublisher {
     links: watch::Receiver<Option<Arc<Link>>>,
+    connected: Arc<AtomicBool>,
     queue: String,
     config: Arc<PublisherConfig>,
 }
@@ -38,16 +39,19 @@ impl FencePublisher {
     /// Starts a connector of its own on `tracker`.
     pub fn spawn(config: PublisherConfig, tracker: &TaskTracker) -> FencePublisher {
         let (links, link) = watch::channel(None);
-        tracker.spawn(connector::run(
-            config.clone(),
-            links,
-            Arc::new(AtomicBool::new(false)),
-        ));
+        let connected = Arc::new(AtomicBool::new(false));
+        tracker.spawn(connector::run(config.clone(), links, connected.clone()));
         FencePublisher {
             links: link,
+            connected,
             queue: config.topology.persist_queue(),
             config: Arc::new(config),
         }
+    }
+
+    /// Whether the connector currently holds an open channel to RabbitMQ.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
     }
 
     fn link(&self) -> Result<Arc<Link>, PublishError> {
