@@ -175,10 +175,21 @@ impl Rounds {
     async fn run(&self, deadline: Instant) -> Result<(), FenceError> {
         let token = Uuid::now_v7();
         let mut next_copy = Instant::now();
+        // Copies go out only while something consumes the queue: requests made during a worker
+        // outage add nothing to the persist queue.
+        let mut consumed = false;
         let mut published = false;
         let mut failure = FenceError::Behind;
         loop {
-            if Instant::now() >= next_copy {
+            if !consumed {
+                match tokio::time::timeout_at(deadline, self.publisher.consumers()).await {
+                    Ok(Ok(0)) => failure = FenceError::NoWorker,
+                    Ok(Ok(_)) => consumed = true,
+                    Ok(Err(_)) => failure = FenceError::Broker,
+                    Err(_) => {}
+                }
+            }
+            if consumed && Instant::now() >= next_copy {
                 let copy = tokio::time::timeout_at(deadline, self.publisher.publish(token)).await;
                 match copy {
                     Ok(Ok(())) => published = true,
@@ -191,7 +202,10 @@ impl Rounds {
                 match tokio::time::timeout_at(deadline, self.recorded(token)).await {
                     Ok(Ok(true)) => return Ok(()),
                     Ok(Ok(false)) => failure = FenceError::Behind,
-                    Ok(Err(error)) => failure = error,
+                    Ok(Err(error)) => {
+                        consumed &= error != FenceError::NoWorker;
+                        failure = error;
+                    }
                     Err(_) => {}
                 }
             }
