@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use bus::{PublishError, Publisher, PublisherConfig, QueueType, Topology};
+use bus::{Broker, PublishError, Publisher, PublisherConfig, QueueType, Topology};
 use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -12,9 +12,10 @@ use tokio_util::task::TaskTracker;
 
 const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
+/// A publisher's settings on a shared connection of its own to `url`.
 fn config(url: &str) -> PublisherConfig {
     PublisherConfig {
-        url: url.into(),
+        broker: Broker::spawn(vec![url.into()], "bus-test", &TaskTracker::new()),
         topology: Topology::new(format!("bustest{:x}", rand::random::<u64>())),
         persist_queue_type: QueueType::Classic,
         max_batch_envelopes: 1000,

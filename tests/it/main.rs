@@ -10,6 +10,7 @@ mod conformance;
 mod dashboard;
 mod durable;
 mod edge;
+mod failover;
 mod faults;
 mod fuzz_findings;
 mod gateway;
