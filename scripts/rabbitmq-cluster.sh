@@ -137,8 +137,8 @@ start_node() {
   (
     cd "$(node_dir "$n")"
     RABBITMQ_SCHEDULER_BUSY_WAIT_THRESHOLD=$threshold with_node_env "$n" \
-      setsid "$RABBIT_BIN/rabbitmq-server" </dev/null >>"$(node_dir "$n")/log/stdout.log" 2>&1
-  ) &
+      setsid "$RABBIT_BIN/rabbitmq-server"
+  ) </dev/null >>"$(node_dir "$n")/log/stdout.log" 2>&1 &
   disown
 }
 

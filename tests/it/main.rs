@@ -16,6 +16,8 @@ mod fuzz_findings;
 mod gateway;
 mod live_link;
 mod processes;
+#[cfg(feature = "cluster-test")]
+mod scale;
 mod segment;
 mod startup;
 mod tls;

@@ -358,7 +358,16 @@ impl Outbox {
             Outcome::Confirmed(Ok(Confirmation::Ack(Some(_)))) => {
                 self.fail(seq, PublishError::Returned)
             }
-            Outcome::Confirmed(Ok(Confirmation::Nack(_))) => self.fail(seq, PublishError::Nacked),
+            Outcome::Confirmed(Ok(Confirmation::Nack(_))) => {
+                // A channel opened while a quorum queue's leader was being elected can keep
+                // nacking every message (RabbitMQ 3.10): the next ones go on a fresh channel.
+                if let Some(current) = &self.link {
+                    if Some(current.generation) == published_on {
+                        current.reopen();
+                    }
+                }
+                self.fail(seq, PublishError::Nacked)
+            }
             Outcome::Confirmed(Ok(Confirmation::NotRequested)) | Outcome::Expired => {
                 self.fail(seq, PublishError::Timeout)
             }

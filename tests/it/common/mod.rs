@@ -283,7 +283,9 @@ pub async fn cleanup_resources(config: &Config) {
         .await
         .unwrap();
     let topology = bus::Topology::new(config.amqp_prefix.clone());
-    let connection = bus::connect(AMQP, "test-cleanup").await.unwrap();
+    let (_, connection) = bus::connect_first(&config.amqp_urls(), 0, "test-cleanup")
+        .await
+        .unwrap();
     let channel = connection.create_channel().await.unwrap();
     for queue in [
         topology.persist_queue(),
