@@ -20,6 +20,7 @@ test: services
 	$(CARGO) test --workspace
 	bash scripts/e2e.sh
 	bash scripts/chaos.sh --short
+	$(MAKE) cluster-test
 
 # The scale-out test (tests/it/scale.rs) on a 3-node RabbitMQ cluster beside the machine's own
 # broker: starts the cluster (scripts/rabbitmq-cluster.sh), runs the test, stops the cluster
