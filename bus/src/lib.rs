@@ -17,8 +17,9 @@ pub use dead::{peek_dead_letters, DeadLetters};
 pub use depth::QueueDepths;
 pub use publisher::{Pending, PublishError, Publisher, PublisherConfig, WebhookPublisher};
 pub use topology::{
-    declare_durable, declare_live_queue, delete_live_queues, live_queue_exists, LiveQueues,
-    QueueType, Topology, CONTROL_ROUTING_KEY, EVENT_ROUTING_KEY,
+    bind_shard, declare_durable, declare_live_queue, delete_live_queues, live_queue_exists,
+    shard_key, shard_of, LiveQueues, QueueType, Topology, CONTROL_ROUTING_KEY, EVENT_ROUTING_KEY,
+    SHARDS, SHARD_HEADER,
 };
 
 use std::future::Future;

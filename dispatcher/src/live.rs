@@ -44,6 +44,10 @@ pub struct LiveConfig {
 /// A change is announced to the other nodes within this time, in a delta.
 const DELTA_DEBOUNCE: Duration = Duration::from_millis(50);
 
+/// How often shards without local subscribers are looked for, to unbind those idle for
+/// [`crate::UNBIND_AFTER`].
+const UNBIND_CHECK: Duration = Duration::from_secs(10);
+
 /// How long closing the live channel may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -228,6 +232,15 @@ async fn serve(
         ),
     )
     .await?;
+    // The shards of this node's subscribers, bound again before anything is consumed.
+    for shard in registry.interest().all() {
+        bus::setup_step(
+            "binding the live queue to a shard",
+            bus::bind_shard(&channel, &config.topology, node, shard, true),
+        )
+        .await?;
+        registry.interest().bound(shard);
+    }
     bus::setup_step(
         "setting the live prefetch",
         channel.basic_qos(config.prefetch, BasicQosOptions::default()),
@@ -286,6 +299,7 @@ async fn serve(
     let mut last_snapshot = Instant::now();
     let mut tick = tokio::time::interval(DELTA_DEBOUNCE);
     let mut sweep = tokio::time::interval(CACHE_SWEEP);
+    let mut unbind = tokio::time::interval(UNBIND_CHECK);
     let mut acks = Acks::default();
     loop {
         tokio::select! {
@@ -310,6 +324,19 @@ async fn serve(
                 acks.flush(&channel).await?;
             }
             _ = sweep.tick() => registry.sweep_cache(),
+            () = registry.interest().wanted() => {
+                for shard in registry.interest().pending() {
+                    bus::bind_shard(&channel, &config.topology, node, shard, true).await?;
+                    registry.interest().bound(shard);
+                }
+            }
+            _ = unbind.tick() => {
+                let in_use = registry.local_shards();
+                registry.interest().touch(in_use.iter().copied());
+                for shard in registry.interest().idle(|shard| in_use.contains(&shard)) {
+                    bus::bind_shard(&channel, &config.topology, node, shard, false).await?;
+                }
+            }
             next = dropped.next() => {
                 // Overflow of the live queue: these events will never reach this node's
                 // sockets, so their subscribers are closed (4100) rather than left behind.
@@ -341,6 +368,8 @@ async fn serve(
                 } else {
                     match decode_batch(&delivery.data) {
                         Ok(envelopes) => {
+                            metrics::counter!("switchboard_live_envelopes_received_total")
+                                .increment(envelopes.len() as u64);
                             if envelopes.first().is_none_or(|first| link.recent.insert(first.id)) {
                                 for envelope in &envelopes {
                                     registry.fan_out(envelope);

@@ -14,6 +14,7 @@ mod failover;
 mod faults;
 mod fuzz_findings;
 mod gateway;
+mod interest;
 mod live_link;
 mod processes;
 #[cfg(feature = "cluster-test")]

@@ -23,7 +23,7 @@ pub(crate) fn free_port() -> u16 {
 /// One deployment: a database and a queue prefix shared by its processes.
 pub(crate) struct Deployment {
     pub(crate) database_url: String,
-    prefix: String,
+    pub(crate) prefix: String,
     /// `AMQP_URL` of every process unless started with [`Deployment::start_on`].
     pub(crate) amqp_url: String,
     pub(crate) env: Vec<(&'static str, &'static str)>,
@@ -98,10 +98,6 @@ impl Deployment {
             assert!(Instant::now() < deadline, "{role} did not become ready");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    }
-
-    pub(crate) fn prefix(&self) -> &str {
-        &self.prefix
     }
 
     async fn count(&self, expected: i64) -> i64 {

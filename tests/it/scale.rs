@@ -216,7 +216,7 @@ async fn killing_the_persist_queue_leader_loses_and_duplicates_nothing() {
         deployment.start_on("worker", &urls_from(&urls, 2)).await,
         deployment.start_on("worker", &urls_from(&urls, 0)).await,
     ];
-    let queue = format!("{}.persist", deployment.prefix());
+    let queue = format!("{}.persist", deployment.prefix);
     let (leader, members) = persist_queue(1, &queue);
     assert_eq!(
         members.len(),

@@ -123,6 +123,19 @@ impl Local {
         self.apps.get(app_id)?.channels.get(channel)
     }
 
+    /// The shards of the channels that have subscribers here.
+    pub fn shards(&self) -> HashSet<u16> {
+        let mut shards = HashSet::new();
+        for (app_id, app) in &self.apps {
+            for (name, channel) in &app.channels {
+                if !channel.subscribers.is_empty() {
+                    shards.insert(bus::shard_of(app_id, name));
+                }
+            }
+        }
+        shards
+    }
+
     /// Drops the channel, and then the app, if nothing is left to keep them for.
     pub fn prune(&mut self, app_id: &str, channel: &str) {
         let Some(app) = self.apps.get_mut(app_id) else {
