@@ -340,12 +340,16 @@ async fn live_queue_overflow_goes_to_the_dropped_queue() {
     let queues = bus::declare_live_queue(&channel, &topology, 7, 3, Duration::from_secs(60))
         .await
         .unwrap();
+    let shard = bus::shard_of("app", "chan");
+    bus::bind_shard(&channel, &topology, 7, shard, true)
+        .await
+        .unwrap();
     for i in 0..5 {
         let body = protocol::envelope::encode_batch(&[envelope(i)]);
         channel
             .basic_publish(
                 &topology.events_exchange(),
-                bus::EVENT_ROUTING_KEY,
+                &bus::shard_key(shard),
                 Default::default(),
                 &body,
                 Default::default(),
