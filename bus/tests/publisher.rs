@@ -325,6 +325,7 @@ async fn a_split_request_fails_when_one_of_its_messages_fails() {
         .queue_delete(&small, QueueDeleteOptions::default())
         .await
         .unwrap();
+    // After a nack the publisher takes a fresh channel, and keeps the old one until then.
     assert_eq!(publisher.publish(vec![envelope(1)]).await, Ok(()));
     drain(&config.topology, 0).await;
 }
@@ -344,15 +345,22 @@ async fn live_queue_overflow_goes_to_the_dropped_queue() {
     bus::bind_shard(&channel, &topology, 7, shard, true)
         .await
         .unwrap();
+    // As the publisher sends them: routing key `event` (the persist queue) and the shard key
+    // in `BCC` (the live queue).
+    let mut headers = FieldTable::default();
+    headers.insert(
+        bus::SHARD_HEADER.into(),
+        AMQPValue::FieldArray(vec![AMQPValue::LongString(bus::shard_key(shard).into())].into()),
+    );
     for i in 0..5 {
         let body = protocol::envelope::encode_batch(&[envelope(i)]);
         channel
             .basic_publish(
                 &topology.events_exchange(),
-                &bus::shard_key(shard),
+                bus::EVENT_ROUTING_KEY,
                 Default::default(),
                 &body,
-                Default::default(),
+                lapin::BasicProperties::default().with_headers(headers.clone()),
             )
             .await
             .unwrap()

@@ -65,6 +65,8 @@ pub(super) async fn run(
     let mut broker = config.broker.clone();
     let mut backoff = Backoff::default();
     let mut generation = 0;
+    // A link still usable that the next one replaces (it is closed once that one is up).
+    let mut replaced: Option<Arc<Link>> = None;
     loop {
         let connection = tokio::select! {
             biased;
@@ -105,19 +107,30 @@ pub(super) async fn run(
         backoff.reset();
         connected.store(true, Ordering::Relaxed);
         links.send_replace(Some(link.clone()));
+        if let Some(old) = replaced.take() {
+            // Best effort: a broken channel fails to close, with the same result.
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, old.channel.close(200, "replaced")).await;
+        }
         let shutdown = watch_link(&link, &links).await;
-        connected.store(false, Ordering::Relaxed);
-        links.send_replace(None);
         if shutdown {
+            connected.store(false, Ordering::Relaxed);
+            links.send_replace(None);
             let _ =
                 tokio::time::timeout(CLOSE_TIMEOUT, link.channel.close(200, "shutting down")).await;
             return;
         }
         warn!(%endpoint, generation, "lost the RabbitMQ publishing channel; reopening it");
-        if link.suspect.load(Ordering::Relaxed) && link.channel.status().connected() {
+        let channel_open = link.channel.status().connected();
+        if link.suspect.load(Ordering::Relaxed) && channel_open {
             connection.mark_broken();
+        }
+        if channel_open && connection.is_open() {
+            // Make before break: the outbox keeps publishing on this channel until the next one
+            // is up (what is unconfirmed then is published again on it).
+            replaced = Some(link);
         } else {
-            // Best effort: a broken channel fails to close, with the same result.
+            connected.store(false, Ordering::Relaxed);
+            links.send_replace(None);
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, link.channel.close(200, "reopening")).await;
         }
     }
