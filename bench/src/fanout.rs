@@ -165,6 +165,8 @@ async fn receive(
 pub struct Outcome {
     pub delivered_per_second: f64,
     pub latency: Latency,
+    /// Switchboard + RabbitMQ CPU per delivery, µs.
+    pub cpu_per_delivery_us: f64,
 }
 
 pub async fn run(target: &Target, args: FanoutArgs) -> anyhow::Result<Report> {
@@ -369,6 +371,7 @@ pub async fn measure(target: &Target, args: &FanoutArgs) -> anyhow::Result<(Repo
     let outcome = Outcome {
         delivered_per_second: unique as f64 / window.max(1e-9),
         latency,
+        cpu_per_delivery_us: cpu.us_per(unique),
     };
     Ok((report, outcome))
 }

@@ -305,6 +305,10 @@ pub struct CostArgs {
     plain_key: String,
     #[arg(long, default_value = "fanout-plain-secret")]
     plain_secret: String,
+    /// Pairs of runs (without, with a webhook); the order alternates from one pair to the next,
+    /// so a warm-up or a drift of the machine favours neither side.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 pub async fn cost(target: &Target, args: CostArgs) -> anyhow::Result<Report> {
@@ -318,31 +322,55 @@ pub async fn cost(target: &Target, args: CostArgs) -> anyhow::Result<Report> {
         admin: target.admin.clone(),
         ..*target
     };
-    let (plain_report, plain) = fanout::measure(&plain_target, &args.fanout).await?;
-    let (hooked_report, hooked) = fanout::measure(target, &args.fanout).await?;
-    let mut report = Report::new(format!(
-        "webhook-cost: fan-out on app {} (no webhooks), then app {} (a webhook for types the fan-out never produces)\n{plain_report}{hooked_report}",
-        plain_target.app_id, target.app_id
-    ));
-    report.row(
-        "delivered/s with ÷ without webhook",
-        format!(
-            "{:.3} ({:.0} / {:.0})",
-            hooked.delivered_per_second / plain.delivered_per_second,
-            hooked.delivered_per_second,
-            plain.delivered_per_second
-        ),
+    let mut text = format!(
+        "webhook-cost: fan-out on app {} (no webhooks) and on app {} (a webhook for types the fan-out never produces), {} alternating pairs\n",
+        plain_target.app_id,
+        target.app_id,
+        args.rounds.max(1)
     );
-    report.row(
-        "p99 latency with ÷ without webhook",
-        format!(
-            "{:.3} ({:.2} ms / {:.2} ms)",
-            f64::from(hooked.latency.p99) / f64::from(plain.latency.p99.max(1)),
-            f64::from(hooked.latency.p99) / 1000.0,
-            f64::from(plain.latency.p99) / 1000.0
-        ),
-    );
+    let mut throughput = Vec::new();
+    let mut p99 = Vec::new();
+    let mut cpu = Vec::new();
+    for round in 0..args.rounds.max(1) {
+        let hooked_first = round % 2 == 1;
+        let run = |t| fanout::measure(t, &args.fanout);
+        let ((plain_report, plain), (hooked_report, hooked)) = if hooked_first {
+            let hooked = run(target).await?;
+            (run(&plain_target).await?, hooked)
+        } else {
+            let plain = run(&plain_target).await?;
+            (plain, run(target).await?)
+        };
+        text.push_str(&format!(
+            "pair {} ({}):\n{plain_report}{hooked_report}",
+            round + 1,
+            if hooked_first {
+                "with first"
+            } else {
+                "without first"
+            }
+        ));
+        throughput.push(hooked.delivered_per_second / plain.delivered_per_second);
+        p99.push(f64::from(hooked.latency.p99) / f64::from(plain.latency.p99.max(1)));
+        cpu.push(hooked.cpu_per_delivery_us / plain.cpu_per_delivery_us);
+    }
+    let mut report = Report::new(text);
+    for (name, ratios) in [
+        ("delivered/s with ÷ without webhook", throughput),
+        ("p99 latency with ÷ without webhook", p99),
+        ("server CPU per delivery with ÷ without webhook", cpu),
+    ] {
+        report.row(name, ratio_summary(ratios));
+    }
     Ok(report)
+}
+
+/// The median of the ratios, then each one.
+fn ratio_summary(mut ratios: Vec<f64>) -> String {
+    let each: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios[ratios.len() / 2];
+    format!("median {median:.3} (each pair: {})", each.join(", "))
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! The debug console's endpoints: where its Pusher client connects (`GET
-//! /api/console/{app}`), the signature of its reserved channel (`POST …/auth`), and the event
-//! creator (`POST …/events`, through the same path as a backend's trigger).
+//! /api/console/{app}`), the signature of its reserved channel (`POST …/auth`), the event
+//! creator (`POST …/events`, through the same path as a backend's trigger), and the webhooks
+//! sent and failed lately (`GET …/webhooks`, read from `webhook_deliveries`: the workers
+//! deliver webhooks, so their attempts are not seen by a gateway's registry).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,6 +15,7 @@ use protocol::signature::{channel_string_to_sign, debug_console_secret, sign};
 use protocol::SocketId;
 use serde::Deserialize;
 use serde_json::json;
+use sqlx::PgPool;
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::Reply;
@@ -57,6 +60,41 @@ pub struct EventRequest {
     data: String,
 }
 
+/// `GET /api/console/{app}/webhooks?since=MS`: the attempts that ended after `since` (ms
+/// since the epoch, the `now` of the previous answer; without it, none: the answer only says
+/// `now`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookQuery {
+    since: Option<i64>,
+}
+
+/// Most attempts one answer lists (the oldest first); the next poll goes on from the last.
+const MAX_WEBHOOK_RECORDS: i64 = 200;
+
+/// Attempts are read again this long before `since`: rows updated in transactions that commit
+/// out of their clock's order are not missed (the console drops what it has already shown, by
+/// id and attempt count).
+const WEBHOOK_OVERLAP_MS: i64 = 2000;
+
+/// The webhook attempts of an app that ended after `$2` (ms), as console records, each row as
+/// its latest attempt left it (`error`: the latest failure's reason, kept once delivered, so a
+/// delivery after failures says why they failed); and the database's clock, where the next
+/// poll starts.
+const WEBHOOK_ACTIVITY: &str = "SELECT json_build_object( \
+       'now', floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint, \
+       'records', coalesce((SELECT json_agg(r ORDER BY r.t) FROM ( \
+           SELECT CASE WHEN status = 'delivered' THEN 'webhook_sent' ELSE 'webhook_failed' END \
+                      AS type, \
+                  floor(extract(epoch FROM last_attempt_at) * 1000)::bigint AS t, \
+                  id, webhook, jsonb_array_length(events) AS events, event_types, attempts, \
+                  last_error AS error, \
+                  status = 'dead' AS dead \
+           FROM webhook_deliveries \
+           WHERE app_id = $1 AND $2::bigint IS NOT NULL \
+             AND last_attempt_at > to_timestamp(($2 - $3) / 1000.0) \
+           ORDER BY last_attempt_at LIMIT $4) AS r), '[]'::json))";
+
 fn error(status: StatusCode, message: &str) -> Response {
     warp::reply::with_status(warp::reply::json(&json!({ "error": message })), status)
         .into_response()
@@ -69,6 +107,31 @@ fn no_app() -> Response {
 impl ConsoleConfig {
     fn app(&self, app_id: &str) -> Option<&ConsoleApp> {
         self.apps.iter().find(|app| app.id == app_id)
+    }
+
+    /// The app's webhook attempts since the last poll.
+    pub async fn webhooks(&self, pool: &PgPool, app_id: &str, query: &WebhookQuery) -> Response {
+        if self.app(app_id).is_none() {
+            return no_app();
+        }
+        let read = crate::read_only(
+            pool,
+            sqlx::query_scalar(WEBHOOK_ACTIVITY)
+                .bind(app_id)
+                .bind(query.since)
+                .bind(WEBHOOK_OVERLAP_MS)
+                .bind(MAX_WEBHOOK_RECORDS),
+        );
+        match read.await {
+            Ok(activity) => warp::reply::json(&activity).into_response(),
+            Err(error) => {
+                tracing::warn!(%error, "webhook attempts unavailable");
+                self::error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the webhook deliveries cannot be read",
+                )
+            }
+        }
     }
 
     /// Where the console connects and which channel it joins.

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use sqlx::PgPool;
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -83,18 +83,10 @@ const WEBHOOK_FAILURES: &str = "SELECT coalesce(json_agg(to_jsonb(t)), '[]'::jso
 
 /// The answer of `GET /api/webhook-failures`; `configured`: whether any app has a webhook.
 pub async fn webhook_failures(pool: &PgPool, configured: bool) -> Response {
-    let read = async {
-        let mut tx = pool.begin().await?;
-        sqlx::query("SET TRANSACTION READ ONLY")
-            .execute(&mut *tx)
-            .await?;
-        let failures: Value = sqlx::query_scalar(WEBHOOK_FAILURES)
-            .bind(MAX_WEBHOOK_GROUPS)
-            .fetch_one(&mut *tx)
-            .await?;
-        tx.rollback().await?;
-        Ok::<_, sqlx::Error>(failures)
-    };
+    let read = crate::read_only(
+        pool,
+        sqlx::query_scalar(WEBHOOK_FAILURES).bind(MAX_WEBHOOK_GROUPS),
+    );
     match read.await {
         Ok(failures) => {
             warp::reply::json(&json!({ "configured": configured, "failures": failures }))

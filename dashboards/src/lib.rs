@@ -15,9 +15,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
-use sqlx::postgres::PgPoolOptions;
-use sqlx::PgPool;
+use serde_json::{json, Value};
+use sqlx::postgres::{PgArguments, PgPoolOptions};
+use sqlx::query::QueryScalar;
+use sqlx::{PgPool, Postgres};
 use warp::filters::BoxedFilter;
 use warp::http::{header, StatusCode};
 use warp::reply::Response;
@@ -138,6 +139,18 @@ pub fn routes(config: DashboardConfig) -> Result<BoxedFilter<(Response,)>, sqlx:
                 dashboard.config.console.trigger(&app_id, request).await
             },
         );
+    let console_webhooks = warp::path!("api" / "console" / String / "webhooks")
+        .and(authorized.clone())
+        .and(warp::query::<console::WebhookQuery>())
+        .then(
+            |app_id: String, dashboard: Arc<Dashboard>, query: console::WebhookQuery| async move {
+                dashboard
+                    .config
+                    .console
+                    .webhooks(&dashboard.pool, &app_id, &query)
+                    .await
+            },
+        );
     let posts = warp::post().and(console_auth.or(console_events).unify());
     let dead_letters = warp::path!("api" / "dead-letters")
         .and(authorized.clone())
@@ -172,6 +185,8 @@ pub fn routes(config: DashboardConfig) -> Result<BoxedFilter<(Response,)>, sqlx:
                 .unify()
                 .or(connection)
                 .unify()
+                .or(console_webhooks)
+                .unify()
                 .or(dead_letters)
                 .unify()
                 .or(webhook_failures)
@@ -186,6 +201,21 @@ pub fn routes(config: DashboardConfig) -> Result<BoxedFilter<(Response,)>, sqlx:
         .recover(auth::recover)
         .unify()
         .boxed())
+}
+
+/// Runs one query that answers a JSON value in a read-only transaction (the dashboard never
+/// writes).
+async fn read_only(
+    pool: &PgPool,
+    query: QueryScalar<'_, Postgres, Value, PgArguments>,
+) -> Result<Value, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let value = query.fetch_one(&mut *tx).await?;
+    tx.rollback().await?;
+    Ok(value)
 }
 
 /// A JSON body, refused unless sent as `application/json`: a cross-site form cannot send that,

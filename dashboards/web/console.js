@@ -1,6 +1,7 @@
-// The Debug console: a live log of an app's connections, subscriptions and events on the
-// gateway, read from its reserved channel with our own Pusher client; filters, pause, clear,
-// the most frequent channels and events, and the event creator.
+// The Debug console: a live log of an app's connections, subscriptions and events on every
+// gateway, read from its reserved channel with our own Pusher client, and of the webhooks the
+// workers sent and failed (polled: the workers deliver them); filters, pause, clear, the most
+// frequent channels and events, and the event creator.
 
 import { ApiError, getJson, postJson } from './api.js';
 import { h, replace, status } from './dom.js';
@@ -9,6 +10,10 @@ import { PusherConnection } from './pusher.js';
 /** Records kept in memory, and shown. */
 const KEPT = 2000;
 const SHOWN = 500;
+/** How often the webhook attempts are asked for. */
+const WEBHOOK_POLL_MS = 1000;
+/** Deliveries on other nodes kept for an event whose record has not arrived yet. */
+const EARLY_DELIVERIES = 500;
 const CHANNEL_NAME = /^[A-Za-z0-9_\-=@,.;]{1,200}$/;
 
 const TYPES = [
@@ -21,6 +26,8 @@ const TYPES = [
   ['client_event', 'client events'],
   ['segment_event', 'Segment events'],
   ['slow_consumer_closed', 'slow-consumer closes'],
+  ['webhook_sent', 'webhooks sent'],
+  ['webhook_failed', 'webhooks failed'],
 ];
 /** What one record is, in its row. */
 const LABELS = {
@@ -32,6 +39,8 @@ const LABELS = {
   client_event: 'client event',
   segment_event: 'Segment event',
   slow_consumer_closed: 'slow consumer closed',
+  webhook_sent: 'webhook sent',
+  webhook_failed: 'webhook failed',
 };
 const STATES = {
   connecting: 'Connecting…',
@@ -51,6 +60,10 @@ function describe(record) {
     case 'unsubscribed':
     case 'slow_consumer_closed':
       return `socket ${record.socket_id} · ${record.channel}`;
+    case 'webhook_sent':
+      return `${record.webhook} · ${record.events} event${record.events === 1 ? '' : 's'} (${record.event_types.join(', ')}), attempt ${record.attempts}`;
+    case 'webhook_failed':
+      return `${record.webhook} · attempt ${record.attempts}: ${record.error}${record.dead ? ' — given up (dead)' : ', retried later'}`;
     default:
       return `${record.channel} · ${record.event} → ${record.delivered} socket${record.delivered === 1 ? '' : 's'}`;
   }
@@ -174,7 +187,26 @@ export function mount(container, { app }) {
     counter.textContent = `${records.length} records` + (paused ? ` · paused, ${unseen} new` : '');
     replace(frequent, h('h3', {}, 'Most frequent'), ranking('Channels', top(channels)), ranking('Events', top(events)));
   };
-  const add = (record) => {
+  // Deliveries on other gateways, by event id, until the event's own record arrives.
+  const early = new Map();
+  const delivered = (record) => {
+    for (let i = records.length - 1; i >= 0; i -= 1) {
+      if (records[i].id === record.id) {
+        records[i] = { ...records[i], delivered: records[i].delivered + record.delivered };
+        if (!paused) render();
+        return;
+      }
+    }
+    early.set(record.id, (early.get(record.id) ?? 0) + record.delivered);
+    if (early.size > EARLY_DELIVERIES) early.delete(early.keys().next().value);
+  };
+  const add = (received) => {
+    if (received.type === 'delivered') {
+      delivered(received);
+      return;
+    }
+    const record = early.has(received.id) ? { ...received, delivered: received.delivered + early.get(received.id) } : received;
+    early.delete(received.id);
     records.push(record);
     if (records.length > KEPT) records = records.slice(-KEPT);
     if (record.channel) channels.set(record.channel, (channels.get(record.channel) ?? 0) + 1);
@@ -205,6 +237,28 @@ export function mount(container, { app }) {
 
   let connection = null;
   let stopped = false;
+  let webhookTimer = null;
+  // Webhook attempts, polled: each shown once (by delivery id and attempt count).
+  const shownAttempts = new Set();
+  const pollWebhooks = async (since) => {
+    let next = since;
+    try {
+      const query = since === undefined ? '' : `?since=${since}`;
+      const answer = await getJson(`/api/console/${encodeURIComponent(app)}/webhooks${query}`);
+      for (const record of answer.records) {
+        const key = `${record.id}:${record.attempts}`;
+        if (shownAttempts.has(key)) continue;
+        shownAttempts.add(key);
+        if (shownAttempts.size > KEPT) shownAttempts.delete(shownAttempts.values().next().value);
+        add(record);
+      }
+      next = answer.now;
+    } catch {
+      // The next poll asks again from the same point.
+    }
+    if (!stopped) webhookTimer = setTimeout(() => pollWebhooks(next), WEBHOOK_POLL_MS);
+  };
+  pollWebhooks(undefined);
   (async () => {
     let target;
     try {
@@ -238,6 +292,7 @@ export function mount(container, { app }) {
   return {
     unmount() {
       stopped = true;
+      clearTimeout(webhookTimer);
       connection?.close();
     },
   };

@@ -1,15 +1,23 @@
 //! The debug console's records: what happens to an app's sockets and events on this node,
-//! published on the app's reserved [`DEBUG_CHANNEL`] — only while a console watches it, through
-//! a bounded queue (when full, records are dropped and counted in
+//! published on the app's reserved [`DEBUG_CHANNEL`] — only while a console watches it, on this
+//! node or on another, through a bounded queue (when full, records are dropped and counted in
 //! `switchboard_debug_records_dropped_total`), never waiting on the path that makes them.
+//!
+//! Records for consoles on other nodes travel as [`Control::Debug`] messages, batched: what
+//! is queued when one is sent goes in it. A console sees every event of its app on its own
+//! node (the node fans out every event of the channels it serves, and with a console it
+//! serves them all), so events are recorded there only; the other nodes add how many of their
+//! sockets got each one ([`Record::Delivered`], by event id).
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use protocol::channel::DEBUG_CHANNEL;
+use protocol::control::{Control, RelayedRecord, MAX_CONTROL_BYTES};
 use protocol::{frame, Envelope, Source};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::{Frame, Registry};
 
@@ -40,6 +48,7 @@ pub enum Record {
     /// An event fanned out on this node: `source` says whether it came from the HTTP API, a
     /// client or the Segment API; `data` is cut at [`DATA_PREVIEW_BYTES`].
     Event {
+        id: Uuid,
         source: Source,
         channel: String,
         event: String,
@@ -52,6 +61,12 @@ pub enum Record {
         socket_id: String,
         channel: String,
     },
+    /// Another node queued event `id` for `delivered` of its sockets (added to the event's
+    /// record by the console).
+    Delivered {
+        id: Uuid,
+        delivered: usize,
+    },
 }
 
 impl Record {
@@ -62,6 +77,7 @@ impl Record {
             end -= 1;
         }
         Record::Event {
+            id: envelope.id,
             source: envelope.source,
             channel: envelope.channel.clone(),
             event: envelope.name.clone(),
@@ -88,6 +104,7 @@ impl Record {
                 "type": "unsubscribed", "socket_id": socket_id, "channel": channel,
             }),
             Record::Event {
+                id,
                 source,
                 channel,
                 event,
@@ -101,6 +118,7 @@ impl Record {
                     Source::Client => "client_event",
                     Source::Track => "segment_event",
                 },
+                "id": id,
                 "channel": channel,
                 "event": event,
                 "data": data,
@@ -110,6 +128,9 @@ impl Record {
             }),
             Record::SlowConsumerClosed { socket_id, channel } => serde_json::json!({
                 "type": "slow_consumer_closed", "socket_id": socket_id, "channel": channel,
+            }),
+            Record::Delivered { id, delivered } => serde_json::json!({
+                "type": "delivered", "id": id, "delivered": delivered,
             }),
         };
         let mut record = record;
@@ -125,21 +146,37 @@ impl Record {
             | Record::Unsubscribed { channel, .. }
             | Record::Event { channel, .. }
             | Record::SlowConsumerClosed { channel, .. } => channel == DEBUG_CHANNEL,
-            Record::ConnectionOpened { .. } | Record::ConnectionClosed { .. } => false,
+            Record::ConnectionOpened { .. }
+            | Record::ConnectionClosed { .. }
+            | Record::Delivered { .. } => false,
         }
     }
 }
 
-/// A record of an app, stamped when it was made.
+/// Which consoles a record is for: those on this node, those on other nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Audience {
+    pub here: bool,
+    pub elsewhere: bool,
+}
+
+impl Audience {
+    pub fn is_empty(self) -> bool {
+        !self.here && !self.elsewhere
+    }
+}
+
+/// A record of an app, stamped when it was made, with the consoles it is for.
 #[derive(Debug)]
 pub struct DebugRecord {
     pub app_id: String,
     pub t: u64,
     pub record: Record,
+    pub audience: Audience,
 }
 
 impl DebugRecord {
-    pub(crate) fn now(app_id: &str, record: Record) -> DebugRecord {
+    pub(crate) fn now(app_id: &str, record: Record, audience: Audience) -> DebugRecord {
         let t = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_millis() as u64);
@@ -147,22 +184,28 @@ impl DebugRecord {
             app_id: app_id.to_owned(),
             t,
             record,
+            audience,
         }
     }
 
-    /// The `record` event on the debug channel, encoded once for every console.
-    pub fn frame(&self) -> Frame {
-        frame::encode(
-            "record",
-            Some(DEBUG_CHANNEL),
-            &self.record.to_json(self.t),
-            None,
-        )
-        .into()
+    /// The record as the console reads it.
+    pub fn json(&self) -> String {
+        self.record.to_json(self.t)
     }
 }
 
-/// Sends each record to the consoles watching its app on this node, until `shutdown`.
+/// The `record` event on the debug channel carrying a record's JSON, encoded once for every
+/// console.
+pub fn record_frame(json: &str) -> Frame {
+    frame::encode("record", Some(DEBUG_CHANNEL), json, None).into()
+}
+
+/// What one relayed message carries at most, well under [`MAX_CONTROL_BYTES`]: records
+/// queued beyond it wait for the next message.
+const RELAY_BYTES: usize = MAX_CONTROL_BYTES / 2;
+
+/// Sends each record to the consoles watching its app on this node, and relays those that
+/// consoles on other nodes want, until `shutdown`.
 pub async fn run_debug(
     registry: Arc<Registry>,
     mut records: mpsc::Receiver<DebugRecord>,
@@ -173,8 +216,39 @@ pub async fn run_debug(
             _ = shutdown.cancelled() => return,
             record = records.recv() => record,
         };
-        let Some(record) = record else { return };
-        registry.send_debug(&record);
+        let Some(mut record) = record else { return };
+        let mut relay = Vec::new();
+        let mut relay_bytes = 0;
+        loop {
+            let json = record.json();
+            if record.audience.here {
+                registry.send_debug(&record.app_id, &json);
+            }
+            if record.audience.elsewhere {
+                relay_bytes += json.len() + record.app_id.len();
+                relay.push(RelayedRecord {
+                    app_id: record.app_id,
+                    record: json,
+                });
+            }
+            if relay_bytes >= RELAY_BYTES {
+                break;
+            }
+            match records.try_recv() {
+                Ok(next) => record = next,
+                Err(_) => break,
+            }
+        }
+        if !relay.is_empty() {
+            let count = relay.len() as u64;
+            let message = Control::Debug {
+                node: registry.node(),
+                records: relay,
+            };
+            if !registry.broadcast(message) {
+                metrics::counter!("switchboard_debug_records_dropped_total").increment(count);
+            }
+        }
     }
 }
 
@@ -190,8 +264,9 @@ mod tests {
             app_id: "app".into(),
             t: 7,
             record: Record::event(&envelope, 3),
+            audience: Audience::default(),
         };
-        let frame: serde_json::Value = serde_json::from_str(&record.frame()).unwrap();
+        let frame: serde_json::Value = serde_json::from_str(&record_frame(&record.json())).unwrap();
         assert_eq!(frame["event"], "record");
         assert_eq!(frame["channel"], DEBUG_CHANNEL);
         let data: serde_json::Value =
@@ -199,6 +274,7 @@ mod tests {
         assert_eq!(data["type"], "api_event");
         assert_eq!(data["t"], 7);
         assert_eq!(data["delivered"], 3);
+        assert_eq!(data["id"], envelope.id.to_string());
         assert_eq!(data["truncated"], true);
         assert_eq!(data["data"].as_str().unwrap().len(), DATA_PREVIEW_BYTES);
         let closed = Record::ConnectionClosed {
@@ -208,6 +284,17 @@ mod tests {
         assert_eq!(
             closed.to_json(9),
             r#"{"code":4100,"socket_id":"1.2","t":9,"type":"connection_closed"}"#
+        );
+        let delivered = Record::Delivered {
+            id: envelope.id,
+            delivered: 2,
+        };
+        assert_eq!(
+            delivered.to_json(9),
+            format!(
+                r#"{{"delivered":2,"id":"{}","t":9,"type":"delivered"}}"#,
+                envelope.id
+            )
         );
         assert!(Record::Subscribed {
             socket_id: "1.2".into(),

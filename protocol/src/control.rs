@@ -44,6 +44,19 @@ pub enum Control {
     Sync { node: u32, id: u64 },
     /// Node `from` has published everything it knew before `to`'s [`Control::Sync`] `id`.
     Synced { to: u32, from: u32, id: u64 },
+    /// Debug-console records of what happened on `node`, for the consoles watching their apps
+    /// on other nodes.
+    Debug {
+        node: u32,
+        records: Vec<RelayedRecord>,
+    },
+}
+
+/// One debug-console record of an app, as the console reads it (its JSON text).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayedRecord {
+    pub app_id: String,
+    pub record: String,
 }
 
 /// One change of a node's local state, stated as the new value, so that applying it twice is
@@ -211,6 +224,13 @@ mod tests {
                 to: 3,
                 from: 7,
                 id: 9,
+            },
+            Control::Debug {
+                node: 7,
+                records: vec![RelayedRecord {
+                    app_id: "1".into(),
+                    record: r#"{"type":"subscribed","t":1}"#.into(),
+                }],
             },
         ];
         for message in messages {

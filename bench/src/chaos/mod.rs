@@ -58,7 +58,7 @@ pub struct ChaosArgs {
     #[arg(long)]
     keep: bool,
     /// Fail when the stall raises the live p99 of the others on its gateway, relative to the
-    /// other gateway's, by more than this many percent (5 s after the stall against 5 s before).
+    /// other gateway's, by more than this many percent (10 s after the stall against 10 s before).
     #[arg(long, default_value_t = 10.0)]
     max_stall_effect_pct: f64,
 }
@@ -116,7 +116,7 @@ const FAULTS: [Fault; 8] = [
 /// How long a process may take to exit after SIGTERM (its shutdown timeout is 10 s).
 const EXIT_LIMIT: Duration = Duration::from_secs(15);
 /// Window before and after the stall whose latencies are compared.
-const STALL_WINDOW: Duration = Duration::from_secs(5);
+const STALL_WINDOW: Duration = Duration::from_secs(10);
 /// How long the run waits for acknowledged events to be stored after the load ended.
 const DRAIN_LIMIT: Duration = Duration::from_secs(180);
 
@@ -342,8 +342,8 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<Report> {
     let latencies: Vec<u32> = seen.latencies.iter().map(|s| s.latency_us).collect();
     report.row("live latency, whole run", Latency::of(latencies));
     let stall = StallEffect::measure(&seen.latencies, (stall_at_us / 1000) as u32);
-    report.row("live latency 5 s before the stall", stall.before);
-    report.row("live latency 5 s after the stall", stall.after);
+    report.row("live latency 10 s before the stall", stall.before);
+    report.row("live latency 10 s after the stall", stall.after);
     report.row(
         "stalled subscriber's gateway, p99 before / after",
         format!("{} / {} µs", stall.exposed.0, stall.exposed.1),

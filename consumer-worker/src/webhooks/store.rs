@@ -126,7 +126,7 @@ pub(crate) async fn delivered(pool: &PgPool, id: Uuid, token: Uuid) -> Result<()
     sqlx::query(
         "UPDATE webhook_deliveries \
          SET status = 'delivered', attempts = attempts + 1, delivered_at = now(), \
-             lease_until = NULL, lease_token = NULL \
+             last_attempt_at = now(), lease_until = NULL, lease_token = NULL \
          WHERE id = $1 AND lease_token = $2",
     )
     .bind(id)
@@ -149,7 +149,7 @@ pub(crate) async fn failed(
 ) -> Result<bool, sqlx::Error> {
     let dead: Option<bool> = sqlx::query_scalar(
         "UPDATE webhook_deliveries \
-         SET attempts = attempts + 1, last_error = $3, \
+         SET attempts = attempts + 1, last_error = $3, last_attempt_at = now(), \
              status = CASE WHEN now() >= created_at + make_interval(secs => $5) \
                            THEN 'dead' ELSE 'pending' END, \
              next_attempt_at = least(now() + make_interval(secs => $4), \

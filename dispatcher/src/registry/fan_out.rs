@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use super::local::ChannelState;
 use super::state::State;
 use super::{CachedEvent, Registry};
-use crate::debug::Record;
+use crate::debug::{Audience, Record};
 use crate::Frame;
 
 impl Registry {
@@ -58,10 +58,28 @@ struct Delivery {
 }
 
 /// Tells the app's consoles about a fan-out; returns for how many sockets it was queued.
+///
+/// A console sees every event on its own node, so the event itself is recorded for the
+/// consoles here only; consoles elsewhere learn how many sockets of this node got it.
 fn debug_delivery(state: &State, envelope: &Envelope, delivery: Delivery) -> usize {
-    state.debug(&envelope.app_id, || {
+    let watchers = state.watchers(&envelope.app_id);
+    let here = Audience {
+        here: watchers.here,
+        elsewhere: false,
+    };
+    state.debug_for(&envelope.app_id, here, || {
         Record::event(envelope, delivery.delivered)
     });
+    if delivery.delivered > 0 {
+        let elsewhere = Audience {
+            here: false,
+            elsewhere: watchers.elsewhere,
+        };
+        state.debug_for(&envelope.app_id, elsewhere, || Record::Delivered {
+            id: envelope.id,
+            delivered: delivery.delivered,
+        });
+    }
     for socket_id in delivery.slow {
         state.debug(&envelope.app_id, || Record::SlowConsumerClosed {
             socket_id,

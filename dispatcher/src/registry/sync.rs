@@ -170,12 +170,18 @@ impl Registry {
                 self.terminate_local(&app_id, &user_id);
             }
             Control::Synced { to, from, id } if to == self.node => self.syncs.synced(id, from),
+            Control::Debug { node, records } if node != self.node => {
+                for relayed in records {
+                    self.send_debug(&relayed.app_id, &relayed.record);
+                }
+            }
             // Our own state, or a snapshot asked of another node.
             Control::Delta { .. }
             | Control::Snapshot { .. }
             | Control::Resync { .. }
             | Control::Goodbye { .. }
-            | Control::Synced { .. } => {}
+            | Control::Synced { .. }
+            | Control::Debug { .. } => {}
             // The live link answers it: it must publish this node's pending changes first.
             Control::Sync { .. } => {}
         }
