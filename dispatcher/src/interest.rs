@@ -46,28 +46,42 @@ impl Interest {
     /// Returns once the live queue is bound to `shard` (at once when it already is), or fails
     /// after [`BIND_TIMEOUT`].
     pub async fn ensure(&self, shard: u16) -> Result<(), BindTimeout> {
-        let waiting = {
-            let mut shards = self.shards.lock();
-            match shards.get_mut(&shard) {
-                Some(State::Bound { used }) => {
-                    *used = Instant::now();
-                    return Ok(());
-                }
-                Some(State::Pending(waiters)) => {
-                    let (tx, rx) = oneshot::channel();
-                    waiters.push(tx);
-                    rx
-                }
-                None => {
-                    let (tx, rx) = oneshot::channel();
-                    shards.insert(shard, State::Pending(vec![tx]));
-                    self.wake.notify_one();
-                    rx
+        self.ensure_each([shard]).await
+    }
+
+    /// Returns once the live queue is bound to every one of `shards`, or fails after
+    /// [`BIND_TIMEOUT`].
+    pub async fn ensure_each(
+        &self,
+        shards: impl IntoIterator<Item = u16>,
+    ) -> Result<(), BindTimeout> {
+        let mut waiting = Vec::new();
+        {
+            let mut state = self.shards.lock();
+            let now = Instant::now();
+            for shard in shards {
+                match state.get_mut(&shard) {
+                    Some(State::Bound { used }) => *used = now,
+                    Some(State::Pending(waiters)) => {
+                        let (tx, rx) = oneshot::channel();
+                        waiters.push(tx);
+                        waiting.push(rx);
+                    }
+                    None => {
+                        let (tx, rx) = oneshot::channel();
+                        state.insert(shard, State::Pending(vec![tx]));
+                        waiting.push(rx);
+                    }
                 }
             }
-        };
-        match tokio::time::timeout(BIND_TIMEOUT, waiting).await {
-            Ok(Ok(())) => Ok(()),
+        }
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        self.wake.notify_one();
+        let all = futures_util::future::join_all(waiting);
+        match tokio::time::timeout(BIND_TIMEOUT, all).await {
+            Ok(bound) if bound.iter().all(Result::is_ok) => Ok(()),
             _ => Err(BindTimeout),
         }
     }
@@ -168,5 +182,18 @@ mod tests {
         // No bind at all: the subscription gives up.
         let refused = interest.ensure(18).await;
         assert!(refused.is_err());
+        // Several at once: one wake-up, every one bound before it returns.
+        let many = tokio::spawn({
+            let interest = interest.clone();
+            async move { interest.ensure_each([1, 2, 18]).await }
+        });
+        tokio::task::yield_now().await;
+        let mut pending = interest.pending();
+        pending.sort_unstable();
+        assert_eq!(pending, [1, 2, 18]);
+        for shard in pending {
+            interest.bound(shard);
+        }
+        many.await.unwrap().unwrap();
     }
 }

@@ -247,6 +247,16 @@ fn close_reason(code: u16) -> &'static str {
     }
 }
 
+/// The shards a subscription to `channel` needs bound: its own, or every one for the debug
+/// console's channel (the console is shown every event of the cluster).
+fn shards_for(app_id: &str, channel: &str) -> Vec<u16> {
+    if channel == DEBUG_CHANNEL {
+        (0..bus::SHARDS).collect()
+    } else {
+        vec![bus::shard_of(app_id, channel)]
+    }
+}
+
 /// Why a subscription was refused: a `pusher:error` (bad request) or a channel-scoped
 /// `pusher:subscription_error` (authorization or limits).
 enum Refusal {
@@ -367,7 +377,7 @@ impl Session {
             // The live queue is bound to the channel's shard before the subscription succeeds,
             // so no event published after `subscription_succeeded` can miss this node.
             Ok(member) => (self.gateway.registry.interest())
-                .ensure(bus::shard_of(&self.app.id, &name))
+                .ensure_each(shards_for(&self.app.id, &name))
                 .await
                 .map(|()| member)
                 .map_err(|error| Refusal::Subscription {

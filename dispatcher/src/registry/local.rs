@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use protocol::channel::DEBUG_CHANNEL;
 use protocol::control::Change;
 use protocol::frame;
 use protocol::presence::Member;
@@ -123,14 +124,19 @@ impl Local {
         self.apps.get(app_id)?.channels.get(channel)
     }
 
-    /// The shards of the channels that have subscribers here.
+    /// The shards of the channels that have subscribers here: every shard while a debug console
+    /// watches an app here (it is shown every event of the cluster).
     pub fn shards(&self) -> HashSet<u16> {
         let mut shards = HashSet::new();
         for (app_id, app) in &self.apps {
             for (name, channel) in &app.channels {
-                if !channel.subscribers.is_empty() {
-                    shards.insert(bus::shard_of(app_id, name));
+                if channel.subscribers.is_empty() {
+                    continue;
                 }
+                if name == DEBUG_CHANNEL {
+                    return (0..bus::SHARDS).collect();
+                }
+                shards.insert(bus::shard_of(app_id, name));
             }
         }
         shards
