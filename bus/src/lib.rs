@@ -18,8 +18,8 @@ pub use depth::QueueDepths;
 pub use publisher::{Pending, PublishError, Publisher, PublisherConfig, WebhookPublisher};
 pub use topology::{
     bind_shard, declare_durable, declare_live_queue, delete_live_queues, live_queue_exists,
-    shard_key, shard_of, LiveQueues, QueueType, Topology, CONTROL_ROUTING_KEY, EVENT_ROUTING_KEY,
-    SHARDS, SHARD_HEADER,
+    route_of, shard_key, shard_of, LiveQueues, QueueType, Topology, CONTROL_ROUTING_KEY,
+    EVENT_ROUTING_KEY, EVERY_NODE, SHARDS, SHARD_HEADER,
 };
 
 use std::future::Future;

@@ -38,9 +38,27 @@ pub fn shard_of(app_id: &str, channel: &str) -> u16 {
     (hash % u64::from(SHARDS)) as u16
 }
 
-/// The routing key of a shard: `live.s.<shard>`.
+/// The routing key of a shard: `live.s.<shard>`; [`EVERY_NODE`] is `live.all`.
 pub fn shard_key(shard: u16) -> String {
+    if shard == EVERY_NODE {
+        return "live.all".to_owned();
+    }
     format!("live.s.{shard}")
+}
+
+/// The pseudo-shard of cache channels, whose events every live queue receives (bound at
+/// declaration): every node keeps their last event, so a subscriber on a node that had none
+/// gets the replay, not a `cache_miss`.
+pub const EVERY_NODE: u16 = SHARDS;
+
+/// Where an envelope of `channel` is routed: its channel's shard, or [`EVERY_NODE`] for a cache
+/// channel.
+pub fn route_of(app_id: &str, channel: &str) -> u16 {
+    if protocol::Channel::parse(channel).is_ok_and(|parsed| parsed.cache) {
+        EVERY_NODE
+    } else {
+        shard_of(app_id, channel)
+    }
 }
 
 /// The persist queue's type: quorum (replicated, the default) or classic.
@@ -199,8 +217,8 @@ pub async fn delete_live_queues(
     Ok(())
 }
 
-/// Declares a node's live queue, bound to control messages (the dispatcher binds its shards'
-/// keys, [`bind_shard`]). It is not tied to one
+/// Declares a node's live queue, bound to control messages and cache channels' events
+/// ([`EVERY_NODE`]; the dispatcher binds its shards' keys, [`bind_shard`]). It is not tied to one
 /// connection: it outlives a reconnect (what is routed meanwhile waits for the node) and expires
 /// `expires` after its last consumer went away, so a dead node's queue goes by itself. It is
 /// bounded to `max_len` messages so a stalled node cannot fill the broker. What overflows (the
@@ -250,16 +268,18 @@ pub async fn declare_live_queue(
         .queue_declare(&queues.live, options, args)
         .await
         .map_err(BusError::Declare)?;
-    channel
-        .queue_bind(
-            &queues.live,
-            &topology.events_exchange(),
-            CONTROL_ROUTING_KEY,
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(BusError::Declare)?;
+    for key in [CONTROL_ROUTING_KEY.to_owned(), shard_key(EVERY_NODE)] {
+        channel
+            .queue_bind(
+                &queues.live,
+                &topology.events_exchange(),
+                &key,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(BusError::Declare)?;
+    }
     Ok(queues)
 }
 
@@ -313,5 +333,9 @@ mod tests {
         );
         assert!(used.iter().all(|&shard| shard < SHARDS));
         assert_eq!(shard_key(17), "live.s.17");
+        assert_eq!(shard_key(EVERY_NODE), "live.all");
+        assert_eq!(route_of("app", "cache-news"), EVERY_NODE);
+        assert_eq!(route_of("app", "private-cache-news"), EVERY_NODE);
+        assert_eq!(route_of("app", "news"), shard_of("app", "news"));
     }
 }

@@ -247,13 +247,16 @@ fn close_reason(code: u16) -> &'static str {
     }
 }
 
-/// The shards a subscription to `channel` needs bound: its own, or every one for the debug
-/// console's channel (the console is shown every event of the cluster).
+/// The shards a subscription to `channel` needs bound: its own; every one for the debug
+/// console's channel (the console is shown every event of the cluster); none for a cache
+/// channel (its events reach every node).
 fn shards_for(app_id: &str, channel: &str) -> Vec<u16> {
     if channel == DEBUG_CHANNEL {
-        (0..bus::SHARDS).collect()
-    } else {
-        vec![bus::shard_of(app_id, channel)]
+        return (0..bus::SHARDS).collect();
+    }
+    match bus::route_of(app_id, channel) {
+        bus::EVERY_NODE => Vec::new(),
+        shard => vec![shard],
     }
 }
 

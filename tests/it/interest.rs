@@ -1,6 +1,6 @@
 //! Interest-based routing across two gateway processes: each node's live queue receives only the
-//! events of the channel shards its own sockets subscribed to (plus control messages), while
-//! `GET /channels` stays cluster-wide.
+//! events of the channel shards its own sockets subscribed to (plus control messages and cache
+//! channels' events), while `GET /channels` stays cluster-wide.
 
 use std::time::{Duration, Instant};
 
@@ -106,6 +106,31 @@ async fn each_gateway_receives_only_its_subscribers_shards() {
         assert!(
             Instant::now() < deadline && now.0 <= expected && now.1 <= expected,
             "live queues received {now:?}, expected {expected} each"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A cache channel's events reach every node: a first subscriber on node B gets the replay
+    // of an event triggered while nobody there listened.
+    let cached = "cache-everywhere";
+    let body = json!({"name":"ev","channel":cached,"data":"kept"}).to_string();
+    let path = format!("/apps/{APP_ID}/events");
+    let status = common::post_signed(a.http(), &path, &body, common::SECRET, common::now())
+        .await
+        .status();
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut late = subscribed(&b, &[cached.to_owned()]).await;
+        let replay = late.next_app_event().await;
+        if replay["event"] == "ev" {
+            assert_eq!(replay["data"], "kept");
+            break;
+        }
+        assert_eq!(replay["event"], "pusher:cache_miss", "{replay}");
+        assert!(
+            Instant::now() < deadline,
+            "node B never had the cached event"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

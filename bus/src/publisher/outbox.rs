@@ -24,7 +24,7 @@ use tokio::time::Instant;
 
 use super::connector::Link;
 use super::{PublishError, PublisherConfig, Request};
-use crate::{shard_key, shard_of, EVENT_ROUTING_KEY, SHARD_HEADER};
+use crate::{route_of, shard_key, EVENT_ROUTING_KEY, SHARD_HEADER};
 
 /// How long handing one message's frames to the connection may take. Longer means the
 /// connection is stuck: the message is in doubt and the link is replaced, so a dead link holds
@@ -105,7 +105,8 @@ struct Caller {
 struct Part {
     caller: u64,
     json: Vec<u8>,
-    /// The shard of the envelope's channel, for the message's `BCC` header.
+    /// Where the envelope's channel is routed (its shard, or every node for a cache channel),
+    /// for the message's `BCC` header.
     shard: u16,
 }
 
@@ -195,7 +196,7 @@ impl Outbox {
         for envelope in &request.envelopes {
             let json = encode_envelope(envelope);
             self.part_bytes += json.len();
-            let shard = shard_of(&envelope.app_id, &envelope.channel);
+            let shard = route_of(&envelope.app_id, &envelope.channel);
             self.parts.push_back(Part {
                 caller,
                 json,

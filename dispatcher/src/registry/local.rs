@@ -136,7 +136,12 @@ impl Local {
                 if name == DEBUG_CHANNEL {
                     return (0..bus::SHARDS).collect();
                 }
-                shards.insert(bus::shard_of(app_id, name));
+                match bus::route_of(app_id, name) {
+                    bus::EVERY_NODE => {}
+                    shard => {
+                        shards.insert(shard);
+                    }
+                }
             }
         }
         shards
