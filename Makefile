@@ -1,7 +1,7 @@
 # Developer and CI entry points. `make test` is what CI runs (via .ci/run).
 CARGO ?= cargo
 
-.PHONY: all services run migrate test lint fmt fmt-check clippy unit e2e bench chaos chaos-short fuzz
+.PHONY: all services run migrate test lint fmt fmt-check clippy unit e2e bench chaos chaos-short fuzz cluster-test
 
 all: test
 
@@ -20,6 +20,15 @@ test: services
 	$(CARGO) test --workspace
 	bash scripts/e2e.sh
 	bash scripts/chaos.sh --short
+	$(MAKE) cluster-test
+
+# The scale-out test (tests/it/scale.rs) on a 3-node RabbitMQ cluster beside the machine's own
+# broker: starts the cluster (scripts/rabbitmq-cluster.sh), runs the test, stops the cluster
+# whatever the outcome.
+cluster-test: services
+	bash scripts/rabbitmq-cluster.sh start
+	status=0; $(CARGO) test -p switchboard --features cluster-test --test it scale:: || status=$$?; \
+	bash scripts/rabbitmq-cluster.sh stop; exit $$status
 
 lint: fmt-check clippy
 

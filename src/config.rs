@@ -35,7 +35,10 @@ pub struct Config {
     pub admin_bind: Option<SocketAddr>,
     #[debug(with = debug_redacted)]
     pub database_url: String,
+    /// One RabbitMQ URL, or several (a TOML list, or comma-separated as in `AMQP_URL`): the nodes
+    /// of one cluster, tried in order; kept comma-separated ([`Config::amqp_urls`]).
     #[debug(with = debug_redacted)]
+    #[serde(deserialize_with = "one_or_many")]
     pub amqp_url: String,
     /// Prefix of every exchange and queue name.
     pub amqp_prefix: String,
@@ -162,6 +165,11 @@ impl Config {
         }
     }
 
+    /// The RabbitMQ URLs of `amqp_url`, in order.
+    pub fn amqp_urls(&self) -> Vec<String> {
+        split_urls(&self.amqp_url)
+    }
+
     pub fn apps(&self) -> Result<Apps, AppsError> {
         Apps::new(self.apps.clone())
     }
@@ -199,7 +207,6 @@ impl Config {
         let w = &self.webhooks;
         let days = |days: u32| Duration::from_secs(u64::from(days) * 86_400);
         WebhooksConfig {
-            amqp_url: self.amqp_url.clone(),
             topology: bus::Topology::new(self.amqp_prefix.clone()),
             queue_type: self.persist_queue_type.into(),
             targets,
@@ -240,6 +247,37 @@ impl Config {
                 .unwrap_or(NonZeroUsize::MIN),
             idempotency_window: self.worker.dedup_window(),
             about: ingest::About::default(),
+        }
+    }
+}
+
+/// Comma-separated URLs, trimmed; empty items are left out.
+fn split_urls(urls: &str) -> Vec<String> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A URL, comma-separated URLs, or a list of URLs (each without a comma), as one
+/// comma-separated string.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(urls) => Ok(urls),
+        OneOrMany::Many(urls) => {
+            if urls.iter().any(|url| url.contains(',')) {
+                return Err(serde::de::Error::custom(
+                    "a URL in the list contains a comma",
+                ));
+            }
+            Ok(urls.join(","))
         }
     }
 }

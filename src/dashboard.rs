@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus::{QueueDepths, Topology};
+use bus::{Broker, QueueDepths, Topology};
 use dashboards::console::{ConsoleApp, Trigger};
 use dashboards::dead::{DeadLetterCounts, DeadLetterSource, Unavailable};
 use dashboards::system::{self, AppConnections, QueueCounts, System};
@@ -63,12 +63,12 @@ pub fn trigger(gateway: Arc<Gateway>) -> Trigger {
 
 /// What sits in the dead-letter queue, read without taking it.
 pub fn dead_letters(config: &Config, topology: &Topology) -> DeadLetterSource {
-    let (url, queue) = (config.amqp_url.clone(), topology.dead_letter_queue());
+    let (urls, queue) = (config.amqp_urls(), topology.dead_letter_queue());
     Arc::new(move || {
-        let (url, queue) = (url.clone(), queue.clone());
+        let (urls, queue) = (urls.clone(), queue.clone());
         Box::pin(async move {
             let peeked = bus::peek_dead_letters(
-                &url,
+                &urls,
                 &queue,
                 consumer_worker::REASON_HEADER,
                 dashboards::dead::SAMPLE,
@@ -85,10 +85,12 @@ pub fn dead_letters(config: &Config, topology: &Topology) -> DeadLetterSource {
     })
 }
 
-/// Starts the system view's sampler (and the queue-depth watch it reads) until `shutdown`.
+/// Starts the system view's sampler (and the queue-depth watch it reads, on `broker`) until
+/// `shutdown`.
 pub fn system(
     config: &Config,
     topology: &Topology,
+    broker: Broker,
     connections: Option<Connections>,
     persist_lag: bool,
     tracker: &TaskTracker,
@@ -99,11 +101,11 @@ pub fn system(
         topology.dead_letter_queue(),
         topology.webhook_queue(),
     ]);
-    tracker.spawn(depths.clone().watch(
-        config.amqp_url.clone(),
-        system::RESOLUTION,
-        shutdown.clone(),
-    ));
+    tracker.spawn(
+        depths
+            .clone()
+            .watch(broker, system::RESOLUTION, shutdown.clone()),
+    );
     let system = System::new(shutdown.clone());
     tracker.spawn(
         system.clone().run(system::Sources {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use admin::Check;
-use bus::{FencePublisher, Publisher, PublisherConfig, Topology, WebhookPublisher};
+use bus::{Broker, FencePublisher, Publisher, PublisherConfig, Topology, WebhookPublisher};
 use config::Config;
 use consumer_worker::WorkerConfig;
 use dashboards::console::ConsoleConfig;
@@ -165,9 +165,11 @@ pub async fn start(
     if config.dev_credentials_exposed() {
         warn!(bind = %config.bind, "the development app credentials (app-key/app-secret) are served on a non-loopback address: configure your own apps");
     }
-    // Fail fast, with one clear line, when RabbitMQ is unreachable.
-    bus::connect(&config.amqp_url, "switchboard-startup-check")
+    // Fail fast, with one clear line, when no RabbitMQ node is reachable.
+    let amqp_urls = config.amqp_urls();
+    bus::connect_first(&amqp_urls, 0, "switchboard-startup-check")
         .await?
+        .1
         .close(200, "startup check")
         .await
         .ok();
@@ -205,6 +207,14 @@ pub async fn start(
         apps: dashboard::console_apps(&config),
         ..ConsoleConfig::default()
     };
+    // One connection per role: the gateway's publishers, live link and queue-depth checks share
+    // one, the worker's consumers another (ARCHITECTURE.md, "Decisions (scale-out)").
+    let gateway_broker = role
+        .has_gateway()
+        .then(|| Broker::spawn(amqp_urls.clone(), "switchboard-gateway", &tracker));
+    let worker_broker = role
+        .has_worker()
+        .then(|| Broker::spawn(amqp_urls.clone(), "switchboard-worker", &tracker));
 
     if role.has_worker() {
         let pool = consumer_worker::prepare_database(
@@ -215,8 +225,10 @@ pub async fn start(
         let database_ok = Arc::new(AtomicBool::new(true));
         checks.push(Check::flag("database", database_ok.clone()));
         tracker.spawn(watch_database(pool.clone(), database_ok, shutdown.clone()));
+        let broker = worker_broker
+            .clone()
+            .expect("a worker role has a worker broker");
         let worker_config = WorkerConfig {
-            amqp_url: config.amqp_url.clone(),
             topology: topology.clone(),
             persist_queue_type: queue_type,
             prefetch: config.worker.prefetch,
@@ -230,19 +242,21 @@ pub async fn start(
         };
         tracker.spawn(consumer_worker::run(
             worker_config,
+            broker.clone(),
             pool.clone(),
             shutdown.clone(),
         ));
         let webhooks = config.webhooks_config(config.webhook_targets()?);
         tracker.spawn(consumer_worker::webhooks::run(
             webhooks,
+            broker,
             pool,
             shutdown.clone(),
         ));
     }
 
     let gateway_addr = gateway_listener.as_ref().map(|bound| bound.addr);
-    if let Some(bound) = gateway_listener {
+    if let (Some(bound), Some(broker)) = (gateway_listener, gateway_broker.clone()) {
         let node = config.node_id.unwrap_or_else(rand::random);
         let mut gateway_config = config.gateway_config();
         gateway_config.about = About {
@@ -266,7 +280,7 @@ pub async fn start(
         let live_ready = Arc::new(AtomicBool::new(false));
         tracker.spawn(dispatcher::run_live(
             LiveConfig {
-                url: config.amqp_url.clone(),
+                broker: broker.clone(),
                 topology: topology.clone(),
                 persist_queue_type: queue_type,
                 max_queue_len: config.gateway.live_queue_max_len,
@@ -287,7 +301,7 @@ pub async fn start(
             .ok_or(StartError::LiveNotReady(LIVE_READY_TIMEOUT))?;
         checks.push(Check::flag("live_queue", live_ready));
         let publisher_config = PublisherConfig {
-            url: config.amqp_url.clone(),
+            broker,
             topology: topology.clone(),
             persist_queue_type: queue_type,
             max_batch_envelopes: config.publisher.max_batch_envelopes,
@@ -363,9 +377,11 @@ pub async fn start(
 
     info!(%admin_addr, tls = admin_listener.tls.is_some(), "admin listening");
     let listener = admin_listener.listen(&tracker, &shutdown);
+    let depth_broker = gateway_broker.or(worker_broker);
     let system = dashboard::system(
         &config,
         &topology,
+        depth_broker.expect("every role has a broker"),
         connections,
         role == Role::Serve,
         &tracker,

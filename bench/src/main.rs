@@ -40,6 +40,10 @@ struct TargetArgs {
     /// Base URL of the gateway (WebSocket and HTTP API).
     #[arg(long, global = true, default_value = "http://127.0.0.1:6001")]
     http: String,
+    /// Further gateways of the same cluster (repeatable): WebSocket connections are spread over
+    /// `--http` and these, round robin; HTTP API calls still go to `--http`.
+    #[arg(long = "also-http", global = true)]
+    also_http: Vec<String>,
     /// Base URL of the admin listener (`/metrics`).
     #[arg(long, global = true, default_value = "http://127.0.0.1:9601")]
     admin: String,
@@ -95,6 +99,8 @@ enum Scenario {
 pub struct Target {
     pub http: String,
     pub ws_addr: SocketAddr,
+    /// Where WebSocket connections go, round robin: `ws_addr` first, then `--also-http`.
+    pub ws_addrs: Vec<SocketAddr>,
     pub admin: String,
     pub app_id: String,
     pub key: String,
@@ -115,10 +121,16 @@ fn host_port(url: &str) -> Option<&str> {
 
 impl Target {
     fn new(args: TargetArgs) -> anyhow::Result<Target> {
-        let authority = host_port(&args.http).context("--http must be http://HOST:PORT")?;
-        let ws_addr = authority
-            .parse()
-            .with_context(|| format!("--http must name an IP address and port, not {authority}"))?;
+        let ws_addrs = std::iter::once(&args.http)
+            .chain(&args.also_http)
+            .map(|url| {
+                let authority = host_port(url).context("--http must be http://HOST:PORT")?;
+                authority.parse().with_context(|| {
+                    format!("--http must name an IP address and port, not {authority}")
+                })
+            })
+            .collect::<anyhow::Result<Vec<SocketAddr>>>()?;
+        let ws_addr = ws_addrs[0];
         let server_pids = if args.server_pids.is_empty() {
             let admin: SocketAddr = host_port(&args.admin)
                 .context("--admin must be http://HOST:PORT")?
@@ -137,6 +149,7 @@ impl Target {
         Ok(Target {
             http: args.http,
             ws_addr,
+            ws_addrs,
             admin: args.admin.trim_end_matches('/').to_owned(),
             app_id: args.app_id,
             key: args.key,

@@ -319,6 +319,7 @@ pub async fn cost(target: &Target, args: CostArgs) -> anyhow::Result<Report> {
         server_pids: target.server_pids.clone(),
         admin_client: reqwest::Client::new(),
         http: target.http.clone(),
+        ws_addrs: target.ws_addrs.clone(),
         admin: target.admin.clone(),
         ..*target
     };

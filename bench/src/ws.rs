@@ -197,7 +197,8 @@ pub async fn open_many(
             let subscription = plan(i);
             async move {
                 let source = source_address(i, total, per_source);
-                let (mut ws, socket_id) = connect(target.ws_addr, &target.key, source)
+                let gateway = target.ws_addrs[i % target.ws_addrs.len()];
+                let (mut ws, socket_id) = connect(gateway, &target.key, source)
                     .await
                     .with_context(|| format!("connection {i} (source {source:?})"))?;
                 match &subscription.presence_user {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use lapin::options::{BasicGetOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 
-use crate::{connect, setup_step, BusError};
+use crate::{connect_first, setup_step, BusError};
 
 /// The reasons of the first messages in a queue, and how many it holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,15 +19,15 @@ pub struct DeadLetters {
     pub reasons: Vec<(String, u64)>,
 }
 
-/// Reads up to `max` messages of `queue` at `url` and counts the values of their `header`
+/// Reads up to `max` messages of `queue` on the first of `urls` that answers and counts the values of their `header`
 /// (`(no reason)` where it is missing); takes none of them.
 pub async fn peek_dead_letters(
-    url: &str,
+    urls: &[String],
     queue: &str,
     header: &str,
     max: usize,
 ) -> Result<DeadLetters, BusError> {
-    let connection = connect(url, "switchboard-dead-letters").await?;
+    let (_, connection) = connect_first(urls, 0, "switchboard-dead-letters").await?;
     let channel = setup_step("opening a channel", connection.create_channel()).await?;
     let passive = QueueDeclareOptions {
         passive: true,

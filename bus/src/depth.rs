@@ -1,5 +1,5 @@
 //! Queue depths for the dashboard's system view: every `interval`, a passive declare of each
-//! watched queue on a connection of its own; its message count is kept in an atomic, read
+//! watched queue on a channel of its own on the process's shared connection; its message count is kept in an atomic, read
 //! without waiting. Unknown (`None`) while the broker cannot be asked.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,7 +11,7 @@ use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::{connect, setup_step, Backoff, BusError};
+use crate::{setup_step, Backoff, Broker, BusError};
 
 const UNKNOWN: u64 = u64::MAX;
 
@@ -40,11 +40,11 @@ impl QueueDepths {
         }
     }
 
-    /// Asks the broker at `url` for the depths every `interval` until `shutdown`; reconnects
+    /// Asks the broker for the depths every `interval` until `shutdown`; opens its channel again
     /// with backoff, the counts unknown meanwhile.
     pub async fn watch(
         self: Arc<Self>,
-        url: String,
+        mut broker: Broker,
         interval: Duration,
         shutdown: CancellationToken,
     ) {
@@ -52,7 +52,7 @@ impl QueueDepths {
         loop {
             let failure = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                failure = self.poll(&url, interval, &mut backoff) => failure,
+                failure = self.poll(&mut broker, interval, &mut backoff) => failure,
             };
             self.forget();
             debug!(error = %failure, "queue depths unavailable");
@@ -63,12 +63,17 @@ impl QueueDepths {
         }
     }
 
-    async fn poll(&self, url: &str, interval: Duration, backoff: &mut Backoff) -> BusError {
-        let connection = match connect(url, "switchboard-queue-depths").await {
-            Ok(connection) => connection,
-            Err(error) => return error,
+    async fn poll(
+        &self,
+        broker: &mut Broker,
+        interval: Duration,
+        backoff: &mut Backoff,
+    ) -> BusError {
+        let Some(connected) = broker.connected().await else {
+            return BusError::NoUrl;
         };
-        let channel = match setup_step("opening a channel", connection.create_channel()).await {
+        let opened = setup_step("opening a channel", connected.connection.create_channel()).await;
+        let channel = match opened {
             Ok(channel) => channel,
             Err(error) => return error,
         };
@@ -89,7 +94,11 @@ impl QueueDepths {
                     Ok(declared) => {
                         count.store(u64::from(declared.message_count()), Ordering::Relaxed);
                     }
-                    Err(error) => return error,
+                    Err(error) => {
+                        // Best effort: a channel the broker closed fails to close again.
+                        let _ = channel.close(200, "depth check failed").await;
+                        return error;
+                    }
                 }
             }
             backoff.reset();

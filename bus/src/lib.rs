@@ -1,15 +1,18 @@
 //! RabbitMQ for Switchboard: topology, the confirmed batching [`Publisher`], consumer helpers.
 //!
-//! Every role opens its own connection through [`connect`] and declares what it uses with
-//! [`declare_durable`] (idempotent), so roles can start in any order.
+//! A process reaches RabbitMQ through one shared connection ([`Broker`]) per role, which fails
+//! over between the configured nodes; each user opens its own channels on it and declares what
+//! it uses with [`declare_durable`] (idempotent), so roles can start in any order.
 
 mod backoff;
+mod broker;
 mod dead;
 mod depth;
 mod publisher;
 mod topology;
 
 pub use backoff::Backoff;
+pub use broker::{connect_first, Broker, Connected};
 pub use dead::{peek_dead_letters, DeadLetters};
 pub use depth::QueueDepths;
 pub use publisher::{
@@ -17,8 +20,9 @@ pub use publisher::{
     FENCE_MESSAGE_TYPE,
 };
 pub use topology::{
-    declare_durable, declare_live_queue, delete_live_queues, live_queue_exists, LiveQueues,
-    QueueType, Topology, CONTROL_ROUTING_KEY, EVENT_ROUTING_KEY,
+    bind_shard, declare_durable, declare_live_queue, delete_live_queues, live_queue_exists,
+    route_of, shard_key, shard_of, LiveQueues, QueueType, Topology, CONTROL_ROUTING_KEY,
+    EVENT_ROUTING_KEY, EVERY_NODE, SHARDS, SHARD_HEADER,
 };
 
 use std::future::Future;
@@ -53,6 +57,8 @@ pub enum BusError {
     },
     #[error("RabbitMQ did not answer within {SETUP_STEP_TIMEOUT:?} while {step}")]
     SetupTimeout { step: &'static str },
+    #[error("no RabbitMQ URL is configured")]
+    NoUrl,
 }
 
 /// Runs one setup step of a connection, bounded by [`SETUP_STEP_TIMEOUT`].
@@ -80,8 +86,15 @@ pub async fn within<T>(
 }
 
 /// The URL without credentials or query (which may carry a password), for messages, logs and
-/// `Debug`.
+/// `Debug`; each of several comma-separated URLs.
 pub fn redacted_endpoint(url: &str) -> String {
+    if url.contains(',') {
+        return url
+            .split(',')
+            .map(redacted_endpoint)
+            .collect::<Vec<_>>()
+            .join(",");
+    }
     let url = url.split_once('?').map_or(url, |(base, _)| base);
     let (scheme, rest) = url.split_once("://").unwrap_or(("amqp", url));
     let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
@@ -120,6 +133,10 @@ mod tests {
         assert_eq!(
             redacted_endpoint("postgres://127.0.0.1/switchboard?password=secret&sslmode=disable"),
             "postgres://127.0.0.1/switchboard"
+        );
+        assert_eq!(
+            redacted_endpoint("amqp://guest:a@h1:5681/%2f,amqp://guest:b@h2:5682/%2f?x=secret"),
+            "amqp://h1:5681/%2f,amqp://h2:5682/%2f"
         );
     }
 }

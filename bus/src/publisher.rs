@@ -2,8 +2,9 @@
 //!
 //! Callers hand over the envelopes of one request and wait for the broker's verdict. Two tasks
 //! share the work:
-//! - the connector ([`connector`]) is the only one that connects: it opens the connection and a
-//!   confirm-mode channel, every step under a timeout, and replaces a broken link with backoff;
+//! - the connector ([`connector`]) is the only one that opens its channel: a confirm-mode channel
+//!   on the process's shared connection ([`Broker`]), every step under a timeout, replaced with
+//!   backoff when it breaks;
 //! - the publishing task ([`outbox`]) gathers every request already queued (natural batching:
 //!   the busier the gateway, the larger the batches, with no added latency when idle) into
 //!   messages bounded by envelope count and encoded bytes — one large request is split over
@@ -35,11 +36,12 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::task::TaskTracker;
 
-use crate::{QueueType, Topology};
+use crate::{Broker, QueueType, Topology};
 
 #[derive(Debug, Clone)]
 pub struct PublisherConfig {
-    pub url: String,
+    /// The process's shared connection.
+    pub broker: Broker,
     pub topology: Topology,
     pub persist_queue_type: QueueType,
     /// Most envelopes in one AMQP message.

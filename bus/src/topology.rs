@@ -15,6 +15,52 @@ pub const EVENT_ROUTING_KEY: &str = "event";
 /// Routing key of the gateway nodes' control messages; only live queues bind to it.
 pub const CONTROL_ROUTING_KEY: &str = "ctl";
 
+/// Channels hash into this many shards (by app and channel). An event message carries the keys
+/// of its envelopes' shards in its `BCC` header (RabbitMQ's sender-selected distribution: it
+/// routes on them too and removes the header), and a gateway's live queue is bound to the shard
+/// keys of its local subscribers' channels, so a node receives only the events of its channels'
+/// shards.
+pub const SHARDS: u16 = 1024;
+
+/// The header carrying an event message's shard keys.
+pub const SHARD_HEADER: &str = "BCC";
+
+/// The shard of an app's channel: FNV-1a (64 bit) of the app id, a NUL and the channel name,
+/// modulo [`SHARDS`]. Fixed here, byte for byte, because every gateway and publisher of a
+/// cluster must agree on it whatever their version.
+pub fn shard_of(app_id: &str, channel: &str) -> u16 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let bytes = app_id.bytes().chain([0]).chain(channel.bytes());
+    let hash = bytes.fold(OFFSET, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+    });
+    (hash % u64::from(SHARDS)) as u16
+}
+
+/// The routing key of a shard: `live.s.<shard>`; [`EVERY_NODE`] is `live.all`.
+pub fn shard_key(shard: u16) -> String {
+    if shard == EVERY_NODE {
+        return "live.all".to_owned();
+    }
+    format!("live.s.{shard}")
+}
+
+/// The pseudo-shard of cache channels, whose events every live queue receives (bound at
+/// declaration): every node keeps their last event, so a subscriber on a node that had none
+/// gets the replay, not a `cache_miss`.
+pub const EVERY_NODE: u16 = SHARDS;
+
+/// Where an envelope of `channel` is routed: its channel's shard, or [`EVERY_NODE`] for a cache
+/// channel.
+pub fn route_of(app_id: &str, channel: &str) -> u16 {
+    if protocol::Channel::parse(channel).is_ok_and(|parsed| parsed.cache) {
+        EVERY_NODE
+    } else {
+        shard_of(app_id, channel)
+    }
+}
+
 /// The persist queue's type: quorum (replicated, the default) or classic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum QueueType {
@@ -171,7 +217,8 @@ pub async fn delete_live_queues(
     Ok(())
 }
 
-/// Declares a node's live queue, bound to events and control messages. It is not tied to one
+/// Declares a node's live queue, bound to control messages and cache channels' events
+/// ([`EVERY_NODE`]; the dispatcher binds its shards' keys, [`bind_shard`]). It is not tied to one
 /// connection: it outlives a reconnect (what is routed meanwhile waits for the node) and expires
 /// `expires` after its last consumer went away, so a dead node's queue goes by itself. It is
 /// bounded to `max_len` messages so a stalled node cannot fill the broker. What overflows (the
@@ -221,12 +268,12 @@ pub async fn declare_live_queue(
         .queue_declare(&queues.live, options, args)
         .await
         .map_err(BusError::Declare)?;
-    for key in [EVENT_ROUTING_KEY, CONTROL_ROUTING_KEY] {
+    for key in [CONTROL_ROUTING_KEY.to_owned(), shard_key(EVERY_NODE)] {
         channel
             .queue_bind(
                 &queues.live,
                 &topology.events_exchange(),
-                key,
+                &key,
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
@@ -234,4 +281,61 @@ pub async fn declare_live_queue(
             .map_err(BusError::Declare)?;
     }
     Ok(queues)
+}
+
+/// Binds (`bind`) or unbinds a node's live queue to a shard's key; returns once RabbitMQ has
+/// done it.
+pub async fn bind_shard(
+    channel: &Channel,
+    topology: &Topology,
+    node: u32,
+    shard: u16,
+    bind: bool,
+) -> Result<(), lapin::Error> {
+    let (queue, exchange, key) = (
+        topology.live_queue(node),
+        topology.events_exchange(),
+        shard_key(shard),
+    );
+    if bind {
+        let options = QueueBindOptions::default();
+        channel
+            .queue_bind(&queue, &exchange, &key, options, FieldTable::default())
+            .await
+    } else {
+        channel
+            .queue_unbind(&queue, &exchange, &key, FieldTable::default())
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_are_fixed_and_spread() {
+        // Golden values: every node of a cluster must compute the same shard.
+        assert_eq!(shard_of("", ""), (0xaf63_bd4c_8601_b7df_u64 % 1024) as u16);
+        assert_eq!(shard_of("app-id", "chat"), shard_of("app-id", "chat"));
+        assert_ne!(
+            shard_of("a", "bc"),
+            shard_of("ab", "c"),
+            "the NUL separates"
+        );
+        let used: std::collections::HashSet<u16> = (0..4096)
+            .map(|i| shard_of("app", &format!("channel-{i}")))
+            .collect();
+        assert!(
+            used.len() > 900,
+            "4096 channels use {} of 1024 shards",
+            used.len()
+        );
+        assert!(used.iter().all(|&shard| shard < SHARDS));
+        assert_eq!(shard_key(17), "live.s.17");
+        assert_eq!(shard_key(EVERY_NODE), "live.all");
+        assert_eq!(route_of("app", "cache-news"), EVERY_NODE);
+        assert_eq!(route_of("app", "private-cache-news"), EVERY_NODE);
+        assert_eq!(route_of("app", "news"), shard_of("app", "news"));
+    }
 }

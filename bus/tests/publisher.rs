@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use bus::{PublishError, Publisher, PublisherConfig, QueueType, Topology};
+use bus::{Broker, PublishError, Publisher, PublisherConfig, QueueType, Topology};
 use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -12,9 +12,10 @@ use tokio_util::task::TaskTracker;
 
 const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
+/// A publisher's settings on a shared connection of its own to `url`.
 fn config(url: &str) -> PublisherConfig {
     PublisherConfig {
-        url: url.into(),
+        broker: Broker::spawn(vec![url.into()], "bus-test", &TaskTracker::new()),
         topology: Topology::new(format!("bustest{:x}", rand::random::<u64>())),
         persist_queue_type: QueueType::Classic,
         max_batch_envelopes: 1000,
@@ -324,6 +325,7 @@ async fn a_split_request_fails_when_one_of_its_messages_fails() {
         .queue_delete(&small, QueueDeleteOptions::default())
         .await
         .unwrap();
+    // After a nack the publisher takes a fresh channel, and keeps the old one until then.
     assert_eq!(publisher.publish(vec![envelope(1)]).await, Ok(()));
     drain(&config.topology, 0).await;
 }
@@ -339,6 +341,17 @@ async fn live_queue_overflow_goes_to_the_dropped_queue() {
     let queues = bus::declare_live_queue(&channel, &topology, 7, 3, Duration::from_secs(60))
         .await
         .unwrap();
+    let shard = bus::shard_of("app", "chan");
+    bus::bind_shard(&channel, &topology, 7, shard, true)
+        .await
+        .unwrap();
+    // As the publisher sends them: routing key `event` (the persist queue) and the shard key
+    // in `BCC` (the live queue).
+    let mut headers = FieldTable::default();
+    headers.insert(
+        bus::SHARD_HEADER.into(),
+        AMQPValue::FieldArray(vec![AMQPValue::LongString(bus::shard_key(shard).into())].into()),
+    );
     for i in 0..5 {
         let body = protocol::envelope::encode_batch(&[envelope(i)]);
         channel
@@ -347,7 +360,7 @@ async fn live_queue_overflow_goes_to_the_dropped_queue() {
                 bus::EVENT_ROUTING_KEY,
                 Default::default(),
                 &body,
-                Default::default(),
+                lapin::BasicProperties::default().with_headers(headers.clone()),
             )
             .await
             .unwrap()

@@ -1,5 +1,5 @@
-//! The worker's AMQP link: one connection with a channel that consumes and acks and a
-//! confirm-mode channel for dead letters.
+//! The worker's AMQP link: on the process's shared connection, a channel that consumes and acks
+//! and a confirm-mode channel for dead letters.
 
 use std::time::Duration;
 
@@ -13,14 +13,15 @@ use lapin::options::{
 };
 use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, DeliveryTag, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, Consumer};
+use lapin::{BasicProperties, Channel, Consumer};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 /// What a [`Link`] connects to and consumes.
 pub(crate) struct LinkConfig<'a> {
-    pub amqp_url: &'a str,
+    /// The process's shared connection.
+    pub broker: &'a bus::Broker,
     pub topology: &'a bus::Topology,
     pub queue_type: bus::QueueType,
     /// The queue consumed.
@@ -28,15 +29,15 @@ pub(crate) struct LinkConfig<'a> {
     pub prefetch: u16,
 }
 
-/// A consumer's way back to RabbitMQ: opens links with backoff (reset once one opens) and logs
-/// each loss, until shutdown. The consumer's loop is
+/// A consumer's way back to RabbitMQ: opens links (on the shared connection, waiting for one)
+/// with backoff (reset once one opens) and logs each loss, until shutdown. The consumer's loop is
 /// `while let Some(link) = reconnect.open(..).await { ..consume..; reconnect.lost(error).await }`.
 pub(crate) struct Reconnect<'a> {
     config: &'a LinkConfig<'a>,
     /// Names the consumer in the logs.
     role: &'static str,
     shutdown: CancellationToken,
-    endpoint: String,
+    broker: bus::Broker,
     backoff: bus::Backoff,
 }
 
@@ -47,7 +48,7 @@ impl<'a> Reconnect<'a> {
         shutdown: CancellationToken,
     ) -> Self {
         Reconnect {
-            endpoint: bus::redacted_endpoint(config.amqp_url),
+            broker: config.broker.clone(),
             config,
             role,
             shutdown,
@@ -58,9 +59,15 @@ impl<'a> Reconnect<'a> {
     /// The next link, or `None` once shutdown comes.
     pub async fn open(&mut self) -> Option<Link> {
         while !self.shutdown.is_cancelled() {
-            match Link::open(self.config).await {
+            let connected = tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => return None,
+                connected = self.broker.connected() => connected?,
+            };
+            match Link::open(self.config, &connected).await {
                 Ok(link) => {
-                    let (endpoint, queue, role) = (&self.endpoint, &self.config.queue, self.role);
+                    let (endpoint, queue, role) =
+                        (&connected.endpoint, &self.config.queue, self.role);
                     info!(%endpoint, %queue, role, "consuming");
                     self.backoff.reset();
                     return Some(link);
@@ -74,8 +81,8 @@ impl<'a> Reconnect<'a> {
     /// Logs why the link is gone and waits the backoff's delay (less if shutdown comes).
     pub async fn lost(&mut self, error: LinkError) {
         let delay = self.backoff.next_delay();
-        let (endpoint, role) = (&self.endpoint, self.role);
-        warn!(%error, %endpoint, role, retry_in_ms = delay.as_millis() as u64, "lost RabbitMQ; reconnecting");
+        let (endpoints, role) = (self.broker.endpoints(), self.role);
+        warn!(%error, %endpoints, role, retry_in_ms = delay.as_millis() as u64, "lost RabbitMQ; reconnecting");
         tokio::select! {
             biased;
             () = self.shutdown.cancelled() => {}
@@ -93,7 +100,7 @@ pub const FAILED_AT_HEADER: &str = "x-switchboard-failed-at";
 const MAX_REASON_BYTES: usize = 1024;
 /// How long RabbitMQ may take to confirm a dead-lettered message before the link is reset.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long closing the link may take at shutdown.
+/// How long closing the link's channels may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Error)]
@@ -112,9 +119,8 @@ pub(crate) enum LinkError {
     DeadLetterTimeout,
 }
 
-/// One connection: a channel that consumes and acks, and a confirm-mode channel for dead letters.
+/// A channel that consumes and acks, and a confirm-mode channel for dead letters.
 pub(crate) struct Link {
-    connection: Connection,
     channel: Channel,
     dead_letters: Channel,
     consumer: Consumer,
@@ -122,31 +128,33 @@ pub(crate) struct Link {
 }
 
 impl Link {
-    pub(crate) async fn open(config: &LinkConfig<'_>) -> Result<Link, LinkError> {
-        let connection = bus::connect(config.amqp_url, "switchboard-worker").await?;
-        match Self::open_channels(config, &connection).await {
-            Ok((channel, dead_letters, consumer)) => Ok(Link {
-                connection,
-                channel,
-                dead_letters,
-                consumer,
-                dead_letter_queue: config.topology.dead_letter_queue(),
-            }),
-            Err(error) => {
-                // Best effort: the connection is of no use, whether or not it closes cleanly.
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, "setup failed"))
-                    .await;
-                Err(error)
+    /// Opens both channels on `connected` and starts consuming; every step is bounded, and
+    /// what was opened of a link whose setup failed is closed.
+    pub(crate) async fn open(
+        config: &LinkConfig<'_>,
+        connected: &bus::Connected,
+    ) -> Result<Link, LinkError> {
+        let connection = &connected.connection;
+        let channel = setup_step("opening a channel", connection.create_channel()).await?;
+        let mut opened = vec![channel.clone()];
+        let setup = Self::set_up(config, connection, channel, &mut opened).await;
+        if setup.is_err() {
+            for channel in opened {
+                // Best effort: the channel is of no use, whether or not it closes cleanly.
+                let _ =
+                    tokio::time::timeout(CLOSE_TIMEOUT, channel.close(200, "setup failed")).await;
             }
         }
+        setup
     }
 
-    /// Opens both channels and starts consuming; every step is bounded.
-    async fn open_channels(
+    /// Declares, opens the dead-letter channel (added to `opened`) and starts consuming.
+    async fn set_up(
         config: &LinkConfig<'_>,
-        connection: &Connection,
-    ) -> Result<(Channel, Channel, Consumer), LinkError> {
-        let channel = setup_step("opening a channel", connection.create_channel()).await?;
+        connection: &lapin::Connection,
+        channel: Channel,
+        opened: &mut Vec<Channel>,
+    ) -> Result<Link, LinkError> {
         within(
             "declaring the topology",
             bus::declare_durable(&channel, config.topology, config.queue_type),
@@ -162,6 +170,7 @@ impl Link {
             connection.create_channel(),
         )
         .await?;
+        opened.push(dead_letters.clone());
         setup_step(
             "enabling publisher confirms",
             dead_letters.confirm_select(ConfirmSelectOptions::default()),
@@ -177,7 +186,12 @@ impl Link {
             ),
         )
         .await?;
-        Ok((channel, dead_letters, consumer))
+        Ok(Link {
+            channel,
+            dead_letters,
+            consumer,
+            dead_letter_queue: config.topology.dead_letter_queue(),
+        })
     }
 
     /// The next delivery; `None` from the consumer means RabbitMQ cancelled it.
@@ -236,8 +250,9 @@ impl Link {
             .await?)
     }
 
-    /// Cancels the consumer and closes the channel and connection. Deliveries still unacked go
-    /// back to the queue. Best effort: a broken link fails these steps, with the same result.
+    /// Cancels the consumer and closes both channels (the shared connection stays). Deliveries
+    /// still unacked go back to the queue. Best effort: a broken link fails these steps, with the
+    /// same result.
     pub(crate) async fn close(self) {
         let closing = async {
             let tag = self.consumer.tag();
@@ -251,12 +266,12 @@ impl Link {
             if let Err(error) = self.channel.close(200, "worker stopping").await {
                 debug!(%error, "cannot close the channel");
             }
-            if let Err(error) = self.connection.close(200, "worker stopping").await {
-                debug!(%error, "cannot close the connection");
+            if let Err(error) = self.dead_letters.close(200, "worker stopping").await {
+                debug!(%error, "cannot close the dead-letter channel");
             }
         };
         if tokio::time::timeout(CLOSE_TIMEOUT, closing).await.is_err() {
-            debug!("timed out closing the RabbitMQ connection");
+            debug!("timed out closing the RabbitMQ channels");
         }
     }
 }

@@ -6,7 +6,6 @@
 //! the idempotent insert absorbs.
 
 use std::collections::HashSet;
-use std::fmt;
 use std::time::Duration;
 
 use bus::Backoff;
@@ -26,9 +25,8 @@ use crate::link::{Link, LinkConfig, LinkError, Reconnect};
 use crate::maintenance;
 use crate::storage::{self, Disposition};
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct WorkerConfig {
-    pub amqp_url: String,
     pub topology: bus::Topology,
     pub persist_queue_type: bus::QueueType,
     /// AMQP prefetch: most deliveries unacked at once.
@@ -52,32 +50,19 @@ pub struct WorkerConfig {
     pub maintenance_interval: Duration,
 }
 
-impl fmt::Debug for WorkerConfig {
-    /// Shows the AMQP URL without its credentials.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WorkerConfig")
-            .field("amqp_url", &bus::redacted_endpoint(&self.amqp_url))
-            .field("topology", &self.topology)
-            .field("persist_queue_type", &self.persist_queue_type)
-            .field("prefetch", &self.prefetch)
-            .field("max_batch", &self.max_batch)
-            .field("batch_linger", &self.batch_linger)
-            .field("partition_days_ahead", &self.partition_days_ahead)
-            .field("dedup_window", &self.dedup_window)
-            .field("retention_days", &self.retention_days)
-            .field("max_attempts", &self.max_attempts)
-            .field("maintenance_interval", &self.maintenance_interval)
-            .finish()
-    }
-}
-
 /// Runs until `shutdown` is cancelled; on shutdown finishes (commits and acks) the batch in
 /// hand, then returns. While Postgres is failing, shutdown gives up the batch instead (it stays
-/// unacked and is redelivered).
-pub async fn run(config: WorkerConfig, pool: PgPool, shutdown: CancellationToken) {
+/// unacked and is redelivered). Consumes on `broker`, the process's shared connection.
+pub async fn run(
+    config: WorkerConfig,
+    broker: bus::Broker,
+    pool: PgPool,
+    shutdown: CancellationToken,
+) {
     let maintenance = maintenance::run(pool.clone(), config.clone(), shutdown.clone());
     let mut worker = Worker {
         config,
+        broker,
         pool,
         shutdown,
         partitions: HashSet::new(),
@@ -153,6 +138,7 @@ impl Refusal {
 
 struct Worker {
     config: WorkerConfig,
+    broker: bus::Broker,
     pool: PgPool,
     shutdown: CancellationToken,
     /// Days whose partition is known to exist.
@@ -161,9 +147,9 @@ struct Worker {
 
 impl Worker {
     async fn consume_until_shutdown(&mut self) {
-        let (amqp_url, topology) = (self.config.amqp_url.clone(), self.config.topology.clone());
+        let (broker, topology) = (self.broker.clone(), self.config.topology.clone());
         let link_config = LinkConfig {
-            amqp_url: &amqp_url,
+            broker: &broker,
             topology: &topology,
             queue_type: self.config.persist_queue_type,
             queue: topology.persist_queue(),
@@ -434,26 +420,6 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn config_debug_hides_credentials() {
-        let config = WorkerConfig {
-            amqp_url: "amqp://guest:secret@127.0.0.1:5672/%2f".into(),
-            topology: bus::Topology::new("switchboard"),
-            persist_queue_type: bus::QueueType::Quorum,
-            prefetch: 2000,
-            max_batch: 5000,
-            batch_linger: Duration::from_millis(5),
-            partition_days_ahead: 3,
-            dedup_window: Duration::from_secs(48 * 3600),
-            retention_days: None,
-            max_attempts: 3,
-            maintenance_interval: Duration::from_secs(3600),
-        };
-        let shown = format!("{config:?}");
-        assert!(shown.contains("amqp://127.0.0.1:5672/%2f"), "{shown}");
-        assert!(!shown.contains("secret"), "{shown}");
-    }
 
     #[test]
     fn batch_acks_up_to_its_highest_tag() {

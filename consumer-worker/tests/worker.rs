@@ -329,11 +329,8 @@ async fn database_outage_keeps_deliveries_until_they_are_committed() {
 async fn broker_outage_reconnects_and_carries_on() {
     let env = TestEnv::new(QueueType::Classic).await;
     let proxy = Proxy::start(AMQP_ADDR).await.unwrap();
-    let config = WorkerConfig {
-        amqp_url: format!("amqp://guest:guest@{}/%2f", proxy.addr()),
-        ..env.config()
-    };
-    let worker = RunningWorker::start(config, env.pool.clone());
+    let url = format!("amqp://guest:guest@{}/%2f", proxy.addr());
+    let worker = RunningWorker::start_on(&url, env.config(), env.pool.clone());
     env.publish(&envelopes(10)).await;
     env.wait_for_rows(10).await;
 

@@ -10,6 +10,7 @@ mod barrier;
 mod cluster;
 mod debounce;
 pub mod debug;
+mod interest;
 mod live;
 mod registry;
 mod socket;
@@ -18,6 +19,7 @@ mod transition;
 pub use barrier::SYNC_TIMEOUT;
 pub use debounce::{Debounce, MAX_PENDING as MAX_DEBOUNCE_PENDING};
 pub use debug::{run_debug, DebugRecord, Record};
+pub use interest::{BindTimeout, Interest, BIND_TIMEOUT, UNBIND_AFTER};
 pub use live::{run_live, LiveConfig};
 pub use registry::{
     AppOptions, CachedEvent, ConnectError, Occupancy, Peak, Registry, RegistryConfig,

@@ -1,13 +1,14 @@
 //! This node's link to the bus for the live path: consumes the live queue (event batches and the
 //! other nodes' control messages), fans events out, and publishes this node's deltas, snapshots
-//! and control messages. Reconnects on its own.
+//! and control messages, on channels of its own on the process's shared connection. Reopens
+//! them on its own.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus::{Backoff, QueueType, Topology, CONTROL_ROUTING_KEY};
+use bus::{Backoff, Broker, QueueType, Topology, CONTROL_ROUTING_KEY};
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
 use lapin::types::{DeliveryTag, FieldTable};
@@ -24,7 +25,8 @@ use crate::Registry;
 
 #[derive(Debug, Clone)]
 pub struct LiveConfig {
-    pub url: String,
+    /// The process's shared connection.
+    pub broker: Broker,
     pub topology: Topology,
     pub persist_queue_type: QueueType,
     /// Most messages the live queue holds before dropping the oldest.
@@ -42,6 +44,13 @@ pub struct LiveConfig {
 /// A change is announced to the other nodes within this time, in a delta.
 const DELTA_DEBOUNCE: Duration = Duration::from_millis(50);
 
+/// How often shards without local subscribers are looked for, to unbind those idle for
+/// [`crate::UNBIND_AFTER`].
+const UNBIND_CHECK: Duration = Duration::from_secs(10);
+
+/// How long closing the live channel may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// How often expired cache-channel events are swept (the shortest TTL is a second).
 const CACHE_SWEEP: Duration = Duration::from_secs(1);
 
@@ -53,6 +62,8 @@ enum LiveError {
     Amqp(#[from] lapin::Error),
     #[error("the broker cancelled the live queue consumer")]
     Cancelled,
+    #[error("the process's RabbitMQ connection has ended")]
+    Gone,
 }
 
 /// Live deliveries are acked together (`multiple`) every [`ACK_EVERY`] deliveries or at the next
@@ -172,8 +183,17 @@ async fn serve(
     link: &mut Link,
     shutdown: &CancellationToken,
 ) -> Result<(), LiveError> {
-    let connection = bus::connect(&config.url, "switchboard-live").await?;
-    let channel = bus::setup_step("opening the live channel", connection.create_channel()).await?;
+    let mut broker = config.broker.clone();
+    let connection = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        connected = broker.connected() => connected.ok_or(LiveError::Gone)?,
+    };
+    let channel = bus::setup_step(
+        "opening the live channel",
+        connection.connection.create_channel(),
+    )
+    .await?;
+    let _closer = Closer(channel.clone());
     let node = registry.node();
     if link.first {
         bus::within(
@@ -183,7 +203,7 @@ async fn serve(
         .await?;
     } else if !bus::within(
         "checking the live queue",
-        bus::live_queue_exists(&connection, &config.topology, node),
+        bus::live_queue_exists(&connection.connection, &config.topology, node),
     )
     .await?
     {
@@ -212,6 +232,15 @@ async fn serve(
         ),
     )
     .await?;
+    // The shards of this node's subscribers, bound again before anything is consumed.
+    for shard in registry.interest().all() {
+        bus::setup_step(
+            "binding the live queue to a shard",
+            bus::bind_shard(&channel, &config.topology, node, shard, true),
+        )
+        .await?;
+        registry.interest().bound(shard);
+    }
     bus::setup_step(
         "setting the live prefetch",
         channel.basic_qos(config.prefetch, BasicQosOptions::default()),
@@ -270,6 +299,7 @@ async fn serve(
     let mut last_snapshot = Instant::now();
     let mut tick = tokio::time::interval(DELTA_DEBOUNCE);
     let mut sweep = tokio::time::interval(CACHE_SWEEP);
+    let mut unbind = tokio::time::interval(UNBIND_CHECK);
     let mut acks = Acks::default();
     loop {
         tokio::select! {
@@ -294,6 +324,19 @@ async fn serve(
                 acks.flush(&channel).await?;
             }
             _ = sweep.tick() => registry.sweep_cache(),
+            () = registry.interest().wanted() => {
+                for shard in registry.interest().pending() {
+                    bus::bind_shard(&channel, &config.topology, node, shard, true).await?;
+                    registry.interest().bound(shard);
+                }
+            }
+            _ = unbind.tick() => {
+                let in_use = registry.local_shards();
+                registry.interest().touch(in_use.iter().copied());
+                for shard in registry.interest().idle(|shard| in_use.contains(&shard)) {
+                    bus::bind_shard(&channel, &config.topology, node, shard, false).await?;
+                }
+            }
             next = dropped.next() => {
                 // Overflow of the live queue: these events will never reach this node's
                 // sockets, so their subscribers are closed (4100) rather than left behind.
@@ -325,6 +368,8 @@ async fn serve(
                 } else {
                     match decode_batch(&delivery.data) {
                         Ok(envelopes) => {
+                            metrics::counter!("switchboard_live_envelopes_received_total")
+                                .increment(envelopes.len() as u64);
                             if envelopes.first().is_none_or(|first| link.recent.insert(first.id)) {
                                 for envelope in &envelopes {
                                     registry.fan_out(envelope);
@@ -349,8 +394,21 @@ async fn serve(
         bus::delete_live_queues(&channel, &config.topology, node),
     )
     .await;
-    let _ = connection.close(200, "shutting down").await;
     Ok(())
+}
+
+/// Closes the live channel when its link ends, however it ends: on a connection that stays
+/// open, a channel left behind would keep its consumers and their deliveries.
+struct Closer(Channel);
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        let channel = self.0.clone();
+        tokio::spawn(async move {
+            // Best effort: a channel the broker already closed fails to close again.
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, channel.close(200, "live link ends")).await;
+        });
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 pub mod receiver;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -37,6 +38,8 @@ struct Control {
     mode: watch::Sender<Mode>,
     /// Cancelled to drop every connection accepted so far.
     connections: Mutex<CancellationToken>,
+    /// Connections being forwarded now.
+    open: AtomicUsize,
 }
 
 impl Control {
@@ -63,6 +66,7 @@ impl Proxy {
         let control = Arc::new(Control {
             mode: watch::Sender::new(Mode::Forward),
             connections: Mutex::new(CancellationToken::new()),
+            open: AtomicUsize::new(0),
         });
         let accept = tokio::spawn(accept(listener, target, control.clone()));
         Ok(Proxy {
@@ -100,6 +104,11 @@ impl Proxy {
     pub fn is_cut(&self) -> bool {
         *self.control.mode.borrow() == Mode::Cut
     }
+
+    /// How many connections are being forwarded now.
+    pub fn open_connections(&self) -> usize {
+        self.control.open.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for Proxy {
@@ -129,6 +138,8 @@ async fn accept(listener: TcpListener, target: SocketAddr, control: Arc<Control>
             }
             Mode::Forward | Mode::HoldReplies => {}
         }
+        let control = control.clone();
+        control.open.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(async move {
             // The token first: a restore cancels it before switching the mode, so held bytes are
             // dropped with their connection, never relayed on the way out.
@@ -137,6 +148,7 @@ async fn accept(listener: TcpListener, target: SocketAddr, control: Arc<Control>
                 () = token.cancelled() => {}
                 () = relay(inbound, target, mode) => {}
             }
+            control.open.fetch_sub(1, Ordering::SeqCst);
         });
     }
 }

@@ -13,6 +13,7 @@ use dispatcher::{AppOptions, ConnectError, Frame, Record, SocketHandle, Subscrib
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use governor::clock::DefaultClock;
+use protocol::channel::DEBUG_CHANNEL;
 use protocol::frame::{self, ClientMessage};
 use protocol::presence::{Member, SignedInUser, SigninError};
 use protocol::signature::{signin_string_to_sign, verify_client_auth};
@@ -256,6 +257,19 @@ fn close_reason(code: u16) -> &'static str {
     }
 }
 
+/// The shards a subscription to `channel` needs bound: its own; every one for the debug
+/// console's channel (the console is shown every event of the cluster); none for a cache
+/// channel (its events reach every node).
+fn shards_for(app_id: &str, channel: &str) -> Vec<u16> {
+    if channel == DEBUG_CHANNEL {
+        return (0..bus::SHARDS).collect();
+    }
+    match bus::route_of(app_id, channel) {
+        bus::EVERY_NODE => Vec::new(),
+        shard => vec![shard],
+    }
+}
+
 /// Why a subscription was refused: a `pusher:error` (bad request) or a channel-scoped
 /// `pusher:subscription_error` (authorization or limits).
 enum Refusal {
@@ -320,14 +334,14 @@ impl Session {
                         break;
                     }
                     if let Ok(text) = message.to_str() {
-                        self.on_text(text);
+                        self.on_text(text).await;
                     }
                 }
             }
         }
     }
 
-    fn on_text(&mut self, text: &str) {
+    async fn on_text(&mut self, text: &str) {
         match ClientMessage::parse(text) {
             Ok(ClientMessage::Ping) => self.send(frame::encode_pong()),
             Ok(ClientMessage::Pong | ClientMessage::Other { .. }) => {}
@@ -335,7 +349,10 @@ impl Session {
                 channel,
                 auth,
                 channel_data,
-            }) => self.subscribe(channel, auth.as_deref(), channel_data.as_deref()),
+            }) => {
+                self.subscribe(channel, auth.as_deref(), channel_data.as_deref())
+                    .await
+            }
             Ok(ClientMessage::Unsubscribe { channel }) => {
                 if self.subscriptions.remove(&channel).is_some() {
                     self.gateway.registry.unsubscribe(
@@ -360,32 +377,46 @@ impl Session {
         }
     }
 
-    fn subscribe(&mut self, name: String, auth: Option<&str>, channel_data: Option<&str>) {
+    async fn subscribe(&mut self, name: String, auth: Option<&str>, channel_data: Option<&str>) {
         if self.subscriptions.contains_key(&name) {
             return;
         }
-        let result = Channel::parse(&name)
+        let authorized = Channel::parse(&name)
             .map_err(|error| Refusal::Invalid(format!("Invalid channel name {name:?}: {error}")))
-            .and_then(|channel| self.authorize(&channel, auth, channel_data))
-            .and_then(|member| {
-                let user_id = member.as_ref().map(|m| m.user_id.clone());
-                self.gateway
-                    .registry
-                    .subscribe(&self.app.id, &name, &self.handle, member)
-                    .map(|_| user_id)
-                    .map_err(|error| match error {
-                        SubscribeError::PresenceFull { max } => Refusal::Subscription {
-                            kind: "LimitReached",
-                            error: format!("Presence channel is full ({max} members)"),
-                            status: 403,
-                        },
-                        SubscribeError::TooManyChannels { max } => Refusal::Subscription {
-                            kind: "LimitReached",
-                            error: format!("Too many channels on this connection: at most {max}"),
-                            status: code::TOO_MANY_CHANNELS,
-                        },
-                    })
-            });
+            .and_then(|channel| self.authorize(&channel, auth, channel_data));
+        let bound = match authorized {
+            // The live queue is bound to the channel's shard before the subscription succeeds,
+            // so no event published after `subscription_succeeded` can miss this node.
+            Ok(member) => (self.gateway.registry.interest())
+                .ensure_each(shards_for(&self.app.id, &name))
+                .await
+                .map(|()| member)
+                .map_err(|error| Refusal::Subscription {
+                    kind: "Unavailable",
+                    error: error.to_string(),
+                    status: 503,
+                }),
+            Err(refusal) => Err(refusal),
+        };
+        let result = bound.and_then(|member| {
+            let user_id = member.as_ref().map(|m| m.user_id.clone());
+            self.gateway
+                .registry
+                .subscribe(&self.app.id, &name, &self.handle, member)
+                .map(|_| user_id)
+                .map_err(|error| match error {
+                    SubscribeError::PresenceFull { max } => Refusal::Subscription {
+                        kind: "LimitReached",
+                        error: format!("Presence channel is full ({max} members)"),
+                        status: 403,
+                    },
+                    SubscribeError::TooManyChannels { max } => Refusal::Subscription {
+                        kind: "LimitReached",
+                        error: format!("Too many channels on this connection: at most {max}"),
+                        status: code::TOO_MANY_CHANNELS,
+                    },
+                })
+        });
         match result {
             Ok(user_id) => {
                 self.cache_miss_webhook(&name);

@@ -387,3 +387,64 @@ fn bad_webhooks_stop_the_start_naming_what_is_wrong() {
         );
     }
 }
+
+#[test]
+#[allow(clippy::result_large_err)]
+fn amqp_url_takes_several_urls_as_a_list_or_comma_separated() {
+    figment::Jail::expect_with(|jail| {
+        jail.create_file(
+            "nodes.toml",
+            r#"amqp_url = ["amqp://guest:s1@mq1:5672/%2f", "amqp://guest:s2@mq2:5672/%2f"]"#,
+        )?;
+        let config = Config::load(Some(Path::new("nodes.toml"))).unwrap();
+        assert_eq!(
+            config.amqp_urls(),
+            [
+                "amqp://guest:s1@mq1:5672/%2f",
+                "amqp://guest:s2@mq2:5672/%2f"
+            ]
+        );
+        let debug = format!("{config:?}");
+        assert!(
+            debug.contains(r#"amqp_url: "amqp://mq1:5672/%2f,amqp://mq2:5672/%2f""#),
+            "{debug}"
+        );
+        assert!(!debug.contains("s1@") && !debug.contains("s2@"), "{debug}");
+        jail.create_file("comma.toml", r#"amqp_url = ["amqp://a/%2f,amqp://b/%2f"]"#)?;
+        let error = Config::load(Some(Path::new("comma.toml")))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("contains a comma"), "{error}");
+
+        jail.set_env(
+            "AMQP_URL",
+            "amqp://a:5681/%2f, amqp://b:5682/%2f,amqp://c:5683/%2f",
+        );
+        let config = Config::load(None).unwrap();
+        assert_eq!(
+            config.amqp_urls(),
+            [
+                "amqp://a:5681/%2f",
+                "amqp://b:5682/%2f",
+                "amqp://c:5683/%2f"
+            ]
+        );
+
+        jail.set_env("AMQP_URL", "amqp://a:5681/%2f,http://guest:s3@b/");
+        let error = Config::load(None).unwrap_err().to_string();
+        assert!(
+            error.contains("amqp_url") && error.contains("http://b/"),
+            "{error}"
+        );
+        assert!(!error.contains("s3"), "{error}");
+
+        jail.set_env("AMQP_URL", " , ");
+        let error = Config::load(None).unwrap_err().to_string();
+        assert!(
+            error.contains("amqp_url must be at least one amqp:// URL"),
+            "{error}"
+        );
+
+        Ok(())
+    });
+}

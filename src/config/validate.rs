@@ -19,7 +19,16 @@ impl Config {
             &self.database_url,
             &["postgres", "postgresql"],
         )?;
-        check_url("amqp_url", &self.amqp_url, &["amqp"])?;
+        let amqp_urls = self.amqp_urls();
+        if amqp_urls.is_empty() {
+            return Err(ConfigError::OutOfRange {
+                field: "amqp_url",
+                expected: "at least one amqp:// URL",
+            });
+        }
+        for url in &amqp_urls {
+            check_url("amqp_url", url, &["amqp"])?;
+        }
         self.validate_edge()?;
         self.validate_webhooks()?;
         let g = &self.gateway;

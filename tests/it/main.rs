@@ -10,11 +10,15 @@ mod conformance;
 mod dashboard;
 mod durable;
 mod edge;
+mod failover;
 mod faults;
 mod fuzz_findings;
 mod gateway;
+mod interest;
 mod live_link;
 mod processes;
+#[cfg(feature = "cluster-test")]
+mod scale;
 mod segment;
 mod startup;
 mod tls;

@@ -22,16 +22,22 @@ pub(crate) fn free_port() -> u16 {
 
 /// One deployment: a database and a queue prefix shared by its processes.
 pub(crate) struct Deployment {
-    database_url: String,
-    prefix: String,
+    pub(crate) database_url: String,
+    pub(crate) prefix: String,
+    /// `AMQP_URL` of every process unless started with [`Deployment::start_on`].
+    pub(crate) amqp_url: String,
     pub(crate) env: Vec<(&'static str, &'static str)>,
     /// A config file for every process (`--config`).
     pub(crate) config_file: Option<std::path::PathBuf>,
+    /// Where each process's log (standard output and error) goes, a file per process in it,
+    /// instead of a pipe nobody reads — one that fills up would stall a process that logs a lot.
+    pub(crate) log_dir: Option<std::path::PathBuf>,
 }
 
 pub(crate) struct Node {
     pub(crate) child: Child,
     pub(crate) http: u16,
+    pub(crate) admin: u16,
 }
 
 impl Deployment {
@@ -40,8 +46,10 @@ impl Deployment {
         Deployment {
             database_url: config.database_url,
             prefix: config.amqp_prefix,
+            amqp_url: common::AMQP.into(),
             env: Vec::new(),
             config_file: None,
+            log_dir: None,
         }
     }
 
@@ -51,7 +59,7 @@ impl Deployment {
         command
             .arg(role)
             .env("DATABASE_URL", &self.database_url)
-            .env("AMQP_URL", common::AMQP)
+            .env("AMQP_URL", &self.amqp_url)
             .env("SWITCHBOARD_AMQP_PREFIX", &self.prefix)
             .env("SWITCHBOARD_BIND", format!("127.0.0.1:{http}"))
             .env("SWITCHBOARD_ADMIN_BIND", format!("127.0.0.1:{admin}"))
@@ -62,14 +70,25 @@ impl Deployment {
         if let Some(file) = &self.config_file {
             command.arg("--config").arg(file);
         }
+        if let Some(dir) = &self.log_dir {
+            std::fs::create_dir_all(dir).unwrap();
+            let log = std::fs::File::create(dir.join(format!("{role}-{http}.log"))).unwrap();
+            command.stdout(log.try_clone().unwrap()).stderr(log);
+        }
         (command, http, admin)
     }
 
     /// Starts a role and waits until its `/ready` answers 200.
     pub(crate) async fn start(&self, role: &str) -> Node {
+        self.start_on(role, &self.amqp_url).await
+    }
+
+    /// Starts a role with its own `AMQP_URL` and waits until its `/ready` answers 200.
+    pub(crate) async fn start_on(&self, role: &str, amqp_url: &str) -> Node {
         let (mut command, http, admin) = self.command(role);
+        command.env("AMQP_URL", amqp_url);
         let child = command.spawn().expect("switchboard binary runs");
-        let node = Node { child, http };
+        let node = Node { child, http, admin };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let ready = reqwest::get(format!("http://127.0.0.1:{admin}/ready")).await;
@@ -89,6 +108,7 @@ impl Deployment {
         let mut config = common::test_config();
         config.database_url.clone_from(&self.database_url);
         config.amqp_prefix.clone_from(&self.prefix);
+        config.amqp_url.clone_from(&self.amqp_url);
         common::cleanup_resources(&config).await;
     }
 }
@@ -98,7 +118,7 @@ impl Node {
         ([127, 0, 0, 1], self.http).into()
     }
 
-    fn signal(&self, signal: &str) {
+    pub(crate) fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .arg(format!("-{signal}"))
             .arg(self.child.id().to_string())

@@ -37,10 +37,10 @@ async fn a_gateway_and_a_worker_with_default_admin_ports_both_come_up() {
     let deployment = Deployment::new();
     let mut nodes = Vec::new();
     for role in ["gateway", "worker"] {
-        let (mut command, http, _) = deployment.command(role);
+        let (mut command, http, admin) = deployment.command(role);
         command.env_remove("SWITCHBOARD_ADMIN_BIND");
         let child = command.spawn().expect("switchboard binary runs");
-        nodes.push(Node { child, http });
+        nodes.push(Node { child, http, admin });
     }
     wait_for_status(9601, "/ready", 200, "gateway").await;
     wait_for_status(9602, "/ready", 200, "worker").await;
@@ -134,7 +134,7 @@ async fn running_out_of_file_descriptors_does_not_end_the_listener() {
     let mut child = command.spawn().unwrap();
     // The log goes to stdout.
     let lines = collect_lines(child.stdout.take().unwrap());
-    let node = Node { child, http };
+    let node = Node { child, http, admin };
     wait_for_status(admin, "/ready", 200, "gateway").await;
 
     // More connections than the process has descriptors: accept fails with EMFILE.

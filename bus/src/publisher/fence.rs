@@ -1,6 +1,7 @@
 //! The storage fence's way to the persist queue: copies of a fence, published to that queue
 //! only (the default exchange, the queue's name as the routing key: no live queue sees them),
-//! confirmed, on a connection of its own; and the queue's consumer count.
+//! confirmed, on a channel of its own on the process's shared connection; and the queue's
+//! consumer count.
 //!
 //! A worker that takes a fence from the queue records it once everything delivered to it
 //! before is committed. RabbitMQ delivers a queue's messages in order, so once every consumer of
@@ -25,8 +26,7 @@ use super::{PublishError, PublisherConfig};
 /// The AMQP `type` of a fence message; its body is the fence's token (a UUID, as text).
 pub const FENCE_MESSAGE_TYPE: &str = "switchboard.fence";
 
-/// Handle to the fence's connection; cheap to clone. The connection closes when every handle
-/// is gone.
+/// Handle to the fence's channel; cheap to clone. The channel closes when every handle is gone.
 #[derive(Clone)]
 pub struct FencePublisher {
     links: watch::Receiver<Option<Arc<Link>>>,
@@ -36,7 +36,7 @@ pub struct FencePublisher {
 }
 
 impl FencePublisher {
-    /// Starts a connector of its own on `tracker`.
+    /// Starts a connector of its own (a channel on `config.broker`'s connection) on `tracker`.
     pub fn spawn(config: PublisherConfig, tracker: &TaskTracker) -> FencePublisher {
         let (links, link) = watch::channel(None);
         let connected = Arc::new(AtomicBool::new(false));
@@ -90,8 +90,12 @@ impl FencePublisher {
         let outcome = tokio::time::timeout(self.config.confirm_timeout, attempt)
             .await
             .unwrap_or(Err(PublishError::Timeout));
-        if outcome.is_err() {
-            link.mark_broken();
+        match outcome {
+            Ok(()) => {}
+            // A write or confirm that never completes may be a stuck connection.
+            Err(PublishError::Unavailable | PublishError::Timeout) => link.mark_broken(),
+            // The broker's answer on a working connection: a new channel declares again.
+            Err(PublishError::Nacked | PublishError::Returned) => link.reopen(),
         }
         outcome
     }
@@ -111,7 +115,12 @@ impl FencePublisher {
         .await;
         match declared {
             Ok(Ok(queue)) => Ok(queue.consumer_count()),
-            Ok(Err(_)) | Err(_) => {
+            // The broker closed the channel (the queue is missing): a new one declares it.
+            Ok(Err(_)) => {
+                link.reopen();
+                Err(PublishError::Unavailable)
+            }
+            Err(_) => {
                 link.mark_broken();
                 Err(PublishError::Unavailable)
             }

@@ -16,6 +16,7 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use lapin::options::BasicPublishOptions;
 use lapin::publisher_confirm::Confirmation;
+use lapin::types::{AMQPValue, FieldArray, FieldTable};
 use lapin::BasicProperties;
 use protocol::envelope::{encode_envelope, join_encoded};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -23,7 +24,7 @@ use tokio::time::Instant;
 
 use super::connector::Link;
 use super::{PublishError, PublisherConfig, Request};
-use crate::EVENT_ROUTING_KEY;
+use crate::{route_of, shard_key, EVENT_ROUTING_KEY, SHARD_HEADER};
 
 /// How long handing one message's frames to the connection may take. Longer means the
 /// connection is stuck: the message is in doubt and the link is replaced, so a dead link holds
@@ -74,6 +75,23 @@ pub(super) async fn run(
     }
 }
 
+/// The `BCC` header of a message carrying `parts`: each distinct shard key once.
+fn shard_header(parts: &[Part]) -> FieldTable {
+    let mut shards: Vec<u16> = parts.iter().map(|part| part.shard).collect();
+    shards.sort_unstable();
+    shards.dedup();
+    let keys = shards
+        .into_iter()
+        .map(|shard| AMQPValue::LongString(shard_key(shard).into()))
+        .collect::<Vec<_>>();
+    let mut headers = FieldTable::default();
+    headers.insert(
+        SHARD_HEADER.into(),
+        AMQPValue::FieldArray(FieldArray::from(keys)),
+    );
+    headers
+}
+
 /// One caller waiting for its envelopes to be confirmed.
 struct Caller {
     reply: oneshot::Sender<Result<(), PublishError>>,
@@ -87,11 +105,17 @@ struct Caller {
 struct Part {
     caller: u64,
     json: Vec<u8>,
+    /// Where the envelope's channel is routed (its shard, or every node for a cache channel),
+    /// for the message's `BCC` header.
+    shard: u16,
 }
 
 /// One AMQP message until its confirm.
 struct Message {
     body: Vec<u8>,
+    /// The `BCC` header: the keys of the shards of its envelopes, so that only the live queues
+    /// of the nodes with subscribers in them receive it.
+    headers: FieldTable,
     /// The callers whose envelopes it carries, and how many of each.
     callers: Vec<(u64, usize)>,
     /// Publish attempts so far; outcomes of earlier attempts are stale.
@@ -172,7 +196,12 @@ impl Outbox {
         for envelope in &request.envelopes {
             let json = encode_envelope(envelope);
             self.part_bytes += json.len();
-            self.parts.push_back(Part { caller, json });
+            let shard = route_of(&envelope.app_id, &envelope.channel);
+            self.parts.push_back(Part {
+                caller,
+                json,
+                shard,
+            });
         }
     }
 
@@ -238,6 +267,7 @@ impl Outbox {
             seq,
             Message {
                 body: join_encoded(parts.iter().map(|part| part.json.as_slice())),
+                headers: shard_header(&parts),
                 callers,
                 attempt: 0,
                 generation: None,
@@ -279,7 +309,8 @@ impl Outbox {
                 &message.body,
                 BasicProperties::default()
                     .with_delivery_mode(2)
-                    .with_content_type("application/json".into()),
+                    .with_content_type("application/json".into())
+                    .with_headers(message.headers.clone()),
             ),
         )
         .await;
@@ -358,7 +389,16 @@ impl Outbox {
             Outcome::Confirmed(Ok(Confirmation::Ack(Some(_)))) => {
                 self.fail(seq, PublishError::Returned)
             }
-            Outcome::Confirmed(Ok(Confirmation::Nack(_))) => self.fail(seq, PublishError::Nacked),
+            Outcome::Confirmed(Ok(Confirmation::Nack(_))) => {
+                // A channel opened while a quorum queue's leader was being elected can keep
+                // nacking every message (RabbitMQ 3.10): the next ones go on a fresh channel.
+                if let Some(current) = &self.link {
+                    if Some(current.generation) == published_on {
+                        current.reopen();
+                    }
+                }
+                self.fail(seq, PublishError::Nacked)
+            }
             Outcome::Confirmed(Ok(Confirmation::NotRequested)) | Outcome::Expired => {
                 self.fail(seq, PublishError::Timeout)
             }

@@ -4,7 +4,8 @@
 //! newest event is dropped and counted (`switchboard_webhook_events_dropped_total{reason=
 //! "buffer_full"}`), so a broker outage costs the gateway memory up to the bound and nothing
 //! else. The task takes what is buffered into one message (a JSON array of
-//! [`protocol::webhook::Queued`]) and publishes it with `mandatory` until RabbitMQ confirms it:
+//! [`protocol::webhook::Queued`]) and publishes it with `mandatory`, on a channel of its own on
+//! the process's shared connection, until RabbitMQ confirms it:
 //! while the broker is unreachable, nacks or returns it, the same bytes are published again
 //! with backoff, so no buffered event is lost silently. Only once shutdown has begun does it give
 //! up (at its next failed attempt), counting what it drops with `reason="shutdown"`.
@@ -40,7 +41,7 @@ pub struct WebhookPublisher {
 }
 
 impl WebhookPublisher {
-    /// Starts a connector of its own and the publishing task on `tracker`, with a buffer of
+    /// Starts a connector (a channel of its own) and the publishing task on `tracker`, with a buffer of
     /// `buffer` events.
     pub fn spawn(
         config: PublisherConfig,
@@ -156,7 +157,14 @@ async fn publish_until_confirmed(
                     return true;
                 }
                 Err(failure) => {
-                    link.mark_broken();
+                    // A write or confirm that never completes may be a stuck connection; a
+                    // refusal is the broker's answer on a working one (a new channel declares
+                    // the webhook queue again).
+                    if failure == PUBLISH_FAILED || failure == NO_CONFIRM_IN_TIME {
+                        link.mark_broken();
+                    } else {
+                        link.reopen();
+                    }
                     failure
                 }
             },
@@ -184,6 +192,9 @@ async fn publish_until_confirmed(
     }
 }
 
+const PUBLISH_FAILED: &str = "publishing failed";
+const NO_CONFIRM_IN_TIME: &str = "no confirm in time";
+
 /// One attempt: publish and wait for the confirm.
 async fn publish(
     link: &Link,
@@ -207,7 +218,7 @@ async fn publish(
                     .with_content_type("application/json".into()),
             )
             .await
-            .map_err(|_| "publishing failed")?;
+            .map_err(|_| PUBLISH_FAILED)?;
         match confirm.await {
             Ok(Confirmation::Ack(None)) => Ok(()),
             Ok(Confirmation::Ack(Some(_))) => Err("returned: the webhook queue is missing"),
@@ -218,5 +229,5 @@ async fn publish(
     };
     tokio::time::timeout(confirm_timeout, attempt)
         .await
-        .unwrap_or(Err("no confirm in time"))
+        .unwrap_or(Err(NO_CONFIRM_IN_TIME))
 }

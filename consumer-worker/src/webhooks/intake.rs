@@ -25,6 +25,7 @@ use crate::link::{Link, LinkConfig, LinkError, Reconnect};
 
 pub(crate) struct Intake {
     pub config: Arc<WebhooksConfig>,
+    pub broker: bus::Broker,
     pub pool: PgPool,
     /// One per target, in the order of `config.targets`.
     pub wakes: Vec<Arc<Notify>>,
@@ -42,7 +43,7 @@ struct Taken {
 impl Intake {
     pub(crate) async fn run(self) {
         let link_config = LinkConfig {
-            amqp_url: &self.config.amqp_url,
+            broker: &self.broker,
             topology: &self.config.topology,
             queue_type: self.config.queue_type,
             queue: self.config.topology.webhook_queue(),

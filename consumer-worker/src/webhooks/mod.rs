@@ -33,7 +33,6 @@ const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
 
 #[derive(Clone)]
 pub struct WebhooksConfig {
-    pub amqp_url: String,
     pub topology: bus::Topology,
     pub queue_type: bus::QueueType,
     /// Every app's webhooks; none means the worker leaves the webhook queue alone.
@@ -58,10 +57,9 @@ pub struct WebhooksConfig {
 }
 
 impl fmt::Debug for WebhooksConfig {
-    /// Shows the AMQP URL without its credentials (targets hide their own secrets).
+    /// Targets hide their own secrets.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WebhooksConfig")
-            .field("amqp_url", &bus::redacted_endpoint(&self.amqp_url))
             .field("topology", &self.topology)
             .field("targets", &self.targets)
             .field("batch_window", &self.batch_window)
@@ -72,9 +70,14 @@ impl fmt::Debug for WebhooksConfig {
     }
 }
 
-/// Runs the intake, one delivery task per webhook and the monitor until `shutdown`. Returns at
-/// once when no webhook is configured.
-pub async fn run(config: WebhooksConfig, pool: PgPool, shutdown: CancellationToken) {
+/// Runs the intake (on `broker`, the process's shared connection), one delivery task per
+/// webhook and the monitor until `shutdown`. Returns at once when no webhook is configured.
+pub async fn run(
+    config: WebhooksConfig,
+    broker: bus::Broker,
+    pool: PgPool,
+    shutdown: CancellationToken,
+) {
     if config.targets.is_empty() {
         return;
     }
@@ -102,6 +105,7 @@ pub async fn run(config: WebhooksConfig, pool: PgPool, shutdown: CancellationTok
     tasks.spawn(
         intake::Intake {
             config: config.clone(),
+            broker,
             pool: pool.clone(),
             wakes,
             shutdown: shutdown.clone(),

@@ -22,6 +22,7 @@ use protocol::Envelope;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const POSTGRES_ADDR: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 5432));
@@ -81,7 +82,6 @@ impl TestEnv {
 
     pub fn config(&self) -> WorkerConfig {
         WorkerConfig {
-            amqp_url: AMQP_URL.to_owned(),
             topology: self.topology.clone(),
             persist_queue_type: self.queue_type,
             prefetch: 2000,
@@ -261,8 +261,14 @@ pub struct RunningWorker {
 
 impl RunningWorker {
     pub fn start(config: WorkerConfig, pool: PgPool) -> RunningWorker {
+        Self::start_on(AMQP_URL, config, pool)
+    }
+
+    /// Starts a worker whose connection goes to `amqp_url` (a proxy in front of the broker).
+    pub fn start_on(amqp_url: &str, config: WorkerConfig, pool: PgPool) -> RunningWorker {
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(consumer_worker::run(config, pool, shutdown.clone()));
+        let broker = bus::Broker::spawn(vec![amqp_url.into()], "test-worker", &TaskTracker::new());
+        let task = tokio::spawn(consumer_worker::run(config, broker, pool, shutdown.clone()));
         RunningWorker { shutdown, task }
     }
 

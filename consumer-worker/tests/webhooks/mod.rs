@@ -20,6 +20,7 @@ use protocol::webhook::{Body, EventType, Filter, Queued, WebhookEvent};
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::common::{wait_until, TestEnv, AMQP_URL, STOP_WITHIN};
 
@@ -64,7 +65,6 @@ fn all(url: &str) -> Target {
 fn config(env: &TestEnv, targets: Vec<Target>) -> WebhooksConfig {
     metrics();
     WebhooksConfig {
-        amqp_url: AMQP_URL.into(),
         topology: env.topology.clone(),
         queue_type: QueueType::Classic,
         targets,
@@ -88,8 +88,10 @@ struct Running {
 
 fn start(config: WebhooksConfig, pool: &PgPool) -> Running {
     let shutdown = CancellationToken::new();
+    let broker = bus::Broker::spawn(vec![AMQP_URL.into()], "test-webhooks", &TaskTracker::new());
     let task = tokio::spawn(consumer_worker::webhooks::run(
         config,
+        broker,
         pool.clone(),
         shutdown.clone(),
     ));

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use protocol::channel::DEBUG_CHANNEL;
 use protocol::control::Change;
 use protocol::frame;
 use protocol::presence::Member;
@@ -121,6 +122,29 @@ pub(super) struct Local {
 impl Local {
     pub fn channel(&self, app_id: &str, channel: &str) -> Option<&ChannelState> {
         self.apps.get(app_id)?.channels.get(channel)
+    }
+
+    /// The shards of the channels that have subscribers here: every shard while a debug console
+    /// watches an app here (it is shown every event of the cluster).
+    pub fn shards(&self) -> HashSet<u16> {
+        let mut shards = HashSet::new();
+        for (app_id, app) in &self.apps {
+            for (name, channel) in &app.channels {
+                if channel.subscribers.is_empty() {
+                    continue;
+                }
+                if name == DEBUG_CHANNEL {
+                    return (0..bus::SHARDS).collect();
+                }
+                match bus::route_of(app_id, name) {
+                    bus::EVERY_NODE => {}
+                    shard => {
+                        shards.insert(shard);
+                    }
+                }
+            }
+        }
+        shards
     }
 
     /// Drops the channel, and then the app, if nothing is left to keep them for.

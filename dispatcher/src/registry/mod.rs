@@ -27,6 +27,7 @@ use uuid::Uuid;
 
 use crate::barrier::{SyncRounds, SYNC_TIMEOUT};
 use crate::debug::Record;
+use crate::interest::Interest;
 use crate::{Frame, SocketHandle, Transition};
 use local::{LocalMember, Subscriber};
 use state::{State, COUNT_THROTTLE};
@@ -105,6 +106,7 @@ pub struct Registry {
     state: RwLock<State>,
     outbox: mpsc::Sender<Control>,
     syncs: SyncRounds,
+    interest: Interest,
 }
 
 impl Registry {
@@ -117,6 +119,7 @@ impl Registry {
             "switchboard_transitions_dropped_total",
             "switchboard_live_dropped_events_total",
             "switchboard_live_gap_closes_total",
+            "switchboard_live_envelopes_received_total",
         ] {
             metrics::counter!(counter).increment(0);
         }
@@ -127,12 +130,23 @@ impl Registry {
             state: RwLock::default(),
             outbox,
             syncs: SyncRounds::default(),
+            interest: Interest::default(),
         };
         (registry, rx)
     }
 
     pub fn node(&self) -> u32 {
         self.node
+    }
+
+    /// The channel shards this node's live queue is bound to.
+    pub fn interest(&self) -> &Interest {
+        &self.interest
+    }
+
+    /// The shards of the channels with local subscribers.
+    pub fn local_shards(&self) -> HashSet<u16> {
+        self.state.read().local.shards()
     }
 
     /// The cluster-wide [`Transition`]s from now on, in order, for one consumer (a later call

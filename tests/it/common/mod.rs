@@ -299,7 +299,10 @@ pub async fn cleanup_resources(config: &Config) {
         .await
         .unwrap();
     let topology = bus::Topology::new(config.amqp_prefix.clone());
-    let connection = bus::connect(AMQP, "test-cleanup").await.unwrap();
+    // The test's own broker (a cluster's nodes), else the machine's, past a proxy left cut.
+    let mut urls = config.amqp_urls();
+    urls.push(AMQP.into());
+    let (_, connection) = bus::connect_first(&urls, 0, "test-cleanup").await.unwrap();
     let channel = connection.create_channel().await.unwrap();
     for queue in [
         topology.persist_queue(),
