@@ -155,7 +155,7 @@ impl Default for PublisherSection {
             max_batch_envelopes: 1000,
             max_message_bytes: 256 * 1024,
             max_in_flight: 64,
-            group_commit_in_flight: 4,
+            group_commit_in_flight: 2,
             confirm_timeout_ms: 5000,
         }
     }

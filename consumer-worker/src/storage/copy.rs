@@ -38,12 +38,21 @@ impl BinaryCopy {
     }
 
     /// Writes the next field of the row: its length (-1 for NULL), then its bytes.
-    pub(crate) fn field<'q, T: Encode<'q, Postgres>>(&mut self, value: &T) -> Result<(), sqlx::Error> {
-        debug_assert!(self.written < self.columns, "more fields than columns in a COPY row");
+    pub(crate) fn field<'q, T: Encode<'q, Postgres>>(
+        &mut self,
+        value: &T,
+    ) -> Result<(), sqlx::Error> {
+        debug_assert!(
+            self.written < self.columns,
+            "more fields than columns in a COPY row"
+        );
         self.written += 1;
         let at = self.buf.len();
         self.buf.extend_from_slice(&(-1i32).to_be_bytes());
-        if let IsNull::No = value.encode_by_ref(&mut self.buf).map_err(sqlx::Error::Encode)? {
+        if let IsNull::No = value
+            .encode_by_ref(&mut self.buf)
+            .map_err(sqlx::Error::Encode)?
+        {
             let len = i32::try_from(self.buf.len() - at - 4)
                 .map_err(|_| sqlx::Error::Encode("a value over 2 GiB".into()))?;
             self.buf[at..at + 4].copy_from_slice(&len.to_be_bytes());

@@ -60,7 +60,11 @@ const DEDUP_FILTER: &str = "
 /// client retries (same key, new id and received_at) harmless too — a batch without any key
 /// skips that work. The rollups are fed from the rows actually inserted.
 fn insert_statement(dedup: bool) -> String {
-    let (dedup, filter) = if dedup { (DEDUP, DEDUP_FILTER) } else { ("", "") };
+    let (dedup, filter) = if dedup {
+        (DEDUP, DEDUP_FILTER)
+    } else {
+        ("", "")
+    };
     format!(
         "\
 WITH {dedup}
@@ -130,9 +134,9 @@ impl Writer {
     /// new. Without envelopes it runs the same statements on no rows.
     pub(crate) async fn insert(&mut self, envelopes: &[Envelope]) -> Result<u64, sqlx::Error> {
         let rows = stage(envelopes)?;
-        let dedup = envelopes.iter().any(|e| {
-            e.idempotency_key.is_some() || e.segment.is_some()
-        });
+        let dedup = envelopes
+            .iter()
+            .any(|e| e.idempotency_key.is_some() || e.segment.is_some());
         let statement = if dedup {
             &INSERT_WITH_DEDUP
         } else {
@@ -152,7 +156,9 @@ impl Writer {
             Some(connection) => connection,
             None => {
                 let mut connection = self.pool.acquire().await?;
-                sqlx::query(CREATE_STAGING).execute(&mut *connection).await?;
+                sqlx::query(CREATE_STAGING)
+                    .execute(&mut *connection)
+                    .await?;
                 self.connection.insert(connection)
             }
         };
