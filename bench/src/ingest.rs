@@ -189,7 +189,8 @@ pub async fn run(target: &Target, args: IngestArgs) -> anyhow::Result<Report> {
                         .push(u32::try_from(done - sent).unwrap_or(u32::MAX));
                     match outcome {
                         Ok(()) => {
-                            accepted_so_far.fetch_add(seqs.clone().count() as u64, Ordering::Relaxed);
+                            accepted_so_far
+                                .fetch_add(seqs.clone().count() as u64, Ordering::Relaxed);
                             me.accepted.extend(seqs);
                             last_ok_us.fetch_max(done, Ordering::Relaxed);
                         }

@@ -466,7 +466,10 @@ async fn requests_arriving_during_a_confirm_share_the_next_message() {
     // the new link): the same bytes, which storage deduplicates.
     let first_alone = vec!["0".to_owned()];
     let shared: Vec<String> = (1..=5).chain(100..105).map(|i| i.to_string()).collect();
-    assert!(messages.contains(&first_alone) && messages.contains(&shared), "{messages:?}");
+    assert!(
+        messages.contains(&first_alone) && messages.contains(&shared),
+        "{messages:?}"
+    );
     assert!(
         messages.iter().all(|m| *m == first_alone || *m == shared),
         "no other message: {messages:?}"
