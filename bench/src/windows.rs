@@ -66,10 +66,21 @@ pub async fn sample(
 pub struct Windows(pub Vec<Sample>);
 
 impl Windows {
-    /// The backlog's growth from the end of the first half of the windows to the last one, in
-    /// events per second (positive: the worker falls behind).
+    /// The backlog's growth over the second half of the windows in which events were still
+    /// being accepted (the catch-up after the sending stopped does not count), in events per
+    /// second: positive means the worker falls behind.
     pub fn backlog_growth(&self) -> Option<f64> {
-        let samples = &self.0;
+        let sending = self
+            .0
+            .iter()
+            .scan(0, |accepted, sample| {
+                let more = sample.accepted > *accepted;
+                *accepted = sample.accepted;
+                Some(more)
+            })
+            .take_while(|more| *more)
+            .count();
+        let samples = &self.0[..sending];
         if samples.len() < 4 {
             return None;
         }
@@ -103,7 +114,7 @@ impl fmt::Display for Windows {
         match self.backlog_growth() {
             Some(growth) => write!(
                 f,
-                "    backlog growth over the second half: {growth:+.0} events/s ({})",
+                "    backlog growth over the second half of the sending: {growth:+.0} events/s ({})",
                 if growth > 0.02 * self.mean_accepted_rate() {
                     "GROWING: the worker does not keep up"
                 } else {
@@ -118,7 +129,8 @@ impl fmt::Display for Windows {
 impl Windows {
     fn mean_accepted_rate(&self) -> f64 {
         self.0
-            .last()
+            .iter()
+            .max_by_key(|sample| sample.accepted)
             .map_or(0.0, |last| last.accepted as f64 / last.at_secs.max(1e-9))
     }
 }
@@ -153,6 +165,10 @@ mod tests {
         ]);
         assert_eq!(growing.backlog_growth(), Some(10.0));
         assert!(growing.to_string().contains("GROWING"));
+        // The catch-up once the sending stopped is not the worker keeping up.
+        let mut caught_up = growing.0.clone();
+        caught_up.extend([at(25.0, 400, 350), at(30.0, 400, 400)]);
+        assert_eq!(Windows(caught_up).backlog_growth(), Some(10.0));
     }
 
     #[test]
