@@ -307,6 +307,7 @@ pub async fn start(
             max_batch_envelopes: config.publisher.max_batch_envelopes,
             max_message_bytes: config.publisher.max_message_bytes,
             max_in_flight: config.publisher.max_in_flight,
+            group_commit_in_flight: config.publisher.group_commit_in_flight,
             confirm_timeout: Duration::from_millis(config.publisher.confirm_timeout_ms),
         };
         // Only when some app has a webhook: otherwise webhooks cost nothing.

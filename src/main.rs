@@ -10,6 +10,11 @@ use switchboard::{start, Role};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc rather than glibc's malloc: less CPU on the ingest path, and memory freed after a
+/// wave of connections goes back to the system (BENCHMARKS.md, "Issue 12: allocator").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     version,

@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use sqlx::postgres::PgPoolOptions;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::api::{
@@ -22,7 +23,11 @@ use crate::baseline::{self, Shape};
 use crate::payload::{self, now_us};
 use crate::procfs::CpuUsed;
 use crate::stats::{rate, thousands, Latency, Report, SeqSet, Tally};
+use crate::windows::{self, Windows};
 use crate::{procfs, run_tag, ws, Target};
+
+/// The worker's count of stored events (after each commit).
+const PERSISTED_METRIC: &str = "switchboard_persisted_events_total";
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
@@ -94,6 +99,13 @@ pub struct LoadArgs {
     /// Unconfirmed messages in flight in the RabbitMQ baseline (the server's publisher default).
     #[arg(long, default_value_t = 64)]
     baseline_in_flight: usize,
+    /// Requests per second in all (paced: request n is sent at n / rate s, or as soon as one
+    /// of the --concurrency connections is free after that); 0 sends as fast as possible.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Also report accepted vs persisted events per window of this many seconds (0: off).
+    #[arg(long, default_value_t = 0)]
+    window_secs: u64,
 }
 
 struct Sender {
@@ -137,19 +149,29 @@ async fn run_mode(target: &Target, mode: Mode, args: LoadArgs) -> anyhow::Result
     let started = Instant::now();
     let t0 = now_us();
     let next = Arc::new(AtomicU64::new(0));
+    let accepted_so_far = Arc::new(AtomicU64::new(0));
+    let (stop_windows, windows_stopped) = watch::channel(false);
+    let windows = (args.window_secs > 0).then(|| {
+        let (target, accepted) = (target.clone(), accepted_so_far.clone());
+        let window = Duration::from_secs(args.window_secs);
+        tokio::spawn(async move {
+            windows::sample(&target, window, started, accepted, windows_stopped).await
+        })
+    });
     let last_ok_us = Arc::new(AtomicU64::new(t0));
     let failures = Arc::new(Tally::default());
     let deadline = started + Duration::from_secs(args.duration);
     let senders: Vec<_> = (0..args.concurrency.max(1))
         .map(|_| {
-            let (api, next, last_ok_us, failures, name) = (
+            let (api, next, accepted_so_far, last_ok_us, failures, name) = (
                 api.clone(),
                 next.clone(),
+                accepted_so_far.clone(),
                 last_ok_us.clone(),
                 failures.clone(),
                 name.clone(),
             );
-            let (events, payload_bytes) = (args.events, args.payload_bytes);
+            let (events, payload_bytes, pace) = (args.events, args.payload_bytes, args.rate);
             let (ws_addr, key) = (target.ws_addr, target.key.clone());
             tokio::spawn(async move {
                 let mut me = Sender {
@@ -164,6 +186,10 @@ async fn run_mode(target: &Target, mode: Mode, args: LoadArgs) -> anyhow::Result
                     let first = next.fetch_add(per_request, Ordering::Relaxed);
                     if first >= events || Instant::now() >= deadline {
                         break;
+                    }
+                    if pace > 0.0 {
+                        let due = (first / per_request) as f64 / pace;
+                        tokio::time::sleep_until(started + Duration::from_secs_f64(due)).await;
                     }
                     let seqs = first..(first + per_request).min(events);
                     let channels: Vec<String> = seqs.clone().map(channel_of).collect();
@@ -198,6 +224,8 @@ async fn run_mode(target: &Target, mode: Mode, args: LoadArgs) -> anyhow::Result
                         .push(u32::try_from(done - sent).unwrap_or(u32::MAX));
                     match outcome {
                         Ok(()) => {
+                            accepted_so_far
+                                .fetch_add(seqs.clone().count() as u64, Ordering::Relaxed);
                             me.accepted.extend(seqs);
                             last_ok_us.fetch_max(done, Ordering::Relaxed);
                         }
@@ -220,20 +248,33 @@ async fn run_mode(target: &Target, mode: Mode, args: LoadArgs) -> anyhow::Result
     let accept_seconds = (last_ok_us.load(Ordering::Relaxed) - t0) as f64 / 1e6;
     let accepted_count = accepted.len();
 
-    // Until the last accepted event is in Postgres.
+    // Until the last accepted event is in Postgres: the server's count of stored events says
+    // when (cheap to poll); the table is counted once a second, in case the counter cannot.
     let count_query = "SELECT count(*) FROM events WHERE app_id = $1 AND name = $2";
+    let persisted_before = procfs::metric(&metrics_before, PERSISTED_METRIC).unwrap_or(0.0);
     let mut stored: i64 = 0;
     let persist_deadline = Instant::now() + Duration::from_secs(args.persist_timeout);
-    while (stored as u64) < accepted_count && Instant::now() < persist_deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        stored = sqlx::query_scalar(count_query)
-            .bind(&target.app_id)
-            .bind(&name)
-            .fetch_one(&pool)
-            .await?;
+    for poll in 1u64.. {
+        if (stored as u64) >= accepted_count || Instant::now() >= persist_deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let counted = target.metric(PERSISTED_METRIC).await? - persisted_before;
+        if counted >= accepted_count as f64 || poll % 50 == 0 {
+            stored = sqlx::query_scalar(count_query)
+                .bind(&target.app_id)
+                .bind(&name)
+                .fetch_one(&pool)
+                .await?;
+        }
     }
     let persist_seconds = started.elapsed().as_secs_f64();
     let cpu = meter.used(cpu_before, meter.sample()?);
+    let _ = stop_windows.send(true);
+    let windows = match windows {
+        Some(sampler) => Some(Windows(sampler.await??)),
+        None => None,
+    };
     let all_persisted = stored as u64 >= accepted_count;
 
     // Exactly once: every accepted sequence number in exactly one row, nothing else.
@@ -323,6 +364,22 @@ async fn run_mode(target: &Target, mode: Mode, args: LoadArgs) -> anyhow::Result
         "server batching (mean)",
         format!("{publish_batch:.1} envelopes per AMQP message, {persist_batch:.1} per INSERT"),
     );
+    if let Some(windows) = windows {
+        report.row(
+            &format!("accepted vs persisted per {} s", args.window_secs),
+            format!("\n{windows}"),
+        );
+    }
+    if args.rate > 0.0 {
+        report.row(
+            "offered rate",
+            format!(
+                "{} requests/s ({} events/s)",
+                args.rate,
+                args.rate * per_request as f64
+            ),
+        );
+    }
     report.row(CpuUsed::LABEL, cpu);
     report.row(
         "CPU per event",

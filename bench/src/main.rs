@@ -15,6 +15,7 @@ mod procfs;
 mod segment_memory;
 mod stats;
 mod webhooks;
+mod windows;
 mod ws;
 
 use std::net::SocketAddr;
@@ -96,6 +97,7 @@ enum Scenario {
 }
 
 /// The server under test.
+#[derive(Clone)]
 pub struct Target {
     pub http: String,
     pub ws_addr: SocketAddr,

@@ -10,7 +10,9 @@
 //!   messages bounded by envelope count and encoded bytes — one large request is split over
 //!   several messages — publishes them with `mandatory` on the current link, and answers a
 //!   caller once every message carrying its envelopes is confirmed. Confirms are awaited
-//!   concurrently, so the next message is published while earlier ones are in flight.
+//!   concurrently, so the next message is published while earlier ones are in flight; a message
+//!   that is not full waits while `group_commit_in_flight` are (group commit: requests that
+//!   arrive during a confirm share the next message).
 //!
 //! The publishing task never waits for a connection: while there is none, requests fail at once
 //! ([`PublishError::Unavailable`], nothing was published). A message whose link broke before its
@@ -50,6 +52,9 @@ pub struct PublisherConfig {
     pub max_message_bytes: usize,
     /// Most AMQP messages awaiting their confirm at once.
     pub max_in_flight: usize,
+    /// Group commit: a message that is not full is published only while fewer than this many
+    /// await their confirm; requests arriving meanwhile share the next message.
+    pub group_commit_in_flight: usize,
     /// How long a message may wait for its confirm, republishing included, before its callers
     /// are answered 503.
     pub confirm_timeout: Duration,

@@ -1,8 +1,9 @@
 //! The durable path (DESIGN.md, "Durable path"): persist queue → Postgres, exactly once.
 //!
 //! [`prepare_database`] creates and migrates the database and the `events` partitions ahead;
-//! [`run`] consumes the persist queue in batches, writes each batch with one idempotent
-//! `INSERT … SELECT FROM UNNEST … ON CONFLICT DO NOTHING`, and acks only after the commit.
+//! [`run`] consumes the persist queue in batches, COPYs each batch into a staging table and
+//! moves it into `events` with one idempotent `INSERT … SELECT … ON CONFLICT DO NOTHING`, and
+//! acks only after the commit.
 //! Messages that cannot be decoded, envelopes Postgres refuses for what they contain, and
 //! envelopes that still fail alone after `max_attempts` go to the dead-letter queue with the
 //! reason in the [`REASON_HEADER`] header; while Postgres is unreachable (or fails even without

@@ -1,4 +1,5 @@
-//! The consume loop: batches from the persist queue, one INSERT per batch, acks after commit.
+//! The consume loop: batches from the persist queue, one write per batch (COPY into a staging
+//! table, then one statement), acks after commit.
 //!
 //! One task owns the AMQP link and the batch in hand. A batch is acked (one `multiple` ack on
 //! its highest delivery tag) only after its rows are committed and its rejected envelopes are
@@ -23,7 +24,7 @@ use uuid::Uuid;
 use crate::fence;
 use crate::link::{Link, LinkConfig, LinkError, Reconnect};
 use crate::maintenance;
-use crate::storage::{self, Disposition};
+use crate::storage::{self, Disposition, Writer};
 
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
@@ -63,6 +64,7 @@ pub async fn run(
     let mut worker = Worker {
         config,
         broker,
+        writer: Writer::new(pool.clone()),
         pool,
         shutdown,
         partitions: HashSet::new(),
@@ -139,6 +141,9 @@ impl Refusal {
 struct Worker {
     config: WorkerConfig,
     broker: bus::Broker,
+    /// The batches' writes, on a connection of its own.
+    writer: Writer,
+    /// Everything else (partitions).
     pool: PgPool,
     shutdown: CancellationToken,
     /// Days whose partition is known to exist.
@@ -385,10 +390,12 @@ impl Worker {
         }
     }
 
-    /// Whether the insert statement works without any rows (see [`storage::probe`]).
-    async fn database_works(&self) -> bool {
-        match storage::probe(&self.pool).await {
-            Ok(()) => true,
+    /// Whether the write works without any rows: it fails only for reasons that have nothing
+    /// to do with the envelopes of a failed write (a missing table, a revoked privilege, a
+    /// read-only database, a statement-level trigger that refuses everything).
+    async fn database_works(&mut self) -> bool {
+        match self.writer.insert(&[]).await {
+            Ok(_) => true,
             Err(error) => {
                 warn!(%error, "Postgres fails without any rows too: not the envelopes' fault");
                 false
@@ -406,7 +413,7 @@ impl Worker {
             storage::ensure_partitions(&self.pool, &missing).await?;
             self.partitions.extend(missing);
         }
-        let inserted = storage::insert_events(&self.pool, envelopes).await?;
+        let inserted = self.writer.insert(envelopes).await?;
         let duplicates = envelopes.len() as u64 - inserted;
         metrics::counter!("switchboard_persisted_events_total").increment(inserted);
         metrics::counter!("switchboard_persist_duplicates_total").increment(duplicates);

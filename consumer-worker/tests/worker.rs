@@ -3,6 +3,7 @@
 
 mod common;
 mod durability;
+mod storage;
 mod webhooks;
 
 use std::time::{Duration, Instant};

@@ -107,6 +107,7 @@ fn config_text() -> impl Strategy<Value = String> {
             "trusted_proxies",
             "max_batch_envelopes",
             "max_in_flight",
+            "group_commit_in_flight",
             "confirm_timeout_ms",
             "prefetch",
             "max_batch",

@@ -144,6 +144,8 @@ pub struct PublisherSection {
     /// Most encoded bytes in one AMQP message; larger requests are split over several.
     pub max_message_bytes: usize,
     pub max_in_flight: usize,
+    /// Group commit: a message that is not full waits while this many are unconfirmed.
+    pub group_commit_in_flight: usize,
     pub confirm_timeout_ms: u64,
 }
 
@@ -153,6 +155,7 @@ impl Default for PublisherSection {
             max_batch_envelopes: 1000,
             max_message_bytes: 256 * 1024,
             max_in_flight: 64,
+            group_commit_in_flight: 2,
             confirm_timeout_ms: 5000,
         }
     }

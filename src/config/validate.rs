@@ -99,6 +99,11 @@ impl Config {
                 "at least 1",
             ),
             (
+                "publisher.group_commit_in_flight",
+                self.publisher.group_commit_in_flight > 0,
+                "at least 1",
+            ),
+            (
                 "worker.max_batch",
                 self.worker.max_batch > 0 && self.worker.prefetch > 0,
                 "at least 1 (and prefetch too)",

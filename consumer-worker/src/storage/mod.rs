@@ -1,12 +1,17 @@
-//! Postgres: database preparation, daily partitions, the batched idempotent insert, and the
-//! classification of write errors into "retry" and "the data was refused".
+//! Postgres: database preparation, daily partitions, the batched idempotent write ([`insert`],
+//! over binary [`copy`]), and the classification of write errors into "retry" and "the data was
+//! refused".
+
+mod copy;
+mod insert;
+
+pub(crate) use insert::Writer;
 
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
-use chrono::{DateTime, Days, NaiveDate, Utc};
-use protocol::envelope::analytics::{DeviceClass, SegmentFields};
+use chrono::{Days, NaiveDate};
 use protocol::Envelope;
 use serde_json::value::RawValue;
 use sqlx::migrate::{MigrateDatabase, MigrateError};
@@ -147,182 +152,6 @@ pub(crate) fn missing_days(envelopes: &[Envelope], known: &HashSet<NaiveDate>) -
         .collect()
 }
 
-/// One statement per batch, in one transaction with the rollups. A row whose `(id,
-/// received_at)` exists already is skipped, which makes redeliveries harmless; a Segment event
-/// is inserted only when its `(app_id, message_id)` is new to `event_dedup`, and an HTTP API
-/// event with an idempotency key only when its `(app_id, idempotency_key)` is new to
-/// `idempotency_dedup`, which makes client retries (same key, new id and received_at) harmless
-/// too. The rollups are fed from the
-/// rows actually inserted. Rows are sorted by key before the upserts so that concurrent
-/// workers take their row locks in the same order.
-const INSERT_EVENTS: &str = "\
-WITH batch AS (
-    SELECT * FROM UNNEST(
-        $1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-        $8::text[], $9::timestamptz[], $10::text[], $11::text[], $12::timestamptz[],
-        $13::text[], $14::text[], $15::timestamptz[], $16::timestamptz[], $17::text[],
-        $18::text[], $19::text[], $20::text[], $21::text[], $22::text[], $23::text[],
-        $24::text[], $25::text[], $26::text[], $27::text[], $28::text[], $29::text[],
-        $30::text[], $31::text[], $32::text[], $33::text[], $34::text[], $35::text[],
-        $36::bool[], $37::text[])
-    AS b (id, app_id, source, channel, name, data, user_id, socket_id, received_at,
-          anonymous_id, message_id, occurred_at, context, type, original_timestamp, sent_at,
-          group_id, previous_id, page_url, page_path, page_referrer, page_search, page_title,
-          utm_source, utm_medium, utm_campaign, utm_term, utm_content, ip, user_agent,
-          browser, browser_version, os, os_version, device_class, is_bot, idempotency_key)
-),
-new_messages AS (
-    INSERT INTO event_dedup (app_id, message_id, event_id, received_at)
-    SELECT app_id, message_id, id, received_at FROM batch
-    WHERE message_id IS NOT NULL
-    ORDER BY app_id, message_id
-    ON CONFLICT DO NOTHING
-    RETURNING event_id
-),
-new_keys AS (
-    INSERT INTO idempotency_dedup (app_id, idempotency_key, event_id, received_at)
-    SELECT app_id, idempotency_key, id, received_at FROM batch
-    WHERE idempotency_key IS NOT NULL
-    ORDER BY app_id, idempotency_key
-    ON CONFLICT DO NOTHING
-    RETURNING event_id
-),
-inserted AS (
-    INSERT INTO events
-        (id, app_id, source, channel, name, data, user_id, socket_id, received_at,
-         anonymous_id, message_id, occurred_at, context, type, original_timestamp, sent_at,
-         group_id, previous_id, page_url, page_path, page_referrer, page_search, page_title,
-         utm_source, utm_medium, utm_campaign, utm_term, utm_content, ip, user_agent,
-         browser, browser_version, os, os_version, device_class, is_bot)
-    SELECT id, app_id, source, channel, name, data::jsonb, user_id, socket_id, received_at,
-           anonymous_id, message_id, occurred_at, context::jsonb, type, original_timestamp,
-           sent_at, group_id, previous_id, page_url, page_path, page_referrer, page_search,
-           page_title, utm_source, utm_medium, utm_campaign, utm_term, utm_content, ip::inet,
-           user_agent, browser, browser_version, os, os_version, device_class, is_bot
-    FROM batch
-    WHERE (message_id IS NULL OR id IN (SELECT event_id FROM new_messages))
-      AND (idempotency_key IS NULL OR id IN (SELECT event_id FROM new_keys))
-    ON CONFLICT DO NOTHING
-    RETURNING app_id, source, name, occurred_at, coalesce(user_id, anonymous_id) AS user_key
-),
-per_minute AS (
-    INSERT INTO reports.events_per_minute AS r (app_id, minute, source, name, events)
-    SELECT app_id, date_trunc('minute', occurred_at, 'UTC'), source, name, count(*)
-    FROM inserted
-    GROUP BY 1, 2, 3, 4
-    ORDER BY 1, 2, 3, 4
-    ON CONFLICT (app_id, minute, source, name) DO UPDATE SET events = r.events + EXCLUDED.events
-),
-hourly AS (
-    INSERT INTO reports.active_users_hourly (app_id, hour, user_key)
-    SELECT DISTINCT app_id, date_trunc('hour', occurred_at, 'UTC'), user_key
-    FROM inserted
-    WHERE user_key IS NOT NULL
-    ORDER BY 1, 2, 3
-    ON CONFLICT DO NOTHING
-),
-daily AS (
-    INSERT INTO reports.active_users_daily (app_id, day, user_key)
-    SELECT DISTINCT app_id, (occurred_at AT TIME ZONE 'UTC')::date, user_key
-    FROM inserted
-    WHERE user_key IS NOT NULL
-    ORDER BY 1, 2, 3
-    ON CONFLICT DO NOTHING
-)
-SELECT count(*) FROM inserted";
-
-/// Inserts `envelopes` (and their rollups) in one transaction; returns how many rows were new.
-pub(crate) async fn insert_events(
-    pool: &PgPool,
-    envelopes: &[Envelope],
-) -> Result<u64, sqlx::Error> {
-    let column = |f: fn(&Envelope) -> &str| envelopes.iter().map(f).collect::<Vec<_>>();
-    let optional = |f: fn(&Envelope) -> Option<&str>| envelopes.iter().map(f).collect::<Vec<_>>();
-    let segment = |f: fn(&SegmentFields) -> Option<&str>| {
-        envelopes
-            .iter()
-            .map(|e| e.segment.as_deref().and_then(f))
-            .collect::<Vec<_>>()
-    };
-    let segment_time = |f: fn(&SegmentFields) -> Option<DateTime<Utc>>| {
-        envelopes
-            .iter()
-            .map(|e| e.segment.as_deref().and_then(f))
-            .collect::<Vec<_>>()
-    };
-    let query = sqlx::query_scalar::<_, i64>(INSERT_EVENTS)
-        .bind(envelopes.iter().map(|e| e.id).collect::<Vec<_>>())
-        .bind(column(|e| &e.app_id))
-        .bind(column(|e| e.source.as_str()))
-        .bind(column(|e| &e.channel))
-        .bind(column(|e| &e.name))
-        .bind(
-            envelopes
-                .iter()
-                .map(|e| data_json(&e.data))
-                .collect::<Vec<_>>(),
-        )
-        .bind(optional(|e| e.user_id.as_deref()))
-        .bind(optional(|e| e.socket_id.as_deref()))
-        .bind(envelopes.iter().map(|e| e.received_at).collect::<Vec<_>>())
-        .bind(segment(|s| s.anonymous_id.as_deref()))
-        .bind(segment(|s| Some(&s.message_id)))
-        .bind(
-            envelopes
-                .iter()
-                .map(|e| {
-                    e.segment
-                        .as_deref()
-                        .map_or(e.received_at, |s| s.occurred_at)
-                })
-                .collect::<Vec<_>>(),
-        )
-        .bind(segment(|s| s.context.as_deref()))
-        .bind(segment(|s| Some(s.call.as_str())))
-        .bind(segment_time(|s| s.original_timestamp))
-        .bind(segment_time(|s| s.sent_at))
-        .bind(segment(|s| s.group_id.as_deref()))
-        .bind(segment(|s| s.previous_id.as_deref()))
-        .bind(segment(|s| s.page.url.as_deref()))
-        .bind(segment(|s| s.page.path.as_deref()))
-        .bind(segment(|s| s.page.referrer.as_deref()))
-        .bind(segment(|s| s.page.search.as_deref()))
-        .bind(segment(|s| s.page.title.as_deref()))
-        .bind(segment(|s| s.campaign.source.as_deref()))
-        .bind(segment(|s| s.campaign.medium.as_deref()))
-        .bind(segment(|s| s.campaign.name.as_deref()))
-        .bind(segment(|s| s.campaign.term.as_deref()))
-        .bind(segment(|s| s.campaign.content.as_deref()))
-        .bind(
-            envelopes
-                .iter()
-                .map(|e| {
-                    e.segment
-                        .as_deref()
-                        .and_then(|s| s.client.ip)
-                        .map(|ip| ip.to_string())
-                })
-                .collect::<Vec<_>>(),
-        )
-        .bind(segment(|s| s.client.user_agent.as_deref()))
-        .bind(segment(|s| s.client.agent.browser.as_deref()))
-        .bind(segment(|s| s.client.agent.browser_version.as_deref()))
-        .bind(segment(|s| s.client.agent.os.as_deref()))
-        .bind(segment(|s| s.client.agent.os_version.as_deref()))
-        .bind(segment(|s| s.client.agent.device.map(DeviceClass::as_str)))
-        .bind(
-            envelopes
-                .iter()
-                .map(|e| e.segment.as_deref().is_some_and(|s| s.client.agent.is_bot))
-                .collect::<Vec<_>>(),
-        )
-        .bind(optional(|e| e.idempotency_key.as_deref()));
-    let mut transaction = pool.begin().await?;
-    let inserted = query.fetch_one(&mut *transaction).await?;
-    transaction.commit().await?;
-    Ok(u64::try_from(inserted).unwrap_or_default())
-}
-
 /// Deletes the Segment and idempotency-key dedup rows first seen more than `window` ago;
 /// returns how many.
 pub(crate) async fn prune_dedup(pool: &PgPool, window: Duration) -> Result<u64, sqlx::Error> {
@@ -397,13 +226,6 @@ fn sqlstate_disposition(code: &str) -> Disposition {
         _ if matches!(code, "57P01" | "57P02" | "57P03" | "3D000" | "25006") => Disposition::Outage,
         _ => Disposition::Failed,
     }
-}
-
-/// Runs the insert statement without any rows: it fails only for reasons that have nothing to
-/// do with the envelopes of a failed write (a missing table, a revoked privilege, a read-only
-/// database, a statement-level trigger that refuses everything).
-pub(crate) async fn probe(pool: &PgPool) -> Result<(), sqlx::Error> {
-    insert_events(pool, &[]).await.map(drop)
 }
 
 fn sqlstate(error: &sqlx::Error) -> Option<String> {
