@@ -53,6 +53,7 @@ pub struct Config {
     pub publisher: PublisherSection,
     pub worker: WorkerSection,
     pub webhooks: WebhooksSection,
+    pub history: HistorySection,
 }
 
 impl Default for Config {
@@ -76,6 +77,7 @@ impl Default for Config {
             publisher: PublisherSection::default(),
             worker: WorkerSection::default(),
             webhooks: WebhooksSection::default(),
+            history: HistorySection::default(),
         }
     }
 }

@@ -15,7 +15,10 @@ pub use backoff::Backoff;
 pub use broker::{connect_first, Broker, Connected};
 pub use dead::{peek_dead_letters, DeadLetters};
 pub use depth::QueueDepths;
-pub use publisher::{Pending, PublishError, Publisher, PublisherConfig, WebhookPublisher};
+pub use publisher::{
+    FencePublisher, Pending, PublishError, Publisher, PublisherConfig, WebhookPublisher,
+    FENCE_MESSAGE_TYPE,
+};
 pub use topology::{
     bind_shard, declare_durable, declare_live_queue, delete_live_queues, live_queue_exists,
     route_of, shard_key, shard_of, LiveQueues, QueueType, Topology, CONTROL_ROUTING_KEY,

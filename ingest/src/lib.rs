@@ -6,10 +6,12 @@
 
 pub mod apps;
 pub mod body;
+pub mod channel_auth;
 pub mod cluster_webhooks;
 pub mod console;
 pub mod error;
 pub mod forwarded;
+pub mod history;
 pub mod http_api;
 pub mod idempotency;
 pub mod offload;
@@ -35,6 +37,7 @@ use warp::Filter;
 
 pub use apps::{AnalyticsChannel, App, Apps, AppsError, Limits};
 pub use forwarded::{PeerAddr, TrustedProxy};
+pub use history::{History, HistoryConfig};
 pub use root::About;
 pub use webhooks::{WebhookConfig, Webhooks};
 
@@ -83,12 +86,22 @@ impl Default for GatewayConfig {
     }
 }
 
+/// Where the gateway sends what it accepts and asks what it answers: the confirmed publisher,
+/// webhooks, and the history (Postgres behind the storage fence).
+pub struct Backends {
+    pub publisher: Publisher,
+    pub webhooks: webhooks::Webhooks,
+    pub history: History,
+}
+
 /// Everything a request or session needs, shared.
 pub struct Gateway {
     pub apps: Apps,
     pub config: GatewayConfig,
     pub publisher: Publisher,
     pub registry: Arc<Registry>,
+    /// Channels' events from Postgres.
+    pub history: History,
     /// Idempotency keys this node published and had confirmed.
     pub recent_keys: idempotency::RecentKeys,
     /// This node's id: the first half of every socket id it hands out.
@@ -106,14 +119,20 @@ impl Gateway {
     pub fn new(
         apps: Apps,
         config: GatewayConfig,
-        publisher: Publisher,
+        backends: Backends,
         registry: Arc<Registry>,
-        webhooks: webhooks::Webhooks,
         node: u32,
         shutdown: CancellationToken,
     ) -> Gateway {
+        let Backends {
+            publisher,
+            webhooks,
+            history,
+        } = backends;
+        websocket::register_track_metrics();
         Gateway {
             apps,
+            history,
             recent_keys: idempotency::RecentKeys::new(
                 config.idempotency_cache_entries,
                 config.idempotency_window,
@@ -138,7 +157,7 @@ fn with_gateway(
 }
 
 /// The raw query string, empty when there is none.
-fn raw_query() -> impl Filter<Extract = (String,), Error = Infallible> + Clone {
+pub(crate) fn raw_query() -> impl Filter<Extract = (String,), Error = Infallible> + Clone {
     warp::query::raw().or(warp::any().map(String::new)).unify()
 }
 
@@ -153,15 +172,47 @@ fn query_param(raw_query: &str, name: &str) -> Option<String> {
 pub fn routes(
     gateway: Arc<Gateway>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Infallible> + Clone {
-    let websocket = warp::path!("app" / String)
-        .and(warp::ws())
-        .and(raw_query())
+    // `/app/{key}` serves stock Pusher clients; `/switchboard/app/{key}` is the same protocol
+    // for connections that opt in to Switchboard's extensions (event ids).
+    let stock = warp::path!("app" / String).map(|key| (key, false));
+    let opted_in = warp::path!("switchboard" / "app" / String).map(|key| (key, true));
+    let origin = warp::ext::optional::<PeerAddr>()
+        .and(warp::header::optional::<String>("x-forwarded-for"))
+        .and(warp::header::optional::<String>("user-agent"))
         .and(with_gateway(gateway.clone()))
         .map(
-            |key: String, ws: warp::ws::Ws, query: String, gateway: Arc<Gateway>| {
+            |peer: Option<PeerAddr>,
+             forwarded: Option<String>,
+             user_agent: Option<String>,
+             gateway: Arc<Gateway>| websocket::Origin {
+                ip: peer.map(|PeerAddr(peer)| {
+                    forwarded::client_ip(
+                        peer.ip(),
+                        forwarded.as_deref(),
+                        &gateway.config.trusted_proxies,
+                    )
+                }),
+                user_agent,
+            },
+        );
+    let websocket = stock
+        .or(opted_in)
+        .unify()
+        .and(warp::ws())
+        .and(raw_query())
+        .and(origin)
+        .and(with_gateway(gateway.clone()))
+        .map(
+            |(key, event_ids): (String, bool),
+             ws: warp::ws::Ws,
+             query: String,
+             origin: websocket::Origin,
+             gateway: Arc<Gateway>| {
                 let handshake = websocket::Handshake {
                     key,
                     protocol: query_param(&query, "protocol"),
+                    event_ids,
+                    origin,
                 };
                 let limit = gateway.config.max_frame_bytes;
                 let sessions = gateway.sessions.clone();
@@ -220,6 +271,11 @@ pub fn routes(
         .map(|app: String, name: String| (Some(app), http_api::Endpoint::Users(name)))
         .and(api("GET"))
         .and(no_body());
+    let history = warp::path!("apps" / String / "channels" / String / "events")
+        .and(warp::get())
+        .map(|app: String, name: String| (Some(app), http_api::Endpoint::History(name)))
+        .and(api("GET"))
+        .and(no_body());
     let api_routes = trigger
         .or(batch)
         .unify()
@@ -230,6 +286,8 @@ pub fn routes(
         .or(channel)
         .unify()
         .or(users)
+        .unify()
+        .or(history)
         .unify()
         .and(with_gateway(gateway.clone()))
         .then(
@@ -253,7 +311,9 @@ pub fn routes(
     websocket
         .or(api_routes)
         .unify()
-        .or(segment::routes(gateway))
+        .or(segment::routes(gateway.clone()))
+        .unify()
+        .or(history::browser_route(gateway))
         .unify()
         .or(about)
         .unify()

@@ -18,13 +18,19 @@ pub struct About {
 }
 
 const WEBSOCKET: &str = "/app/{key}?protocol=7";
-const HTTP_API: [&str; 6] = [
+const HTTP_API: [&str; 7] = [
     "POST /apps/{app_id}/events",
     "POST /apps/{app_id}/batch_events",
     "GET /apps/{app_id}/channels",
     "GET /apps/{app_id}/channels/{channel}",
     "GET /apps/{app_id}/channels/{channel}/users",
+    "GET /apps/{app_id}/channels/{channel}/events",
     "POST /apps/{app_id}/users/{user_id}/terminate_connections",
+];
+/// Switchboard's own web client: the opt-in WebSocket (events with their ids) and history.
+const WEB_CLIENT: [&str; 2] = [
+    "/switchboard/app/{key}?protocol=7",
+    "GET /app/{key}/channels/{channel}/events",
 ];
 const SEGMENT_API: [&str; 7] = [
     "POST /v1/track",
@@ -73,6 +79,7 @@ fn describe(about: &About) -> serde_json::Value {
         "websocket": format!("{ws}://<this host>{WEBSOCKET}"),
         "http_api": HTTP_API,
         "segment_api": SEGMENT_API,
+        "web_client": WEB_CLIENT,
         "tls": about.tls,
         "admin": about.admin.map(|(addr, tls)| json!({
             "url": format!("{}://{addr}", schemes(tls).1),
@@ -120,6 +127,7 @@ fn page(about: &About) -> String {
 <p><code>{ws}://&lt;this host&gt;{websocket}</code>: point pusher-js's <code>wsHost</code> and <code>wsPort</code> here{tls}.</p>
 <h2>Pusher HTTP API (server SDKs)</h2><ul>{http_api}</ul>
 <h2>Segment Tracking API</h2><p>The write key is an app's key.</p><ul>{segment_api}</ul>
+<h2>Web client (event ids, <code>switchboard:track</code>, history)</h2><ul>{web_client}</ul>
 <h2>Admin listener</h2>{admin}
 </body></html>
 "#,
@@ -132,6 +140,7 @@ fn page(about: &About) -> String {
         },
         http_api = list(&HTTP_API),
         segment_api = list(&SEGMENT_API),
+        web_client = list(&WEB_CLIENT),
     )
 }
 

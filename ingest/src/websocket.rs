@@ -4,7 +4,6 @@
 //! activity timer and applies them to the registry; the writer drains the socket's bounded
 //! outbound queue into the socket and sends the close frame when the [`CloseSignal`] fires.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -17,22 +16,24 @@ use governor::clock::DefaultClock;
 use protocol::channel::DEBUG_CHANNEL;
 use protocol::frame::{self, ClientMessage};
 use protocol::presence::{Member, SignedInUser, SigninError};
-use protocol::signature::{
-    channel_string_to_sign, debug_console_secret, signin_string_to_sign, verify_client_auth,
-};
+use protocol::signature::{signin_string_to_sign, verify_client_auth};
 use protocol::webhook::{EventType, WebhookEvent};
-use protocol::{Channel, ChannelKind, Envelope, SocketId, Source};
+use protocol::{Channel, ChannelKind, SocketId};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::{debug, warn, Instrument};
+use tracing::{debug, Instrument};
 use warp::ws::{Message, WebSocket};
 
 use crate::apps::App;
 use crate::Gateway;
 
+mod client_event;
 mod rate;
+mod track;
 
-use rate::ClientEventLimit;
+use rate::RateLimit;
+use track::Track;
+pub use track::{register_metrics as register_track_metrics, Origin, MAX_IN_FLIGHT};
 
 /// Pusher close and error codes used by the WebSocket endpoint.
 pub mod code {
@@ -61,10 +62,14 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest client event name, in characters.
 const MAX_EVENT_NAME_LEN: usize = 200;
 
-/// What the upgrade request said: the app key from the path and the `protocol` query parameter.
+/// What the upgrade request said: the app key from the path, the `protocol` query parameter,
+/// whether the path opted in to Switchboard's extensions (`/switchboard/app/{key}`), and where
+/// the client is (its address and User-Agent, for analytics sent over the connection).
 pub struct Handshake {
     pub key: String,
     pub protocol: Option<String>,
+    pub event_ids: bool,
+    pub origin: Origin,
 }
 
 fn check_handshake(
@@ -112,6 +117,10 @@ pub async fn run(gateway: Arc<Gateway>, handshake: Handshake, socket: WebSocket)
     let span = tracing::info_span!("socket", socket_id, app_id = app.id);
     async move {
         let (handle, outbound) = SocketHandle::new(&socket_id, gateway.config.socket_queue_len);
+        let handle = match handshake.event_ids {
+            true => handle.with_event_ids(),
+            false => handle,
+        };
         let options = AppOptions {
             subscription_count: app.subscription_count,
             max_presence_members: app.limits.max_presence_members,
@@ -143,8 +152,8 @@ pub async fn run(gateway: Arc<Gateway>, handshake: Handshake, socket: WebSocket)
             )
             .into(),
         );
-        let rate =
-            ClientEventLimit::new(app.limits.client_events_per_second, DefaultClock::default());
+        let rate = RateLimit::new(app.limits.client_events_per_second, DefaultClock::default());
+        let track = Track::new(&app, handshake.origin);
         let mut session = Session {
             gateway,
             app,
@@ -152,6 +161,7 @@ pub async fn run(gateway: Arc<Gateway>, handshake: Handshake, socket: WebSocket)
             subscriptions: HashMap::new(),
             user: None,
             rate,
+            track,
         };
         session.read_loop(stream).await;
         let channels: Vec<String> = session.subscriptions.drain().map(|(c, _)| c).collect();
@@ -271,14 +281,6 @@ enum Refusal {
     },
 }
 
-fn auth_error(error: impl ToString) -> Refusal {
-    Refusal::Subscription {
-        kind: "AuthError",
-        error: error.to_string(),
-        status: 401,
-    }
-}
-
 struct Session {
     gateway: Arc<Gateway>,
     app: Arc<App>,
@@ -286,7 +288,9 @@ struct Session {
     /// Subscribed channels, with this socket's presence user id where there is one.
     subscriptions: HashMap<String, Option<String>>,
     user: Option<SignedInUser>,
-    rate: ClientEventLimit,
+    /// The client-event limit.
+    rate: RateLimit,
+    track: Track,
 }
 
 impl Session {
@@ -365,6 +369,10 @@ impl Session {
                 data,
             }) => self.client_event(event, channel, data),
             Ok(ClientMessage::Signin { auth, user_data }) => self.sign_in(&auth, &user_data),
+            Ok(ClientMessage::Track { body }) => {
+                self.track
+                    .take(&self.gateway, &self.app, &self.handle, body)
+            }
             Err(error) => self.error(&error.to_string(), None),
         }
     }
@@ -478,145 +486,20 @@ impl Session {
         auth: Option<&str>,
         channel_data: Option<&str>,
     ) -> Result<Option<Member>, Refusal> {
-        let socket_id = &self.handle.socket_id;
-        // Only the dashboard signs for its console's channel, with a secret of its own.
-        let secret = match channel.name {
-            DEBUG_CHANNEL => Cow::Owned(debug_console_secret(&self.app.secret)),
-            _ => Cow::Borrowed(self.app.secret.as_str()),
-        };
-        let check = |signed: String| {
-            let auth = auth
-                .filter(|a| !a.is_empty())
-                .ok_or_else(|| auth_error("Missing auth for this channel"))?;
-            if verify_client_auth(&self.app.key, &secret, &signed, auth) {
-                Ok(())
-            } else {
-                Err(auth_error("Invalid signature for this socket and channel"))
-            }
-        };
-        match channel.kind {
-            ChannelKind::Public => Ok(None),
-            ChannelKind::Private | ChannelKind::PrivateEncrypted => {
-                // pusher-js's own suite sends `channel_data` on private channels too, signed
-                // over `socket_id:channel:channel_data`: either form is accepted then.
-                check(channel_string_to_sign(socket_id, channel.name, None))
-                    .or_else(|refused| match channel_data {
-                        Some(data) => {
-                            check(channel_string_to_sign(socket_id, channel.name, Some(data)))
-                        }
-                        None => Err(refused),
-                    })
-                    .map(|()| None)
-            }
-            ChannelKind::Presence => {
-                let data = channel_data.ok_or_else(|| auth_error("Missing channel_data"))?;
-                check(channel_string_to_sign(socket_id, channel.name, Some(data)))?;
-                Member::from_channel_data(Some(data))
-                    .map(Some)
-                    .map_err(auth_error)
-            }
-            ChannelKind::ServerToUser => {
-                let expected = self
-                    .user
-                    .as_ref()
-                    .map(|u| format!("#server-to-user-{}", u.id));
-                if expected.as_deref() == Some(channel.name) {
-                    Ok(None)
-                } else {
-                    Err(auth_error(
-                        "Sign in as this user to subscribe to this channel",
-                    ))
-                }
-            }
-        }
-    }
-
-    fn client_event(&mut self, event: String, channel: String, data: String) {
-        if !self.app.client_events {
-            return self.error("Client events are not enabled for this app", None);
-        }
-        let kind = Channel::parse(&channel).map(|c| c.kind);
-        if !matches!(
-            kind,
-            Ok(ChannelKind::Private | ChannelKind::PrivateEncrypted | ChannelKind::Presence)
-        ) {
-            return self.error(
-                "Client events are only allowed on private and presence channels",
-                None,
-            );
-        }
-        if self.app.analytics_channel.is(&channel) {
-            return self.error(
-                "Client events are not allowed on the analytics channel",
-                None,
-            );
-        }
-        if channel == DEBUG_CHANNEL {
-            return self.error("Client events are not allowed on the debug channel", None);
-        }
-        let Some(user_id) = self.subscriptions.get(&channel) else {
-            return self.error(
-                "Subscribe to the channel before sending client events",
-                None,
-            );
-        };
-        if event.chars().count() > MAX_EVENT_NAME_LEN {
-            return self.error("Client event name is longer than 200 characters", None);
-        }
-        if data.len() > self.app.limits.max_event_data_bytes {
-            return self.error("Client event data is too large", None);
-        }
-        if !self.rate.allow() {
-            let limit = self.app.limits.client_events_per_second;
-            return self.error(
-                &format!("Client event rate limit reached: at most {limit} per second"),
-                Some(code::CLIENT_EVENT_RATE_LIMIT),
-            );
-        }
-        let webhook = self
-            .gateway
-            .webhooks
-            .wants(&self.app.id, EventType::ClientEvent, &channel)
-            .then(|| WebhookEvent::ClientEvent {
-                channel: channel.clone(),
-                event: event.clone(),
-                data: data.clone(),
-                socket_id: self.handle.socket_id.to_string(),
-                user_id: user_id.clone(),
-            });
-        let mut envelope = Envelope::new(&self.app.id, Source::Client, &channel, &event, data);
-        envelope.socket_id = Some(self.handle.socket_id.to_string());
-        envelope.user_id.clone_from(user_id);
-        metrics::counter!("switchboard_events_in_total", "source" => Source::Client.as_str())
-            .increment(1);
-        match self.gateway.publisher.enqueue(vec![envelope]) {
-            Ok(pending) => {
-                let handle = self.handle.clone();
-                let gateway = self.gateway.clone();
-                let app_id = self.app.id.clone();
-                // The webhook reports only a client event RabbitMQ confirmed.
-                tokio::spawn(async move {
-                    match pending.confirmed().await {
-                        Ok(()) => {
-                            if let Some(webhook) = webhook {
-                                gateway.webhooks.emit(&app_id, webhook);
-                            }
-                        }
-                        Err(error) => {
-                            warn!(%error, "client event not accepted");
-                            handle.send(
-                                frame::encode_error(
-                                    &format!("Client event not delivered: {error}"),
-                                    None,
-                                )
-                                .into(),
-                            );
-                        }
-                    }
-                });
-            }
-            Err(error) => self.error(&format!("Client event not delivered: {error}"), None),
-        }
+        let signed_in = self.user.as_ref().map(|user| user.id.as_str());
+        crate::channel_auth::authorize(
+            &self.app,
+            channel,
+            &self.handle.socket_id,
+            auth,
+            channel_data,
+            signed_in,
+        )
+        .map_err(|error| Refusal::Subscription {
+            kind: "AuthError",
+            error: error.to_string(),
+            status: 401,
+        })
     }
 
     fn sign_in(&mut self, auth: &str, user_data: &str) {

@@ -7,6 +7,7 @@
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::value::RawValue;
 use thiserror::Error;
+use uuid::Uuid;
 
 /// A frame received from a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +31,11 @@ pub enum ClientMessage {
         event: String,
         channel: String,
         data: String,
+    },
+    /// `switchboard:track`: analytics events over the WebSocket. `body` is the text of `data`
+    /// (`{"batch":[…]}`), unwrapped when it was sent as a JSON string; `null` when absent.
+    Track {
+        body: String,
     },
     /// Any other event name; ignored by the server, as Pusher does.
     Other {
@@ -113,6 +119,14 @@ impl ClientMessage {
                     user_data: d.user_data,
                 }
             }
+            TRACK_EVENT => {
+                let raw = frame.data.map_or("null", RawValue::get);
+                let body = match serde_json::from_str::<String>(raw) {
+                    Ok(inner) => inner,
+                    Err(_) => raw.to_owned(),
+                };
+                ClientMessage::Track { body }
+            }
             _ if event.starts_with("client-") => {
                 let channel = frame.channel.ok_or_else(|| FrameError::MissingChannel {
                     event: event.clone(),
@@ -129,6 +143,26 @@ impl ClientMessage {
     }
 }
 
+/// The client frame carrying analytics events over the WebSocket.
+pub const TRACK_EVENT: &str = "switchboard:track";
+
+/// `switchboard:ack`: the broker confirmed these events.
+pub fn encode_track_ack(message_ids: &[String]) -> String {
+    let data = json(serde_json::json!({ "messageIds": message_ids }));
+    encode("switchboard:ack", None, &data, None)
+}
+
+/// `switchboard:nack`: these events were refused for `reason`; `retry` says whether sending them
+/// again (with the same `messageId`) may succeed.
+pub fn encode_track_nack(message_ids: &[String], reason: &str, retry: bool) -> String {
+    let data = json(serde_json::json!({
+        "messageIds": message_ids,
+        "reason": reason,
+        "retry": retry,
+    }));
+    encode("switchboard:nack", None, &data, None)
+}
+
 #[derive(Serialize)]
 struct OutFrame<'a> {
     event: &'a str,
@@ -138,11 +172,29 @@ struct OutFrame<'a> {
     data: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     user_id: Option<&'a str>,
+    /// The event's id, only for connections that opted in to Switchboard's extensions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
 }
 
 /// Encodes a server → client frame. `data` is sent as a JSON string, byte-for-byte.
 pub fn encode(event: &str, channel: Option<&str>, data: &str, user_id: Option<&str>) -> String {
-    encode_frame(event, channel, Some(data), user_id)
+    encode_frame(event, channel, Some(data), user_id, None)
+}
+
+/// A channel event's frame for a connection that opted in to Switchboard's extensions
+/// (`/switchboard/app/{key}`): [`encode`]'s frame with the event's id as a last top-level
+/// field, `"id":"0192f1c4-…"`.
+pub fn encode_with_id(
+    event: &str,
+    channel: &str,
+    data: &str,
+    user_id: Option<&str>,
+    id: Uuid,
+) -> String {
+    let mut buffer = Uuid::encode_buffer();
+    let id = id.hyphenated().encode_lower(&mut buffer);
+    encode_frame(event, Some(channel), Some(data), user_id, Some(id))
 }
 
 fn encode_frame(
@@ -150,12 +202,14 @@ fn encode_frame(
     channel: Option<&str>,
     data: Option<&str>,
     user_id: Option<&str>,
+    id: Option<&str>,
 ) -> String {
     serde_json::to_string(&OutFrame {
         event,
         channel,
         data,
         user_id,
+        id,
     })
     .expect("serializing strings cannot fail")
 }
@@ -240,7 +294,7 @@ pub fn encode_member_removed(channel: &str, user_id: &str) -> String {
 
 /// `pusher:cache_miss`: the event and the channel only, no `data` (as Pusher sends it).
 pub fn encode_cache_miss(channel: &str) -> String {
-    encode_frame("pusher:cache_miss", Some(channel), None, None)
+    encode_frame("pusher:cache_miss", Some(channel), None, None, None)
 }
 
 pub fn encode_subscription_count(channel: &str, count: usize) -> String {
@@ -430,6 +484,49 @@ mod tests {
         assert_eq!(
             encode("client-x", Some("presence-a"), r#"{"a":"b"}"#, Some("7")),
             r#"{"event":"client-x","channel":"presence-a","data":"{\"a\":\"b\"}","user_id":"7"}"#
+        );
+    }
+
+    #[test]
+    fn track_frames() {
+        let body = r#"{"batch":[{"messageId":"m1"}]}"#;
+        let sent_as_object = format!(r#"{{"event":"switchboard:track","data":{body}}}"#);
+        let sent_as_string = serde_json::json!({"event": "switchboard:track", "data": body});
+        for text in [sent_as_object, sent_as_string.to_string()] {
+            check(
+                &text,
+                Ok(ClientMessage::Track {
+                    body: body.to_owned(),
+                }),
+            );
+        }
+        check(
+            r#"{"event":"switchboard:track"}"#,
+            Ok(ClientMessage::Track {
+                body: "null".to_owned(),
+            }),
+        );
+        assert_eq!(
+            encode_track_ack(&["m1".into(), "m2".into()]),
+            r#"{"event":"switchboard:ack","data":"{\"messageIds\":[\"m1\",\"m2\"]}"}"#
+        );
+        assert_eq!(
+            encode_track_nack(&["m3".into()], "userId or anonymousId is required", false),
+            r#"{"event":"switchboard:nack","data":"{\"messageIds\":[\"m3\"],\"reason\":\"userId or anonymousId is required\",\"retry\":false}"}"#
+        );
+    }
+
+    #[test]
+    fn golden_frames_with_an_id() {
+        let id: Uuid = "0192f1c4-5a6b-7c8d-9e0f-a1b2c3d4e5f6".parse().unwrap();
+        assert_eq!(
+            encode_with_id("e", "c", "x", None, id),
+            r#"{"event":"e","channel":"c","data":"x","id":"0192f1c4-5a6b-7c8d-9e0f-a1b2c3d4e5f6"}"#
+        );
+        // `user_id` stays where Pusher puts it; the id comes last.
+        assert_eq!(
+            encode_with_id("client-x", "presence-a", r#"{"a":"b"}"#, Some("7"), id),
+            r#"{"event":"client-x","channel":"presence-a","data":"{\"a\":\"b\"}","user_id":"7","id":"0192f1c4-5a6b-7c8d-9e0f-a1b2c3d4e5f6"}"#
         );
     }
 }

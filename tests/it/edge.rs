@@ -346,6 +346,8 @@ async fn unknown_paths_are_404_wrong_methods_405_and_the_root_describes_the_serv
         "/app/{key}?protocol=7",
         "POST /apps/{app_id}/events",
         "POST /v1/batch",
+        "/switchboard/app/{key}?protocol=7",
+        "GET /app/{key}/channels/{channel}/events",
         &format!("http://{}/ready", server.admin),
     ] {
         assert!(html.contains(needle), "{needle:?} not in {html}");
@@ -366,5 +368,6 @@ async fn unknown_paths_are_404_wrong_methods_405_and_the_root_describes_the_serv
     assert_eq!(about["tls"], false);
     assert_eq!(about["admin"]["url"], format!("http://{}", server.admin));
     assert_eq!(about["segment_api"].as_array().unwrap().len(), 7);
+    assert_eq!(about["web_client"].as_array().unwrap().len(), 2);
     server.cleanup().await;
 }

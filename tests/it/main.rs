@@ -22,4 +22,5 @@ mod scale;
 mod segment;
 mod startup;
 mod tls;
+mod web_client;
 mod webhooks;
