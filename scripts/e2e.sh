@@ -6,7 +6,9 @@
 # tests/js (pusher-js, Laravel Echo and the npm `pusher` SDK, node's built-in test runner; one suite
 # starts a second server with TLS, whose CA this script makes for the run with openssl; the
 # dashboard's suite drives Debian's headless `chromium`, installed here when missing, with
-# playwright-core and leaves a screenshot of each view in target/dashboard-screenshots/). Then
+# playwright-core and leaves a screenshot of each view in target/dashboard-screenshots/; the web
+# client's suite, tests/js/web-client.test.mjs, loads clients/js's bundle, built here by
+# scripts/client-js.sh, into Chromium and starts servers of its own). Then
 # it stops the server (it must exit 0 on SIGTERM within 10 s) and removes the database and the
 # vhost. Expects PostgreSQL and RabbitMQ to be up (scripts/ensure-services.sh).
 #
