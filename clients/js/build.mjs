@@ -1,7 +1,8 @@
 // Builds the package: `tsc` compiles src/ into dist/ (ES modules and .d.ts files, what the
-// package exports), then esbuild makes dist/switchboard.min.js, the whole client as one minified
-// ES module with pusher-js left external, and the size of that file minified and gzipped is
-// printed (README.md states it; test/size.test.mjs checks the README against it).
+// package exports) and type-checks examples/ (the README's example) against those declarations,
+// then esbuild makes dist/switchboard.min.js, the whole client as one minified ES module with
+// pusher-js left external, and the size of that file minified and gzipped is printed (README.md
+// states it; test/package.test.mjs checks the README against it).
 import { execFileSync } from 'node:child_process';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -14,7 +15,9 @@ const root = dirname(fileURLToPath(import.meta.url));
 const dist = join(root, 'dist');
 
 rmSync(dist, { recursive: true, force: true });
-execFileSync(join(root, 'node_modules/.bin/tsc'), ['-p', root], { stdio: 'inherit' });
+const tsc = join(root, 'node_modules/.bin/tsc');
+execFileSync(tsc, ['-p', root], { stdio: 'inherit' });
+execFileSync(tsc, ['-p', join(root, 'examples')], { stdio: 'inherit' });
 
 const bundle = join(dist, 'switchboard.min.js');
 await build({
