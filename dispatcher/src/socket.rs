@@ -44,6 +44,9 @@ pub struct SocketHandle {
     pub socket_id: Arc<str>,
     tx: mpsc::Sender<Frame>,
     close: Arc<CloseSignal>,
+    /// Whether the connection opted in to Switchboard's extensions (`/switchboard/app/{key}`):
+    /// its channel events carry their id.
+    event_ids: bool,
 }
 
 impl SocketHandle {
@@ -54,8 +57,22 @@ impl SocketHandle {
             socket_id: socket_id.into(),
             tx,
             close: Arc::default(),
+            event_ids: false,
         };
         (handle, rx)
+    }
+
+    /// The same handle for a connection that opted in to event ids (set before it is shared).
+    pub fn with_event_ids(self) -> SocketHandle {
+        SocketHandle {
+            event_ids: true,
+            ..self
+        }
+    }
+
+    /// Whether this connection's channel events carry their id.
+    pub fn event_ids(&self) -> bool {
+        self.event_ids
     }
 
     /// Queues a frame without waiting. A full queue closes the socket with 4100; returns whether

@@ -153,15 +153,25 @@ fn query_param(raw_query: &str, name: &str) -> Option<String> {
 pub fn routes(
     gateway: Arc<Gateway>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Infallible> + Clone {
-    let websocket = warp::path!("app" / String)
+    // `/app/{key}` serves stock Pusher clients; `/switchboard/app/{key}` is the same protocol
+    // for connections that opt in to Switchboard's extensions (event ids).
+    let stock = warp::path!("app" / String).map(|key| (key, false));
+    let opted_in = warp::path!("switchboard" / "app" / String).map(|key| (key, true));
+    let websocket = stock
+        .or(opted_in)
+        .unify()
         .and(warp::ws())
         .and(raw_query())
         .and(with_gateway(gateway.clone()))
         .map(
-            |key: String, ws: warp::ws::Ws, query: String, gateway: Arc<Gateway>| {
+            |(key, event_ids): (String, bool),
+             ws: warp::ws::Ws,
+             query: String,
+             gateway: Arc<Gateway>| {
                 let handshake = websocket::Handshake {
                     key,
                     protocol: query_param(&query, "protocol"),
+                    event_ids,
                 };
                 let limit = gateway.config.max_frame_bytes;
                 let sessions = gateway.sessions.clone();

@@ -61,10 +61,12 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest client event name, in characters.
 const MAX_EVENT_NAME_LEN: usize = 200;
 
-/// What the upgrade request said: the app key from the path and the `protocol` query parameter.
+/// What the upgrade request said: the app key from the path, the `protocol` query parameter,
+/// and whether the path opted in to Switchboard's extensions (`/switchboard/app/{key}`).
 pub struct Handshake {
     pub key: String,
     pub protocol: Option<String>,
+    pub event_ids: bool,
 }
 
 fn check_handshake(
@@ -112,6 +114,10 @@ pub async fn run(gateway: Arc<Gateway>, handshake: Handshake, socket: WebSocket)
     let span = tracing::info_span!("socket", socket_id, app_id = app.id);
     async move {
         let (handle, outbound) = SocketHandle::new(&socket_id, gateway.config.socket_queue_len);
+        let handle = match handshake.event_ids {
+            true => handle.with_event_ids(),
+            false => handle,
+        };
         let options = AppOptions {
             subscription_count: app.subscription_count,
             max_presence_members: app.limits.max_presence_members,

@@ -7,6 +7,7 @@
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::value::RawValue;
 use thiserror::Error;
+use uuid::Uuid;
 
 /// A frame received from a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,11 +139,29 @@ struct OutFrame<'a> {
     data: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     user_id: Option<&'a str>,
+    /// The event's id, only for connections that opted in to Switchboard's extensions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
 }
 
 /// Encodes a server → client frame. `data` is sent as a JSON string, byte-for-byte.
 pub fn encode(event: &str, channel: Option<&str>, data: &str, user_id: Option<&str>) -> String {
-    encode_frame(event, channel, Some(data), user_id)
+    encode_frame(event, channel, Some(data), user_id, None)
+}
+
+/// A channel event's frame for a connection that opted in to Switchboard's extensions
+/// (`/switchboard/app/{key}`): [`encode`]'s frame with the event's id as a last top-level
+/// field, `"id":"0192f1c4-…"`.
+pub fn encode_with_id(
+    event: &str,
+    channel: &str,
+    data: &str,
+    user_id: Option<&str>,
+    id: Uuid,
+) -> String {
+    let mut buffer = Uuid::encode_buffer();
+    let id = id.hyphenated().encode_lower(&mut buffer);
+    encode_frame(event, Some(channel), Some(data), user_id, Some(id))
 }
 
 fn encode_frame(
@@ -150,12 +169,14 @@ fn encode_frame(
     channel: Option<&str>,
     data: Option<&str>,
     user_id: Option<&str>,
+    id: Option<&str>,
 ) -> String {
     serde_json::to_string(&OutFrame {
         event,
         channel,
         data,
         user_id,
+        id,
     })
     .expect("serializing strings cannot fail")
 }
@@ -240,7 +261,7 @@ pub fn encode_member_removed(channel: &str, user_id: &str) -> String {
 
 /// `pusher:cache_miss`: the event and the channel only, no `data` (as Pusher sends it).
 pub fn encode_cache_miss(channel: &str) -> String {
-    encode_frame("pusher:cache_miss", Some(channel), None, None)
+    encode_frame("pusher:cache_miss", Some(channel), None, None, None)
 }
 
 pub fn encode_subscription_count(channel: &str, count: usize) -> String {
@@ -430,6 +451,20 @@ mod tests {
         assert_eq!(
             encode("client-x", Some("presence-a"), r#"{"a":"b"}"#, Some("7")),
             r#"{"event":"client-x","channel":"presence-a","data":"{\"a\":\"b\"}","user_id":"7"}"#
+        );
+    }
+
+    #[test]
+    fn golden_frames_with_an_id() {
+        let id: Uuid = "0192f1c4-5a6b-7c8d-9e0f-a1b2c3d4e5f6".parse().unwrap();
+        assert_eq!(
+            encode_with_id("e", "c", "x", None, id),
+            r#"{"event":"e","channel":"c","data":"x","id":"0192f1c4-5a6b-7c8d-9e0f-a1b2c3d4e5f6"}"#
+        );
+        // `user_id` stays where Pusher puts it; the id comes last.
+        assert_eq!(
+            encode_with_id("client-x", "presence-a", r#"{"a":"b"}"#, Some("7"), id),
+            r#"{"event":"client-x","channel":"presence-a","data":"{\"a\":\"b\"}","user_id":"7","id":"0192f1c4-5a6b-7c8d-9e0f-a1b2c3d4e5f6"}"#
         );
     }
 }

@@ -18,4 +18,5 @@ mod processes;
 mod segment;
 mod startup;
 mod tls;
+mod web_client;
 mod webhooks;

@@ -1,6 +1,7 @@
 //! The fan-out: an event's frame encoded once and offered to every local subscriber of its
 //! channel without waiting (a full queue closes that socket with 4100), the last event of cache
-//! channels remembered, and what happened told to the app's debug console.
+//! channels remembered, and what happened told to the app's debug console. Connections that
+//! opted in to event ids get a second encoding with the id, made only when the channel has one.
 
 use protocol::{frame, Channel, Envelope, Source};
 use tokio::time::Instant;
@@ -9,7 +10,7 @@ use super::local::ChannelState;
 use super::state::State;
 use super::{CachedEvent, Registry};
 use crate::debug::Record;
-use crate::Frame;
+use crate::{Frame, SocketHandle};
 
 impl Registry {
     /// Encodes the event's frame once and offers it to every local subscriber of its channel,
@@ -31,6 +32,7 @@ impl Registry {
                 .entry(envelope.channel.clone())
                 .or_default();
             let cached = CachedEvent {
+                id: envelope.id,
                 event: envelope.name.clone(),
                 data: envelope.data.clone(),
                 ttl: self.config.cache_ttl,
@@ -71,32 +73,57 @@ fn debug_delivery(state: &State, envelope: &Envelope, delivery: Delivery) -> usi
     delivery.delivered
 }
 
-/// Encodes the event's frame once and queues it for the channel's subscribers, except the
-/// excluded socket.
+/// The event's frames, each encoded at most once, when the first subscriber that needs it
+/// comes: the stock one, and the one with the event's id for connections that opted in.
+struct Frames<'e> {
+    envelope: &'e Envelope,
+    stock: Option<Frame>,
+    with_id: Option<Frame>,
+}
+
+impl<'e> Frames<'e> {
+    fn new(envelope: &'e Envelope) -> Self {
+        Frames {
+            envelope,
+            stock: None,
+            with_id: None,
+        }
+    }
+
+    fn for_socket(&mut self, handle: &SocketHandle) -> Frame {
+        let envelope = self.envelope;
+        // Client events on presence channels carry the sender's user id.
+        let user_id = match envelope.source {
+            Source::Client => envelope.user_id.as_deref(),
+            Source::Api | Source::Track => None,
+        };
+        let (name, channel, data) = (&envelope.name, &envelope.channel, &envelope.data);
+        let frame = if handle.event_ids() {
+            self.with_id.get_or_insert_with(|| {
+                frame::encode_with_id(name, channel, data, user_id, envelope.id).into()
+            })
+        } else {
+            self.stock
+                .get_or_insert_with(|| frame::encode(name, Some(channel), data, user_id).into())
+        };
+        frame.clone()
+    }
+}
+
+/// Queues the event's frame for the channel's subscribers, except the excluded socket.
 fn deliver(channel: &ChannelState, envelope: &Envelope) -> Delivery {
     let mut delivery = Delivery::default();
-    if channel.subscribers.is_empty() {
-        return delivery;
-    }
-    // Client events on presence channels carry the sender's user id.
-    let user_id = match envelope.source {
-        Source::Client => envelope.user_id.as_deref(),
-        Source::Api | Source::Track => None,
-    };
-    let frame: Frame = frame::encode(
-        &envelope.name,
-        Some(&envelope.channel),
-        &envelope.data,
-        user_id,
-    )
-    .into();
+    let mut frames = Frames::new(envelope);
     let excluded = envelope.socket_id.as_deref();
     for (socket_id, subscriber) in &channel.subscribers {
         if Some(socket_id.as_ref()) == excluded {
             continue;
         }
         let open = !subscriber.handle.close_signal().is_closed();
-        if subscriber.handle.send(frame.clone()) {
+        if subscriber
+            .handle
+            .send(frames.for_socket(&subscriber.handle))
+        {
             delivery.delivered += 1;
         } else if open && subscriber.handle.close_signal().is_closed() {
             delivery.slow.push(socket_id.to_string());

@@ -23,6 +23,7 @@ use protocol::presence::{Member, SignedInUser};
 use protocol::Channel;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use uuid::Uuid;
 
 use crate::barrier::{SyncRounds, SYNC_TIMEOUT};
 use crate::debug::Record;
@@ -89,6 +90,8 @@ pub struct Occupancy {
 /// The last event of a cache channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CachedEvent {
+    /// The envelope's id, replayed to connections that opted in to event ids.
+    pub id: Uuid,
     pub event: String,
     pub data: String,
     pub ttl: Duration,
@@ -340,6 +343,13 @@ impl Registry {
                 .channel(app_id, channel)
                 .and_then(|c| c.cached(Instant::now()));
             match cached {
+                Some(cached) if socket.event_ids() => socket.send_text(frame::encode_with_id(
+                    &cached.event,
+                    channel,
+                    &cached.data,
+                    None,
+                    cached.id,
+                )),
                 Some(cached) => socket.send_text(frame::encode(
                     &cached.event,
                     Some(channel),

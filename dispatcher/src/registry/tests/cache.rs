@@ -103,3 +103,24 @@ fn a_cache_replay_and_the_fan_out_never_deliver_one_event_twice() {
         );
     }
 }
+
+#[test]
+fn a_cache_replay_carries_the_id_to_opted_in_sockets_only() {
+    let registry = registry();
+    let event = envelope("cache-prices", "9");
+    registry.fan_out(&event);
+    let (stock, mut rx_stock) = socket(&registry, "1.1");
+    let (ids, mut rx_ids) = SocketHandle::new("1.2", 64);
+    let ids = ids.with_event_ids();
+    registry.connect(APP, options(), &ids).unwrap();
+    registry
+        .subscribe(APP, "cache-prices", &stock, None)
+        .unwrap();
+    registry.subscribe(APP, "cache-prices", &ids, None).unwrap();
+    let stock_frames = drain(&mut rx_stock);
+    assert_eq!(stock_frames[1]["data"], "9");
+    assert!(stock_frames[1].get("id").is_none());
+    let id_frames = drain(&mut rx_ids);
+    assert_eq!(id_frames[1]["data"], "9");
+    assert_eq!(id_frames[1]["id"], event.id.to_string());
+}

@@ -431,3 +431,51 @@ fn subscription_peaks_are_the_most_on_this_node_since_the_last_look() {
     assert_eq!(registry.subscription_peak(APP), Peak { now: 0, peak: 1 });
     assert_eq!(registry.subscription_peak(APP), Peak { now: 0, peak: 0 });
 }
+
+#[test]
+fn opted_in_sockets_get_the_event_id_and_stock_frames_stay_byte_identical() {
+    let registry = registry();
+    let (stock_a, mut rx_stock_a) = socket(&registry, "1.1");
+    let (stock_b, mut rx_stock_b) = socket(&registry, "1.2");
+    let (ids_a, mut rx_ids_a) = SocketHandle::new("1.3", 64);
+    let ids_a = ids_a.with_event_ids();
+    let (ids_b, mut rx_ids_b) = SocketHandle::new("1.4", 64);
+    let ids_b = ids_b.with_event_ids();
+    for handle in [&ids_a, &ids_b] {
+        registry.connect(APP, options(), handle).unwrap();
+    }
+    for handle in [&stock_a, &stock_b, &ids_a, &ids_b] {
+        registry.subscribe(APP, "news", handle, None).unwrap();
+    }
+    for rx in [
+        &mut rx_stock_a,
+        &mut rx_stock_b,
+        &mut rx_ids_a,
+        &mut rx_ids_b,
+    ] {
+        drain(rx);
+    }
+    let mut event = envelope("news", r#"{"price":"1.5"}"#);
+    event.id = "0192f1c4-5a6b-7c8d-9e0f-a1b2c3d4e5f6".parse().unwrap();
+    assert_eq!(registry.fan_out(&event), 4);
+    let stock = rx_stock_a.try_recv().unwrap();
+    // Byte for byte what a stock Pusher client got before event ids existed.
+    assert_eq!(
+        &*stock,
+        r#"{"event":"ev","channel":"news","data":"{\"price\":\"1.5\"}"}"#
+    );
+    let with_id = rx_ids_a.try_recv().unwrap();
+    assert_eq!(
+        &*with_id,
+        r#"{"event":"ev","channel":"news","data":"{\"price\":\"1.5\"}","id":"0192f1c4-5a6b-7c8d-9e0f-a1b2c3d4e5f6"}"#
+    );
+    // Each kind encoded once and shared by its sockets.
+    assert!(std::sync::Arc::ptr_eq(
+        &stock,
+        &rx_stock_b.try_recv().unwrap()
+    ));
+    assert!(std::sync::Arc::ptr_eq(
+        &with_id,
+        &rx_ids_b.try_recv().unwrap()
+    ));
+}
