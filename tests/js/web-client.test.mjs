@@ -242,7 +242,7 @@ test(
   },
 );
 
-test('without a WebSocket the client sends by POST /v1/batch; leaving the page hands the rest to sendBeacon', TIMEOUT, async (t) => {
+test('without a WebSocket (none connects, or the browser has none) the client sends by POST /v1/batch; leaving the page hands the rest to sendBeacon', TIMEOUT, async (t) => {
   const site = await startSite(t);
   // The WebSocket goes to a port where nothing listens; HTTP to the gateway.
   const deadPort = await freePort();
@@ -260,6 +260,21 @@ test('without a WebSocket the client sends by POST /v1/batch; leaving the page h
   const posted = await track(sent, 50);
   await sent.waitForFunction(() => window.sb.pending === 0, null, { timeout: 30_000 });
 
+  // A browser without WebSocket: pusher-js fails at once, and the client uses HTTP at once.
+  const socketless = await openPage(
+    t,
+    browser,
+    site,
+    { port: config.port, httpFallbackMs: 600_000 },
+    { withoutWebSocket: true },
+  );
+  const withoutSocket = await track(socketless, 20);
+  await socketless.waitForFunction(
+    () => window.sb.pending === 0 && window.sb.pusher.connection.state === 'failed',
+    null,
+    { timeout: 30_000 },
+  );
+
   // Never falls back within the test: what is left when the page goes goes by beacon.
   const beaconed = await openPage(t, browser, site, {
     port: config.port,
@@ -270,17 +285,17 @@ test('without a WebSocket the client sends by POST /v1/batch; leaving the page h
   assert.equal(await beaconed.evaluate(() => window.sb.pending), 30);
   await beaconed.goto('about:blank');
 
-  const ids = `'{${[...posted, ...left].join(',')}}'::text[]`;
+  const ids = `'{${[...posted, ...withoutSocket, ...left].join(',')}}'::text[]`;
   let count = 0;
   await waitUntil(
     () => {
       [count] = psql(`SELECT count(*) FROM events WHERE message_id = ANY(${ids})`).map(Number);
-      return count >= 80;
+      return count >= 100;
     },
     30_000,
-    () => `${count} of 80 stored`,
+    () => `${count} of 100 stored`,
   );
-  assert.equal(count, 80);
+  assert.equal(count, 100);
 });
 
 test('the history route refuses a private or presence channel without a valid signature', TIMEOUT, async () => {

@@ -164,6 +164,8 @@ export class Switchboard {
     this.pusher.connection.bind('state_change', ({ current }: { current: string }) =>
       this.stateChanged(current),
     );
+    // Without any WebSocket pusher-js failed already, inside its constructor.
+    this.stateChanged(this.pusher.connection.state);
     this.outbox.load();
     if (this.outbox.size > 0) this.publisher.queued(this.outbox.size);
     globalThis.addEventListener?.('pagehide', this.pagehide);

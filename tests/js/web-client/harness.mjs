@@ -86,12 +86,14 @@ export async function startSite(t, { app = apps.dev } = {}) {
 /**
  * Opens the test page in a new browser context, with a client made from `options` (Switchboard
  * options: `port` at least; key and host default to the development app's and 127.0.0.1), and
- * waits until it is loaded. Uncaught page errors fail the test when it ends.
+ * waits until it is loaded. `withoutWebSocket` removes the browser's WebSocket first. Uncaught
+ * page errors fail the test when it ends.
  */
-export async function openPage(t, browser, site, options) {
+export async function openPage(t, browser, site, options, { withoutWebSocket = false } = {}) {
   const context = await browser.newContext();
   t.after(() => context.close());
   const page = await context.newPage();
+  if (withoutWebSocket) await page.addInitScript(() => delete window.WebSocket);
   const uncaught = [];
   page.on('pageerror', (error) => uncaught.push(error.message));
   t.after(() => assert.deepEqual(uncaught, [], 'no uncaught error in the page'));
