@@ -128,6 +128,9 @@ pub struct Limits {
     pub max_batch_events: usize,
     pub max_presence_members: usize,
     pub client_events_per_second: u32,
+    /// `switchboard:track` batches one connection may send per second (a token bucket, burst
+    /// the same); 0: analytics over the WebSocket are off for the app.
+    pub track_batches_per_second: u32,
 }
 
 impl Default for Limits {
@@ -138,6 +141,7 @@ impl Default for Limits {
             max_batch_events: 10,
             max_presence_members: 100,
             client_events_per_second: 10,
+            track_batches_per_second: 20,
         }
     }
 }

@@ -112,6 +112,7 @@ impl Gateway {
         node: u32,
         shutdown: CancellationToken,
     ) -> Gateway {
+        websocket::register_track_metrics();
         Gateway {
             apps,
             recent_keys: idempotency::RecentKeys::new(
@@ -157,21 +158,43 @@ pub fn routes(
     // for connections that opt in to Switchboard's extensions (event ids).
     let stock = warp::path!("app" / String).map(|key| (key, false));
     let opted_in = warp::path!("switchboard" / "app" / String).map(|key| (key, true));
+    let origin = warp::ext::optional::<PeerAddr>()
+        .and(warp::header::optional::<String>("x-forwarded-for"))
+        .and(warp::header::optional::<String>("user-agent"))
+        .and(with_gateway(gateway.clone()))
+        .map(
+            |peer: Option<PeerAddr>,
+             forwarded: Option<String>,
+             user_agent: Option<String>,
+             gateway: Arc<Gateway>| websocket::Origin {
+                ip: peer.map(|PeerAddr(peer)| {
+                    forwarded::client_ip(
+                        peer.ip(),
+                        forwarded.as_deref(),
+                        &gateway.config.trusted_proxies,
+                    )
+                }),
+                user_agent,
+            },
+        );
     let websocket = stock
         .or(opted_in)
         .unify()
         .and(warp::ws())
         .and(raw_query())
+        .and(origin)
         .and(with_gateway(gateway.clone()))
         .map(
             |(key, event_ids): (String, bool),
              ws: warp::ws::Ws,
              query: String,
+             origin: websocket::Origin,
              gateway: Arc<Gateway>| {
                 let handshake = websocket::Handshake {
                     key,
                     protocol: query_param(&query, "protocol"),
                     event_ids,
+                    origin,
                 };
                 let limit = gateway.config.max_frame_bytes;
                 let sessions = gateway.sessions.clone();

@@ -21,18 +21,22 @@ use protocol::signature::{
     channel_string_to_sign, debug_console_secret, signin_string_to_sign, verify_client_auth,
 };
 use protocol::webhook::{EventType, WebhookEvent};
-use protocol::{Channel, ChannelKind, Envelope, SocketId, Source};
+use protocol::{Channel, ChannelKind, SocketId};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::{debug, warn, Instrument};
+use tracing::{debug, Instrument};
 use warp::ws::{Message, WebSocket};
 
 use crate::apps::App;
 use crate::Gateway;
 
+mod client_event;
 mod rate;
+mod track;
 
-use rate::ClientEventLimit;
+use rate::RateLimit;
+use track::Track;
+pub use track::{register_metrics as register_track_metrics, Origin, MAX_IN_FLIGHT};
 
 /// Pusher close and error codes used by the WebSocket endpoint.
 pub mod code {
@@ -62,11 +66,13 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_EVENT_NAME_LEN: usize = 200;
 
 /// What the upgrade request said: the app key from the path, the `protocol` query parameter,
-/// and whether the path opted in to Switchboard's extensions (`/switchboard/app/{key}`).
+/// whether the path opted in to Switchboard's extensions (`/switchboard/app/{key}`), and where
+/// the client is (its address and User-Agent, for analytics sent over the connection).
 pub struct Handshake {
     pub key: String,
     pub protocol: Option<String>,
     pub event_ids: bool,
+    pub origin: Origin,
 }
 
 fn check_handshake(
@@ -149,8 +155,8 @@ pub async fn run(gateway: Arc<Gateway>, handshake: Handshake, socket: WebSocket)
             )
             .into(),
         );
-        let rate =
-            ClientEventLimit::new(app.limits.client_events_per_second, DefaultClock::default());
+        let rate = RateLimit::new(app.limits.client_events_per_second, DefaultClock::default());
+        let track = Track::new(&app, handshake.origin);
         let mut session = Session {
             gateway,
             app,
@@ -158,6 +164,7 @@ pub async fn run(gateway: Arc<Gateway>, handshake: Handshake, socket: WebSocket)
             subscriptions: HashMap::new(),
             user: None,
             rate,
+            track,
         };
         session.read_loop(stream).await;
         let channels: Vec<String> = session.subscriptions.drain().map(|(c, _)| c).collect();
@@ -279,7 +286,9 @@ struct Session {
     /// Subscribed channels, with this socket's presence user id where there is one.
     subscriptions: HashMap<String, Option<String>>,
     user: Option<SignedInUser>,
-    rate: ClientEventLimit,
+    /// The client-event limit.
+    rate: RateLimit,
+    track: Track,
 }
 
 impl Session {
@@ -355,6 +364,10 @@ impl Session {
                 data,
             }) => self.client_event(event, channel, data),
             Ok(ClientMessage::Signin { auth, user_data }) => self.sign_in(&auth, &user_data),
+            Ok(ClientMessage::Track { body }) => {
+                self.track
+                    .take(&self.gateway, &self.app, &self.handle, body)
+            }
             Err(error) => self.error(&error.to_string(), None),
         }
     }
@@ -504,94 +517,6 @@ impl Session {
                     ))
                 }
             }
-        }
-    }
-
-    fn client_event(&mut self, event: String, channel: String, data: String) {
-        if !self.app.client_events {
-            return self.error("Client events are not enabled for this app", None);
-        }
-        let kind = Channel::parse(&channel).map(|c| c.kind);
-        if !matches!(
-            kind,
-            Ok(ChannelKind::Private | ChannelKind::PrivateEncrypted | ChannelKind::Presence)
-        ) {
-            return self.error(
-                "Client events are only allowed on private and presence channels",
-                None,
-            );
-        }
-        if self.app.analytics_channel.is(&channel) {
-            return self.error(
-                "Client events are not allowed on the analytics channel",
-                None,
-            );
-        }
-        if channel == DEBUG_CHANNEL {
-            return self.error("Client events are not allowed on the debug channel", None);
-        }
-        let Some(user_id) = self.subscriptions.get(&channel) else {
-            return self.error(
-                "Subscribe to the channel before sending client events",
-                None,
-            );
-        };
-        if event.chars().count() > MAX_EVENT_NAME_LEN {
-            return self.error("Client event name is longer than 200 characters", None);
-        }
-        if data.len() > self.app.limits.max_event_data_bytes {
-            return self.error("Client event data is too large", None);
-        }
-        if !self.rate.allow() {
-            let limit = self.app.limits.client_events_per_second;
-            return self.error(
-                &format!("Client event rate limit reached: at most {limit} per second"),
-                Some(code::CLIENT_EVENT_RATE_LIMIT),
-            );
-        }
-        let webhook = self
-            .gateway
-            .webhooks
-            .wants(&self.app.id, EventType::ClientEvent, &channel)
-            .then(|| WebhookEvent::ClientEvent {
-                channel: channel.clone(),
-                event: event.clone(),
-                data: data.clone(),
-                socket_id: self.handle.socket_id.to_string(),
-                user_id: user_id.clone(),
-            });
-        let mut envelope = Envelope::new(&self.app.id, Source::Client, &channel, &event, data);
-        envelope.socket_id = Some(self.handle.socket_id.to_string());
-        envelope.user_id.clone_from(user_id);
-        metrics::counter!("switchboard_events_in_total", "source" => Source::Client.as_str())
-            .increment(1);
-        match self.gateway.publisher.enqueue(vec![envelope]) {
-            Ok(pending) => {
-                let handle = self.handle.clone();
-                let gateway = self.gateway.clone();
-                let app_id = self.app.id.clone();
-                // The webhook reports only a client event RabbitMQ confirmed.
-                tokio::spawn(async move {
-                    match pending.confirmed().await {
-                        Ok(()) => {
-                            if let Some(webhook) = webhook {
-                                gateway.webhooks.emit(&app_id, webhook);
-                            }
-                        }
-                        Err(error) => {
-                            warn!(%error, "client event not accepted");
-                            handle.send(
-                                frame::encode_error(
-                                    &format!("Client event not delivered: {error}"),
-                                    None,
-                                )
-                                .into(),
-                            );
-                        }
-                    }
-                });
-            }
-            Err(error) => self.error(&format!("Client event not delivered: {error}"), None),
         }
     }
 

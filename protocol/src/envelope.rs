@@ -4,8 +4,11 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::sync::{Mutex, PoisonError};
+
 use thiserror::Error;
-use uuid::Uuid;
+use uuid::timestamp::context::ContextV7;
+use uuid::{Timestamp, Uuid};
 
 pub mod analytics;
 
@@ -61,10 +64,12 @@ pub struct Envelope {
 }
 
 impl Envelope {
-    /// A new envelope with a fresh UUIDv7 id and `received_at` = now.
+    /// A new envelope received now: a fresh UUIDv7 id whose timestamp is `received_at`'s
+    /// millisecond (see [`stamp_now`]).
     pub fn new(app_id: &str, source: Source, channel: &str, name: &str, data: String) -> Self {
+        let (id, received_at) = stamp_now();
         Envelope {
-            id: Uuid::now_v7(),
+            id,
             app_id: app_id.to_owned(),
             source,
             channel: channel.to_owned(),
@@ -72,11 +77,64 @@ impl Envelope {
             data,
             socket_id: None,
             user_id: None,
-            received_at: Utc::now(),
+            received_at,
             idempotency_key: None,
             segment: None,
         }
     }
+}
+
+/// The clock of this process's envelope ids: monotonic, so ids made one after the other are in
+/// that order, even within one millisecond.
+static CLOCK: Mutex<ContextV7> = Mutex::new(ContextV7::new());
+
+/// A fresh id and the instant it names: read under one lock, so that ids follow each other in
+/// the order of their instants, and the instant is the id's own (a clock that steps back keeps
+/// the last instant), so the id's timestamp is always `received_at`'s millisecond.
+fn stamp_now() -> (Uuid, DateTime<Utc>) {
+    let clock = CLOCK.lock().unwrap_or_else(PoisonError::into_inner);
+    let now = Utc::now();
+    let secs = u64::try_from(now.timestamp()).unwrap_or(0);
+    let timestamp = Timestamp::from_unix(&*clock, secs, now.timestamp_subsec_nanos());
+    drop(clock);
+    let (secs, nanos) = timestamp.to_unix();
+    let received_at = i64::try_from(secs)
+        .ok()
+        .and_then(|secs| DateTime::from_timestamp(secs, nanos))
+        .unwrap_or(now);
+    (Uuid::new_v7(timestamp), received_at)
+}
+
+/// Ids for envelopes that share one `received_at` (the events of one Segment request): each a
+/// UUIDv7 of that millisecond, in the order they are made.
+pub struct EnvelopeIds {
+    context: ContextV7,
+    secs: u64,
+    nanos: u32,
+}
+
+impl EnvelopeIds {
+    pub fn at(received_at: DateTime<Utc>) -> Self {
+        EnvelopeIds {
+            context: ContextV7::new(),
+            secs: u64::try_from(received_at.timestamp()).unwrap_or(0),
+            nanos: received_at.timestamp_subsec_nanos(),
+        }
+    }
+
+    pub fn next(&mut self) -> Uuid {
+        Uuid::new_v7(Timestamp::from_unix(&self.context, self.secs, self.nanos))
+    }
+}
+
+/// The millisecond a UUIDv7 was made in (`None` for another kind of UUID): the
+/// `received_at` of its envelope, to the millisecond.
+pub fn id_time(id: &Uuid) -> Option<DateTime<Utc>> {
+    if id.get_version_num() != 7 {
+        return None;
+    }
+    let (secs, nanos) = id.get_timestamp()?.to_unix();
+    DateTime::from_timestamp(i64::try_from(secs).ok()?, nanos)
 }
 
 #[derive(Debug, Error)]
@@ -152,6 +210,28 @@ mod tests {
         assert!(!String::from_utf8(encode_batch(&decoded))
             .unwrap()
             .contains("idempotency_key"));
+    }
+
+    #[test]
+    fn an_ids_time_is_its_received_at_to_the_millisecond() {
+        let millis = |t: DateTime<Utc>| t.timestamp_millis();
+        let mut previous = Uuid::nil();
+        for _ in 0..2000 {
+            let e = Envelope::new("1", Source::Api, "c", "e", String::new());
+            assert_eq!(millis(id_time(&e.id).unwrap()), millis(e.received_at));
+            assert!(e.id > previous, "ids follow each other in order");
+            previous = e.id;
+        }
+        let received_at = DateTime::parse_from_rfc3339("2025-03-01T12:00:00.123456Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let mut ids = EnvelopeIds::at(received_at);
+        let made: Vec<Uuid> = (0..1000).map(|_| ids.next()).collect();
+        assert!(made.windows(2).all(|pair| pair[0] < pair[1]), "in order");
+        assert!(made
+            .iter()
+            .all(|id| id_time(id).map(millis) == Some(millis(received_at))));
+        assert_eq!(id_time(&Uuid::new_v4()), None);
     }
 
     #[test]

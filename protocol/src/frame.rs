@@ -32,6 +32,11 @@ pub enum ClientMessage {
         channel: String,
         data: String,
     },
+    /// `switchboard:track`: analytics events over the WebSocket. `body` is the text of `data`
+    /// (`{"batch":[…]}`), unwrapped when it was sent as a JSON string; `null` when absent.
+    Track {
+        body: String,
+    },
     /// Any other event name; ignored by the server, as Pusher does.
     Other {
         event: String,
@@ -114,6 +119,14 @@ impl ClientMessage {
                     user_data: d.user_data,
                 }
             }
+            TRACK_EVENT => {
+                let raw = frame.data.map_or("null", RawValue::get);
+                let body = match serde_json::from_str::<String>(raw) {
+                    Ok(inner) => inner,
+                    Err(_) => raw.to_owned(),
+                };
+                ClientMessage::Track { body }
+            }
             _ if event.starts_with("client-") => {
                 let channel = frame.channel.ok_or_else(|| FrameError::MissingChannel {
                     event: event.clone(),
@@ -128,6 +141,26 @@ impl ClientMessage {
             _ => ClientMessage::Other { event },
         })
     }
+}
+
+/// The client frame carrying analytics events over the WebSocket.
+pub const TRACK_EVENT: &str = "switchboard:track";
+
+/// `switchboard:ack`: the broker confirmed these events.
+pub fn encode_track_ack(message_ids: &[String]) -> String {
+    let data = json(serde_json::json!({ "messageIds": message_ids }));
+    encode("switchboard:ack", None, &data, None)
+}
+
+/// `switchboard:nack`: these events were refused for `reason`; `retry` says whether sending them
+/// again (with the same `messageId`) may succeed.
+pub fn encode_track_nack(message_ids: &[String], reason: &str, retry: bool) -> String {
+    let data = json(serde_json::json!({
+        "messageIds": message_ids,
+        "reason": reason,
+        "retry": retry,
+    }));
+    encode("switchboard:nack", None, &data, None)
 }
 
 #[derive(Serialize)]
@@ -451,6 +484,35 @@ mod tests {
         assert_eq!(
             encode("client-x", Some("presence-a"), r#"{"a":"b"}"#, Some("7")),
             r#"{"event":"client-x","channel":"presence-a","data":"{\"a\":\"b\"}","user_id":"7"}"#
+        );
+    }
+
+    #[test]
+    fn track_frames() {
+        let body = r#"{"batch":[{"messageId":"m1"}]}"#;
+        let sent_as_object = format!(r#"{{"event":"switchboard:track","data":{body}}}"#);
+        let sent_as_string = serde_json::json!({"event": "switchboard:track", "data": body});
+        for text in [sent_as_object, sent_as_string.to_string()] {
+            check(
+                &text,
+                Ok(ClientMessage::Track {
+                    body: body.to_owned(),
+                }),
+            );
+        }
+        check(
+            r#"{"event":"switchboard:track"}"#,
+            Ok(ClientMessage::Track {
+                body: "null".to_owned(),
+            }),
+        );
+        assert_eq!(
+            encode_track_ack(&["m1".into(), "m2".into()]),
+            r#"{"event":"switchboard:ack","data":"{\"messageIds\":[\"m1\",\"m2\"]}"}"#
+        );
+        assert_eq!(
+            encode_track_nack(&["m3".into()], "userId or anonymousId is required", false),
+            r#"{"event":"switchboard:nack","data":"{\"messageIds\":[\"m3\"],\"reason\":\"userId or anonymousId is required\",\"retry\":false}"}"#
         );
     }
 

@@ -32,7 +32,7 @@ pub use enrich::{classify_user_agent, occurred_at};
 pub use parse::{BodyError, Request};
 pub use validate::{EventError, InvalidEvents};
 
-use crate::envelope::{Envelope, Source};
+use crate::envelope::{Envelope, EnvelopeIds, Source};
 
 /// Largest event, in bytes of its JSON text plus, in a batch, the batch's `context` as sent.
 pub const MAX_EVENT_BYTES: usize = 32 * 1024;
@@ -81,6 +81,34 @@ pub struct Edge<'a> {
     pub live_channel: Option<&'a str>,
 }
 
+/// The `messageId`s that can be read from a body that was refused as a whole ([`BodyError`]):
+/// those of the events of its `batch`, when it has one; none otherwise.
+pub fn readable_message_ids(body: &[u8]) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Batch<'a> {
+        #[serde(borrow)]
+        batch: Vec<&'a serde_json::value::RawValue>,
+    }
+    serde_json::from_slice::<Batch<'_>>(body)
+        .map(|b| {
+            b.batch
+                .into_iter()
+                .filter_map(validate::message_id_of)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// One event's verdict: its envelope, or why it was refused; with the `messageId` it carries,
+/// read even from a refused event when it can be (the WebSocket names events by it).
+#[derive(Debug)]
+pub struct Verdict {
+    /// The event's own `messageId`: a non-empty string as sent; `None` when absent, empty, of
+    /// another type, or unreadable (the event is not a JSON object).
+    pub message_id: Option<String>,
+    pub outcome: Result<Envelope, EventError>,
+}
+
 impl Request<'_> {
     /// Validates every event and turns each into an envelope for `app_id` on the edge's live
     /// channel. All or nothing: one invalid event refuses the request, and the error lists every
@@ -90,21 +118,39 @@ impl Request<'_> {
         app_id: &str,
         edge: &Edge<'_>,
     ) -> Result<Vec<Envelope>, InvalidEvents> {
-        let channel = edge.live_channel.unwrap_or(NO_LIVE_CHANNEL);
-        let mut agents = enrich::Agents::default();
         let mut envelopes = Vec::with_capacity(self.events.len());
         let mut invalid = Vec::new();
-        for (index, raw) in self.events.iter().enumerate() {
+        for (index, verdict) in self.verdicts(app_id, edge).into_iter().enumerate() {
+            match verdict.outcome {
+                Ok(envelope) => envelopes.push(envelope),
+                Err(error) => invalid.push((index, error)),
+            }
+        }
+        if invalid.is_empty() {
+            Ok(envelopes)
+        } else {
+            Err(InvalidEvents(invalid))
+        }
+    }
+
+    /// Each event's [`Verdict`], in order: the valid ones become envelopes whatever the others
+    /// are (analytics over the WebSocket accepts and refuses per event).
+    pub fn verdicts(self, app_id: &str, edge: &Edge<'_>) -> Vec<Verdict> {
+        let channel = edge.live_channel.unwrap_or(NO_LIVE_CHANNEL);
+        let mut agents = enrich::Agents::default();
+        let mut ids = EnvelopeIds::at(edge.received_at);
+        let mut verdicts = Vec::with_capacity(self.events.len());
+        for raw in &self.events {
             let event = match validate::event(raw, &self) {
                 Ok(event) => event,
                 Err(error) => {
-                    invalid.push((index, error));
+                    verdicts.push(Verdict {
+                        message_id: validate::message_id_of(raw),
+                        outcome: Err(error),
+                    });
                     continue;
                 }
             };
-            if !invalid.is_empty() {
-                continue;
-            }
             let mut envelope = Envelope::new(
                 app_id,
                 Source::Track,
@@ -112,12 +158,10 @@ impl Request<'_> {
                 event.name(),
                 raw.get().to_owned(),
             );
-            envelope.received_at = edge.received_at;
+            (envelope.id, envelope.received_at) = (ids.next(), edge.received_at);
             envelope.user_id.clone_from(&event.user_id);
-            let message_id = event
-                .message_id
-                .clone()
-                .unwrap_or_else(|| envelope.id.to_string());
+            let sent_id = event.message_id.clone();
+            let message_id = sent_id.clone().unwrap_or_else(|| envelope.id.to_string());
             envelope.segment = Some(Box::new(enrich::fields(
                 event,
                 self.context.as_ref(),
@@ -125,13 +169,12 @@ impl Request<'_> {
                 edge,
                 &mut agents,
             )));
-            envelopes.push(envelope);
+            verdicts.push(Verdict {
+                message_id: sent_id,
+                outcome: Ok(envelope),
+            });
         }
-        if invalid.is_empty() {
-            Ok(envelopes)
-        } else {
-            Err(InvalidEvents(invalid))
-        }
+        verdicts
     }
 }
 
@@ -279,6 +322,79 @@ mod tests {
             Some(r#"{"ip":null,"locale":"fr"}"#)
         );
         assert!(all.iter().all(|e| e.received_at == at(RECEIVED)));
+    }
+
+    #[test]
+    fn verdicts_are_per_event_with_the_message_ids_as_sent() {
+        let body = r#"{"batch":[
+            {"type":"track","event":"ok","userId":"u","messageId":"m1"},
+            {"type":"track","userId":"u","messageId":"m2"},
+            {"type":"track","event":"no id","userId":"u"},
+            "text",
+            {"type":"page","anonymousId":"a","messageId":7},
+            {"type":"identify","userId":"u","messageId":"m5"}
+        ]}"#;
+        let verdicts = Request::parse(Endpoint::Batch, body.as_bytes())
+            .unwrap()
+            .verdicts("app-1", &edge());
+        let ids: Vec<Option<&str>> = verdicts.iter().map(|v| v.message_id.as_deref()).collect();
+        assert_eq!(ids, [Some("m1"), Some("m2"), None, None, None, Some("m5")]);
+        let outcomes: Vec<Result<&str, &EventError>> = verdicts
+            .iter()
+            .map(|v| v.outcome.as_ref().map(|e| e.name.as_str()))
+            .collect();
+        assert_eq!(
+            outcomes,
+            [
+                Ok("ok"),
+                Err(&EventError::MissingField("event")),
+                Ok("no id"),
+                Err(&EventError::NotAnObject),
+                Err(&EventError::WrongType {
+                    field: "messageId",
+                    expected: "a string"
+                }),
+                Ok("identify"),
+            ]
+        );
+        let accepted: Vec<&Envelope> = verdicts
+            .iter()
+            .filter_map(|v| v.outcome.as_ref().ok())
+            .collect();
+        // Stored with the generated id as messageId when none was sent, as over HTTP.
+        assert_eq!(fields(accepted[1]).message_id, accepted[1].id.to_string());
+        assert!(accepted.windows(2).all(|pair| pair[0].id < pair[1].id));
+        for envelope in accepted {
+            assert_eq!(envelope.received_at, at(RECEIVED));
+            assert_eq!(crate::envelope::id_time(&envelope.id), Some(at(RECEIVED)));
+        }
+        // The same body over HTTP is refused as a whole, listing the same events.
+        let all = envelopes(Endpoint::Batch, body).unwrap_err();
+        let refused: Vec<usize> = all.0.iter().map(|(index, _)| *index).collect();
+        assert_eq!(refused, [1, 3, 4]);
+    }
+
+    #[test]
+    fn message_ids_of_a_refused_body() {
+        let many: Vec<String> = (0..=MAX_BATCH_EVENTS)
+            .map(|i| format!(r#"{{"type":"track","event":"e","userId":"u","messageId":"m{i}"}}"#))
+            .collect();
+        let body = format!(r#"{{"batch":[{}]}}"#, many.join(","));
+        assert!(Request::parse(Endpoint::Batch, body.as_bytes()).is_err());
+        let ids = readable_message_ids(body.as_bytes());
+        assert_eq!(ids.len(), MAX_BATCH_EVENTS + 1);
+        assert_eq!(ids[7], "m7");
+        for unreadable in [
+            "not json",
+            "{}",
+            r#"{"batch":{}}"#,
+            r#"[{"messageId":"m"}]"#,
+        ] {
+            assert!(
+                readable_message_ids(unreadable.as_bytes()).is_empty(),
+                "{unreadable}"
+            );
+        }
     }
 
     #[test]

@@ -221,6 +221,23 @@ pub(super) fn event(raw: &RawValue, request: &Request<'_>) -> Result<ValidEvent,
     })
 }
 
+/// The `messageId` of an event that may be invalid: a non-empty string, when the event is a JSON
+/// object that has one.
+pub(super) fn message_id_of(raw: &RawValue) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        #[serde(rename = "messageId", default)]
+        message_id: Option<Value>,
+    }
+    if !raw.get().starts_with('{') {
+        return None;
+    }
+    match serde_json::from_str::<Id>(raw.get()).ok()?.message_id? {
+        Value::String(id) if !id.is_empty() => Some(id),
+        _ => None,
+    }
+}
+
 /// An id field: a non-empty string or a number (kept as its decimal text); `None` when absent
 /// or empty.
 fn id(value: Option<&Value>, field: &'static str) -> Result<Option<String>, EventError> {

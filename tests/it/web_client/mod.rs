@@ -3,8 +3,11 @@
 //! Postgres behind the storage fence, and recovery after a cut.
 
 mod opt_in;
+mod track;
 
-use crate::common::ws::Client;
+use serde_json::{json, Value};
+
+use crate::common::ws::{data, Client};
 use crate::common::{self, TestServer, KEY};
 
 /// The opt-in path's URL, with the query string pusher-js sends.
@@ -22,4 +25,64 @@ pub async fn connect_opted_in(server: &TestServer) -> Client {
 
 pub fn channel_name(prefix: &str) -> String {
     format!("{prefix}-{}", common::random_suffix())
+}
+
+/// A Segment track event named by `message_id`.
+pub fn track_event(message_id: &str) -> Value {
+    json!({"type": "track", "event": "Clicked", "userId": "u1", "messageId": message_id})
+}
+
+/// Sends one `switchboard:track` frame with `events`.
+pub async fn send_batch(client: &mut Client, events: &[Value]) {
+    client
+        .send(json!({"event": "switchboard:track", "data": {"batch": events}}))
+        .await;
+}
+
+/// An answer to a track batch: `switchboard:ack` or `switchboard:nack`, its data parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    Ack(Vec<String>),
+    Nack {
+        ids: Vec<String>,
+        reason: String,
+        retry: bool,
+    },
+}
+
+/// The next ack or nack (other frames, pings included, are skipped).
+pub async fn next_answer(client: &mut Client) -> Answer {
+    loop {
+        let frame = client.next_event().await;
+        let ids = |data: &Value| -> Vec<String> {
+            data["messageIds"]
+                .as_array()
+                .expect("messageIds")
+                .iter()
+                .map(|id| id.as_str().unwrap().to_owned())
+                .collect()
+        };
+        match frame["event"].as_str() {
+            Some("switchboard:ack") => return Answer::Ack(ids(&data(&frame))),
+            Some("switchboard:nack") => {
+                let data = data(&frame);
+                return Answer::Nack {
+                    ids: ids(&data),
+                    reason: data["reason"].as_str().unwrap().to_owned(),
+                    retry: data["retry"].as_bool().unwrap(),
+                };
+            }
+            _ => continue,
+        }
+    }
+}
+
+/// How many rows of `events` carry one of `message_ids`.
+pub async fn stored(server: &TestServer, message_ids: &[String]) -> i64 {
+    let ids: Vec<&str> = message_ids.iter().map(String::as_str).collect();
+    sqlx::query_scalar("SELECT count(*) FROM events WHERE message_id = ANY($1)")
+        .bind(&ids)
+        .fetch_one(&mut server.db().await)
+        .await
+        .unwrap()
 }
