@@ -100,9 +100,11 @@ test(
     amqp.cut();
     await track(200);
     // The gateway cannot publish: it refuses the batches for now (retry: true)...
-    await page.waitForFunction(() => window.log.nacks.some((nack) => nack.retry === true), null, {
-      timeout: 20_000,
-    });
+    await page.waitForFunction(
+      () => window.log.nacks.some((nack) => nack.retry === true && /RabbitMQ/.test(nack.reason)),
+      null,
+      { timeout: 20_000 },
+    );
     assert.ok((await page.evaluate(() => window.sb.pending)) > 0, 'events wait in the outbox');
     // ...and the page goes away with them unacknowledged (its beacon is refused too): the next
     // page sends them again from the outbox.

@@ -18,10 +18,6 @@ export interface Entry {
   readonly event: SegmentEvent;
   /** The event's JSON text length in UTF-8 bytes. */
   readonly bytes: number;
-  /** Sends refused with `retry: true` (or failed) so far. */
-  attempts: number;
-  /** Not to be sent again before this time (ms). */
-  notBefore: number;
   /** Sent and not yet answered. */
   inFlight: boolean;
 }
@@ -37,11 +33,6 @@ const encoder = new TextEncoder();
 /** The length of `text` in UTF-8 bytes. */
 export function utf8Length(text: string): number {
   return encoder.encode(text).length;
-}
-
-/** The wait before attempt `attempts + 1`: 0.5 s doubling to 30 s, with jitter (50–100 %). */
-export function backoff(attempts: number): number {
-  return Math.min(30_000, 500 * 2 ** Math.max(0, attempts - 1)) * (0.5 + Math.random() / 2);
 }
 
 export class Outbox {
@@ -121,14 +112,14 @@ export class Outbox {
   }
 
   /**
-   * The oldest events that are due and not in flight, in order, as many as fit in `maxEvents`
-   * and `maxBytes` of JSON; marked in flight.
+   * The oldest events not in flight, in order, as many as fit in `maxEvents` and `maxBytes` of
+   * JSON; marked in flight.
    */
-  take(now: number, maxEvents: number, maxBytes: number): Entry[] {
+  take(maxEvents: number, maxBytes: number): Entry[] {
     const taken: Entry[] = [];
     let bytes = 0;
     for (const entry of this.entries.values()) {
-      if (entry.inFlight || entry.notBefore > now) continue;
+      if (entry.inFlight) continue;
       if (taken.length === maxEvents || (taken.length > 0 && bytes + entry.bytes + 1 > maxBytes)) {
         break;
       }
@@ -156,18 +147,7 @@ export class Outbox {
     }
   }
 
-  /** These events are due again after a backoff that grows with each attempt. */
-  retry(messageIds: Iterable<string>, now: number): void {
-    for (const id of messageIds) {
-      const entry = this.entries.get(id);
-      if (!entry) continue;
-      entry.inFlight = false;
-      entry.attempts += 1;
-      entry.notBefore = now + backoff(entry.attempts);
-    }
-  }
-
-  /** These events are due again at once (their answer can no longer come). */
+  /** These events are to be sent again (their answer said so, or can no longer come). */
   release(messageIds: Iterable<string>): void {
     for (const id of messageIds) {
       const entry = this.entries.get(id);
@@ -175,13 +155,10 @@ export class Outbox {
     }
   }
 
-  /** When the next event not in flight is due (ms), or null when there is none. */
-  nextDue(): number | null {
-    let next: number | null = null;
-    for (const entry of this.entries.values()) {
-      if (!entry.inFlight && (next === null || entry.notBefore < next)) next = entry.notBefore;
-    }
-    return next;
+  /** Whether some event is waiting to be sent (not in flight). */
+  hasWaiting(): boolean {
+    for (const entry of this.entries.values()) if (!entry.inFlight) return true;
+    return false;
   }
 
   private insert(event: SegmentEvent, bytes: number): void {
@@ -194,14 +171,7 @@ export class Outbox {
         messageIds: [oldest],
       });
     }
-    const entry: Entry = {
-      event,
-      bytes,
-      attempts: 0,
-      notBefore: 0,
-      inFlight: false,
-    };
     this.count += 1;
-    this.entries.set(event.messageId, entry);
+    this.entries.set(event.messageId, { event, bytes, inFlight: false });
   }
 }

@@ -42,6 +42,11 @@ interface Batch {
 /** The JSON bytes a beacon may carry: Chrome allows 64 KiB in flight for all of a page's. */
 const MAX_BEACON_BYTES = 60_000;
 
+/** The pause after `failures` refusals in a row: 0.5 s doubling to 30 s, with jitter (50–100 %). */
+export function backoff(failures: number): number {
+  return Math.min(30_000, 500 * 2 ** Math.max(0, failures - 1)) * (0.5 + Math.random() / 2);
+}
+
 /** The `index`es and reasons of a Segment 400 answer's `errors`. */
 function invalidEvents(body: unknown): Map<number, string> {
   const invalid = new Map<number, string>();
@@ -59,6 +64,10 @@ export class Publisher {
   private readonly inFlight = new Set<Batch>();
   private readonly batchOf = new Map<string, Batch>();
   private fresh = 0;
+  /** Refusals (`retry: true`, failed requests, timeouts) since the last acknowledgement. */
+  private failures = 0;
+  /** Nothing is sent before this time: the backoff after a refusal. */
+  private pausedUntil = 0;
   private timer: ReturnType<typeof setTimeout> | undefined;
   private timerDue = Infinity;
 
@@ -105,14 +114,25 @@ export class Publisher {
   ack(messageIds: string[]): void {
     this.forget(messageIds);
     this.outbox.remove(messageIds);
+    this.failures = 0;
     this.schedule(0);
   }
 
-  /** `switchboard:nack`: refused for good (`retry` false, reported) or for now (sent again later). */
+  /**
+   * `switchboard:nack`: refused for good (`retry` false: removed and reported) or for now (sent
+   * again, with the same `messageId`, once the backoff is over: the gateway is short of its
+   * broker or of patience, so nothing at all is sent until then). Refusals that arrive during a
+   * backoff (the other batches that were in flight) do not lengthen it.
+   */
   nack(messageIds: string[], reason: string, retry: boolean): void {
     this.forget(messageIds);
     if (retry) {
-      this.outbox.retry(messageIds, this.now());
+      this.outbox.release(messageIds);
+      const now = this.now();
+      if (now >= this.pausedUntil) {
+        this.failures += 1;
+        this.pausedUntil = now + backoff(this.failures);
+      }
     } else if (messageIds.length > 0) {
       this.outbox.remove(messageIds);
       this.report({ kind: 'rejected', message: reason, messageIds });
@@ -156,10 +176,14 @@ export class Publisher {
     this.timerDue = Infinity;
     this.fresh = 0;
     const now = this.now();
+    if (now < this.pausedUntil) {
+      this.schedule(this.pausedUntil - now);
+      return;
+    }
     const { batchSize, maxBatchBytes, maxInFlight, answerTimeoutMs, httpFallbackMs } = this.options;
     const overHttp = !this.connected && now - this.disconnectedAt >= httpFallbackMs;
     while (this.inFlight.size < maxInFlight && (this.connected || overHttp)) {
-      const entries = this.outbox.take(now, batchSize, maxBatchBytes);
+      const entries = this.outbox.take(batchSize, maxBatchBytes);
       if (entries.length === 0) break;
       const sentAt = new Date(now).toISOString();
       const events = entries.map((entry) => ({ ...entry.event, sentAt }));
@@ -183,12 +207,9 @@ export class Publisher {
         void this.post(events);
       }
     }
-    if (!this.connected && !overHttp) {
-      if (this.outbox.size > 0) this.schedule(this.disconnectedAt + httpFallbackMs - now);
-      return;
+    if (!this.connected && !overHttp && this.outbox.hasWaiting()) {
+      this.schedule(this.disconnectedAt + httpFallbackMs - now);
     }
-    const due = this.outbox.nextDue();
-    if (due !== null && due > now && this.inFlight.size < maxInFlight) this.schedule(due - now);
   }
 
   private async post(events: SegmentEvent[]): Promise<void> {

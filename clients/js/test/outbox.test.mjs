@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { backoff, Outbox } from '../dist/outbox.js';
+import { Outbox } from '../dist/outbox.js';
 import { MemoryStorage, errorLog, trackEvent } from './support.mjs';
 
 const PREFIX = 'switchboard:app-key:outbox:';
@@ -85,39 +85,23 @@ test('storage full: the event is kept in memory and the failure reported once', 
   assert.equal(errors.filter((error) => error.kind === 'storage').length, 1);
 });
 
-test('take: due events not in flight, in order, within the count and byte budgets', () => {
+test('take: events not in flight, in order, within the count and byte budgets', () => {
   const outbox = new Outbox(null, PREFIX, 100, errorLog().report);
   const events = [0, 1, 2, 3, 4, 5].map((n) => trackEvent({ n }));
   for (const event of events) outbox.add(event);
   const size = outbox.all()[0].bytes;
+  const numbers = (entries) => entries.map((entry) => entry.event.properties.n);
 
-  const first = outbox.take(0, 2, 10_000);
-  assert.deepEqual(first.map((entry) => entry.event.properties.n), [0, 1]);
+  const first = outbox.take(2, 10_000);
+  assert.deepEqual(numbers(first), [0, 1]);
   assert.ok(first.every((entry) => entry.inFlight));
+  assert.deepEqual(numbers(outbox.take(10, 2 * (size + 1))), [2, 3], 'two fit the bytes');
+  assert.deepEqual(numbers(outbox.take(10, 1)), [4], 'one always goes, whatever its size');
+  assert.equal(outbox.hasWaiting(), true);
+  assert.deepEqual(numbers(outbox.take(10, 10_000)), [5]);
+  assert.equal(outbox.hasWaiting(), false, 'everything is in flight');
+  assert.deepEqual(outbox.take(10, 10_000), []);
 
-  const byBytes = outbox.take(0, 10, 2 * (size + 1));
-  assert.deepEqual(byBytes.map((entry) => entry.event.properties.n), [2, 3]);
-
-  outbox.retry([events[0].messageId], 1_000);
-  const retried = outbox.all()[0];
-  assert.equal(retried.attempts, 1);
-  assert.ok(retried.notBefore >= 1_250 && retried.notBefore <= 1_500, `${retried.notBefore}`);
-  assert.deepEqual(outbox.take(1_000, 10, 10_000).map((entry) => entry.event.properties.n), [4, 5]);
-  assert.equal(outbox.nextDue(), retried.notBefore);
-  assert.deepEqual(outbox.take(retried.notBefore, 10, 10_000).map((entry) => entry.event.properties.n), [0]);
-
-  outbox.release([events[2].messageId, events[3].messageId]);
-  assert.deepEqual(outbox.take(retried.notBefore, 10, 10_000).map((entry) => entry.event.properties.n), [2, 3]);
-  assert.equal(outbox.nextDue(), null, 'everything is in flight');
-});
-
-test('backoff doubles from 0.5 s to 30 s, with jitter', () => {
-  for (let i = 0; i < 50; i++) {
-    const first = backoff(1);
-    assert.ok(first >= 250 && first <= 500, `${first}`);
-    const fourth = backoff(4);
-    assert.ok(fourth >= 2_000 && fourth <= 4_000, `${fourth}`);
-    const late = backoff(30);
-    assert.ok(late >= 15_000 && late <= 30_000, `${late}`);
-  }
+  outbox.release([events[3].messageId, events[0].messageId]);
+  assert.deepEqual(numbers(outbox.take(10, 10_000)), [0, 3], 'released ones go again, in order');
 });

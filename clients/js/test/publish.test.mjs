@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { beforeEach, afterEach, mock, test } from 'node:test';
 
 import { Outbox } from '../dist/outbox.js';
-import { Publisher } from '../dist/publish.js';
+import { backoff, Publisher } from '../dist/publish.js';
 import { MemoryStorage, errorLog, trackEvent } from './support.mjs';
 
 const OPTIONS = {
@@ -77,7 +77,7 @@ test('a batch goes within the batch delay, at once when full, each copy with sen
   assert.deepEqual(sent.frames.slice(1).map((frame) => frame.length), [20, 20, 5]);
 });
 
-test('acked events leave the outbox; refused ones are reported and leave; retry:true ones come back with the same messageId after a backoff', () => {
+test('acked events leave the outbox; refused ones are reported and leave; retry:true ones go again with the same messageId after a backoff in which nothing is sent', () => {
   const { publisher, outbox, storage, sent, errors, add } = setup();
   publisher.connection(true);
   const events = add(4);
@@ -91,12 +91,47 @@ test('acked events leave the outbox; refused ones are reported and leave; retry:
   assert.deepEqual(errors, [
     { kind: 'rejected', message: 'event name is too long', messageIds: [events[2].messageId] },
   ]);
+  const later = add(1);
   mock.timers.tick(240);
-  assert.equal(sent.frames.length, 1, 'not before the backoff');
+  assert.equal(sent.frames.length, 1, 'nothing before the backoff (0.25 to 0.5 s)');
   mock.timers.tick(300);
   assert.equal(sent.frames.length, 2);
-  assert.deepEqual(ids(sent.frames[1]), [events[3].messageId]);
+  assert.deepEqual(ids(sent.frames[1]), [events[3].messageId, later[0].messageId], 'together, in order');
   assert.equal(sent.frames[1][0].timestamp, events[3].timestamp, 'the same event, sent again');
+});
+
+test('the batches in flight refused together count as one refusal', () => {
+  const { publisher, sent, add } = setup({ options: { batchSize: 2 } });
+  publisher.connection(true);
+  add(16);
+  mock.timers.tick(0);
+  assert.equal(sent.frames.length, 8);
+  for (const frame of sent.frames) publisher.nack(ids(frame), 'RabbitMQ is unavailable', true);
+  mock.timers.tick(500);
+  assert.equal(sent.frames.length, 16, 'all sent again after one backoff of 0.25 to 0.5 s');
+});
+
+test('refusals in a row double the backoff; an ack resets it', () => {
+  const { publisher, sent, add } = setup();
+  publisher.connection(true);
+  add(1);
+  mock.timers.tick(100);
+  const refuse = () => publisher.nack(ids(sent.frames.at(-1)), 'Track rate limit reached', true);
+  refuse();
+  mock.timers.tick(500);
+  assert.equal(sent.frames.length, 2);
+  refuse();
+  mock.timers.tick(499);
+  assert.equal(sent.frames.length, 2, 'the second backoff is 0.5 to 1 s');
+  mock.timers.tick(501);
+  assert.equal(sent.frames.length, 3);
+  publisher.ack(ids(sent.frames.at(-1)));
+  add(1);
+  mock.timers.tick(100);
+  assert.equal(sent.frames.length, 4);
+  refuse();
+  mock.timers.tick(500);
+  assert.equal(sent.frames.length, 5, 'back to 0.25 to 0.5 s after the ack');
 });
 
 test('at most maxInFlight batches await their answer; an answer lets the next go', () => {
@@ -117,6 +152,7 @@ test('a batch without an answer is sent again after the answer timeout', () => {
   add(2);
   mock.timers.tick(100);
   mock.timers.tick(15_000);
+  assert.equal(sent.frames.length, 1);
   mock.timers.tick(500);
   assert.equal(sent.frames.length, 2);
   assert.deepEqual(ids(sent.frames[1]), ids(sent.frames[0]));
@@ -222,4 +258,15 @@ test('pagehide stops at the first beacon the browser refuses', () => {
   state.beaconRoom = 10;
   publisher.pagehide();
   assert.equal(sent.beacons.length, 0);
+});
+
+test('backoff doubles from 0.5 s to 30 s, with jitter', () => {
+  for (let i = 0; i < 50; i++) {
+    const first = backoff(1);
+    assert.ok(first >= 250 && first <= 500, `${first}`);
+    const fourth = backoff(4);
+    assert.ok(fourth >= 2_000 && fourth <= 4_000, `${fourth}`);
+    const late = backoff(30);
+    assert.ok(late >= 15_000 && late <= 30_000, `${late}`);
+  }
 });
