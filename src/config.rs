@@ -50,6 +50,7 @@ pub struct Config {
     pub publisher: PublisherSection,
     pub worker: WorkerSection,
     pub webhooks: WebhooksSection,
+    pub history: HistorySection,
 }
 
 impl Default for Config {
@@ -73,6 +74,7 @@ impl Default for Config {
             publisher: PublisherSection::default(),
             worker: WorkerSection::default(),
             webhooks: WebhooksSection::default(),
+            history: HistorySection::default(),
         }
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use admin::Check;
-use bus::{Publisher, PublisherConfig, Topology, WebhookPublisher};
+use bus::{FencePublisher, Publisher, PublisherConfig, Topology, WebhookPublisher};
 use config::Config;
 use consumer_worker::WorkerConfig;
 use dashboards::console::ConsoleConfig;
@@ -19,7 +19,7 @@ use dashboards::DashboardConfig;
 use dispatcher::{LiveConfig, Registry, RegistryConfig};
 use ingest::server::{Limits, Listener, Liveness};
 use ingest::tls::{Tls, TlsError};
-use ingest::{About, Gateway, Webhooks};
+use ingest::{About, Backends, Gateway, History, Webhooks};
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -66,6 +66,8 @@ pub enum StartError {
     PublisherNotReady(Duration),
     #[error("the dashboard's database: {0}")]
     Dashboard(#[source] sqlx::Error),
+    #[error("the history's database: {0}")]
+    History(#[source] sqlx::Error),
     #[error("TLS of the {listener} listener: {source}")]
     Tls {
         listener: &'static str,
@@ -303,7 +305,7 @@ pub async fn start(
             )
         });
         let webhooks = Webhooks::new(&apps, webhook_publisher);
-        let publisher = Publisher::spawn(publisher_config, &tracker);
+        let publisher = Publisher::spawn(publisher_config.clone(), &tracker);
         // Requests that come before the first connection would be refused.
         wait_for(|| publisher.is_connected(), LIVE_READY_TIMEOUT)
             .await
@@ -314,12 +316,24 @@ pub async fn start(
             name: "publisher",
             ok: Arc::new(move || connected.is_connected()),
         });
+        let history = History::new(
+            &config.database_url,
+            config.history.history_config(),
+            FencePublisher::spawn(publisher_config, &tracker),
+            &tracker,
+            shutdown.clone(),
+        )
+        .map_err(StartError::History)?;
+        let backends = Backends {
+            publisher,
+            webhooks,
+            history,
+        };
         let gateway = Arc::new(Gateway::new(
             apps,
             gateway_config,
-            publisher,
+            backends,
             registry,
-            webhooks,
             node,
             shutdown.clone(),
         ));

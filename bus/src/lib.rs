@@ -12,7 +12,10 @@ mod topology;
 pub use backoff::Backoff;
 pub use dead::{peek_dead_letters, DeadLetters};
 pub use depth::QueueDepths;
-pub use publisher::{Pending, PublishError, Publisher, PublisherConfig, WebhookPublisher};
+pub use publisher::{
+    FencePublisher, Pending, PublishError, Publisher, PublisherConfig, WebhookPublisher,
+    FENCE_MESSAGE_TYPE,
+};
 pub use topology::{
     declare_durable, declare_live_queue, delete_live_queues, live_queue_exists, LiveQueues,
     QueueType, Topology, CONTROL_ROUTING_KEY, EVENT_ROUTING_KEY,

@@ -19,9 +19,11 @@
 //! [`PublishError::Timeout`].
 
 mod connector;
+mod fence;
 mod outbox;
 mod webhooks;
 
+pub use fence::{FencePublisher, FENCE_MESSAGE_TYPE};
 pub use webhooks::WebhookPublisher;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -11,6 +11,7 @@
 //! [`webhooks::run`] is the webhook sender: the webhook queue → `webhook_deliveries` → the apps'
 //! URLs, retried until delivered or dead.
 
+mod fence;
 mod link;
 mod maintenance;
 mod storage;

@@ -1,4 +1,5 @@
-//! Periodic maintenance: the partitions ahead, retention, and pruning the dedup tables.
+//! Periodic maintenance: the partitions ahead, retention, pruning the dedup tables (hourly)
+//! and the recorded storage fences (every minute).
 //!
 //! Retention never takes an ACCESS EXCLUSIVE lock on `events`: an expired partition is first
 //! detached with `DETACH PARTITION … CONCURRENTLY` (SHARE UPDATE EXCLUSIVE on `events`, which
@@ -17,8 +18,8 @@ use sqlx::{Executor, PgPool};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::storage;
 use crate::worker::WorkerConfig;
+use crate::{fence, storage};
 
 /// How long a retention step waits for a lock — including DETACH's wait for the queries that
 /// use `events` — before it gives up until the next round.
@@ -33,10 +34,19 @@ const DETACHED_COMMENT: &str = "switchboard: detached for retention, to be dropp
 /// next round.
 pub(crate) async fn run(pool: PgPool, config: WorkerConfig, shutdown: CancellationToken) {
     let mut rounds = tokio::time::interval(config.maintenance_interval);
+    // Recorded fences are of use for seconds: pruned far more often than the rest.
+    let mut fence_rounds = tokio::time::interval(fence::FENCE_KEPT);
     loop {
         tokio::select! {
             biased;
             () = shutdown.cancelled() => return,
+            _ = fence_rounds.tick() => {
+                match fence::prune(&pool).await {
+                    Ok(pruned) => debug!(pruned, "pruned the recorded storage fences"),
+                    Err(error) => warn!(%error, "cannot prune the recorded storage fences"),
+                }
+                continue;
+            }
             _ = rounds.tick() => {}
         }
         let today = storage::today();

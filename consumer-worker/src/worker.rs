@@ -19,7 +19,9 @@ use sqlx::PgPool;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
+use uuid::Uuid;
 
+use crate::fence;
 use crate::link::{Link, LinkConfig, LinkError, Reconnect};
 use crate::maintenance;
 use crate::storage::{self, Disposition};
@@ -83,18 +85,21 @@ pub async fn run(config: WorkerConfig, pool: PgPool, shutdown: CancellationToken
     tokio::join!(worker.consume_until_shutdown(), maintenance);
 }
 
-/// One decoded delivery.
+/// One decoded delivery: a batch of envelopes, or a storage fence.
 struct Decoded {
     tag: DeliveryTag,
     envelopes: Vec<Envelope>,
+    fence: Option<Uuid>,
 }
 
-/// Deliveries taken together and written with one statement.
+/// Deliveries taken together and written with one statement. A fence ends the batch: it is
+/// recorded once the envelopes before it are committed.
 #[derive(Default)]
 struct Batch {
     deliveries: usize,
     last_tag: DeliveryTag,
     envelopes: Vec<Envelope>,
+    fences: Vec<Uuid>,
 }
 
 impl Batch {
@@ -102,6 +107,12 @@ impl Batch {
         self.deliveries += 1;
         self.last_tag = self.last_tag.max(decoded.tag);
         self.envelopes.extend(decoded.envelopes);
+        self.fences.extend(decoded.fence);
+    }
+
+    /// Whether to take no more deliveries into it.
+    fn ends(&self, max_envelopes: usize) -> bool {
+        !self.fences.is_empty() || self.envelopes.len() >= max_envelopes
     }
 }
 
@@ -179,11 +190,13 @@ impl Worker {
         }
     }
 
-    /// Processes batches until shutdown (`Ok`) or until the link fails.
+    /// Processes batches until shutdown (`Ok`) or until the link fails. The link is one
+    /// consumer of the persist queue, named in the fences it records by an id of its own.
     async fn consume(&mut self, link: &mut Link) -> Result<(), LinkError> {
+        let consumer = Uuid::new_v4();
         let mut carried = None;
         while let Some(batch) = self.collect(link, &mut carried).await? {
-            self.complete(link, batch).await?;
+            self.complete(link, batch, consumer).await?;
             if self.shutdown.is_cancelled() {
                 break;
             }
@@ -214,7 +227,7 @@ impl Worker {
             }
         }
         let deadline = Instant::now() + self.config.batch_linger;
-        while batch.envelopes.len() < self.config.max_batch {
+        while !batch.ends(self.config.max_batch) {
             let delivery = tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => break,
@@ -234,13 +247,20 @@ impl Worker {
 
     /// Decodes a delivery; one that cannot be decoded is dead-lettered and acked at once.
     async fn decode(&self, link: &Link, delivery: Delivery) -> Result<Option<Decoded>, LinkError> {
-        match decode_batch(&delivery.data) {
-            Ok(envelopes) => Ok(Some(Decoded {
+        let decoded = match fence::token(&delivery) {
+            Some(token) => token.map(|token| (Vec::new(), Some(token))),
+            None => decode_batch(&delivery.data)
+                .map(|envelopes| (envelopes, None))
+                .map_err(|error| error.to_string()),
+        };
+        match decoded {
+            Ok((envelopes, fence)) => Ok(Some(Decoded {
                 tag: delivery.delivery_tag,
                 envelopes,
+                fence,
             })),
             Err(error) => {
-                link.dead_letter(&delivery.data, &error.to_string()).await?;
+                link.dead_letter(&delivery.data, &error).await?;
                 link.ack(delivery.delivery_tag, false).await?;
                 metrics::counter!("switchboard_dead_lettered_total", "reason" => "decode")
                     .increment(1);
@@ -255,36 +275,31 @@ impl Worker {
         }
     }
 
-    /// Writes the batch, dead-letters what Postgres refused, then acks every delivery of it.
-    async fn complete(&mut self, link: &Link, batch: Batch) -> Result<(), LinkError> {
+    /// Writes the batch, dead-letters what Postgres refused, records its fences, then acks
+    /// every delivery of it.
+    async fn complete(
+        &mut self,
+        link: &Link,
+        batch: Batch,
+        consumer: Uuid,
+    ) -> Result<(), LinkError> {
         let span = info_span!(
             "persist_batch",
             deliveries = batch.deliveries,
             envelopes = batch.envelopes.len(),
+            fences = batch.fences.len(),
             last_tag = batch.last_tag,
         );
         async {
-            metrics::histogram!("switchboard_persist_batch_envelopes")
-                .record(batch.envelopes.len() as f64);
-            let started = Instant::now();
-            let Some(rejected) = self.persist(&batch.envelopes).await else {
+            if !batch.envelopes.is_empty() && !self.store(link, &batch.envelopes).await? {
                 info!("shutdown while Postgres is failing: the batch is left unacked");
                 return Ok(());
-            };
-            metrics::histogram!("switchboard_persist_seconds")
-                .record(started.elapsed().as_secs_f64());
-            for (envelope, refusal) in rejected {
-                let body = encode_batch(std::slice::from_ref(envelope));
-                link.dead_letter(&body, &refusal.reason()).await?;
-                metrics::counter!("switchboard_dead_lettered_total", "reason" => refusal.label())
-                    .increment(1);
-                warn!(
-                    envelope_id = %envelope.id,
-                    app_id = %envelope.app_id,
-                    sqlstate = refusal.error.as_database_error().and_then(|e| e.code()).as_deref(),
-                    attempts = refusal.attempts,
-                    "Postgres refused an envelope; dead-lettered"
-                );
+            }
+            if !batch.fences.is_empty() {
+                // A fence not recorded is published again by its gateway until one is.
+                if let Err(error) = fence::record(&self.pool, &batch.fences, consumer).await {
+                    warn!(%error, "cannot record a storage fence");
+                }
             }
             link.ack(batch.last_tag, true).await?;
             debug!("batch persisted");
@@ -292,6 +307,31 @@ impl Worker {
         }
         .instrument(span)
         .await
+    }
+
+    /// Writes `envelopes` and dead-letters what Postgres refused; false when shutdown came
+    /// while Postgres was failing (nothing is to be acked then).
+    async fn store(&mut self, link: &Link, envelopes: &[Envelope]) -> Result<bool, LinkError> {
+        metrics::histogram!("switchboard_persist_batch_envelopes").record(envelopes.len() as f64);
+        let started = Instant::now();
+        let Some(rejected) = self.persist(envelopes).await else {
+            return Ok(false);
+        };
+        metrics::histogram!("switchboard_persist_seconds").record(started.elapsed().as_secs_f64());
+        for (envelope, refusal) in rejected {
+            let body = encode_batch(std::slice::from_ref(envelope));
+            link.dead_letter(&body, &refusal.reason()).await?;
+            metrics::counter!("switchboard_dead_lettered_total", "reason" => refusal.label())
+                .increment(1);
+            warn!(
+                envelope_id = %envelope.id,
+                app_id = %envelope.app_id,
+                sqlstate = refusal.error.as_database_error().and_then(|e| e.code()).as_deref(),
+                attempts = refusal.attempts,
+                "Postgres refused an envelope; dead-lettered"
+            );
+        }
+        Ok(true)
     }
 
     /// Writes `envelopes`, retrying while Postgres is unreachable. What Postgres refuses — at
@@ -422,6 +462,7 @@ mod tests {
             envelopes: (0..n)
                 .map(|_| Envelope::new("1", protocol::Source::Api, "c", "e", String::new()))
                 .collect(),
+            fence: None,
         };
         let mut batch = Batch::default();
         batch.push(decoded(3, 2));
@@ -431,5 +472,13 @@ mod tests {
             (batch.deliveries, batch.last_tag, batch.envelopes.len()),
             (3, 5, 3)
         );
+        assert!(!batch.ends(4));
+        assert!(batch.ends(3));
+        batch.push(Decoded {
+            fence: Some(Uuid::new_v4()),
+            ..decoded(6, 0)
+        });
+        assert!(batch.ends(1000), "a fence ends the batch");
+        assert_eq!((batch.deliveries, batch.last_tag), (4, 6));
     }
 }

@@ -10,6 +10,8 @@ use warp::reply::Response;
 use warp::Reply;
 
 use crate::body;
+use crate::channel_auth::ChannelAuthError;
+use crate::history::HistoryError;
 
 /// Seconds a client is told to wait when the broker cannot take events.
 pub const RETRY_AFTER_SECS: u32 = 1;
@@ -79,12 +81,20 @@ pub enum ApiError {
     SegmentBody(#[from] BodyError),
     #[error(transparent)]
     InvalidEvents(#[from] InvalidEvents),
+    #[error("unknown app key")]
+    UnknownAppKey,
+    #[error("channel name is not percent-encoded UTF-8")]
+    InvalidChannelEncoding,
+    #[error(transparent)]
+    ChannelAuth(#[from] ChannelAuthError),
+    #[error(transparent)]
+    History(#[from] HistoryError),
 }
 
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::UnknownApp => StatusCode::NOT_FOUND,
+            ApiError::UnknownApp | ApiError::UnknownAppKey => StatusCode::NOT_FOUND,
             ApiError::AppDisabled => StatusCode::FORBIDDEN,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::BadQuery(_)
@@ -101,6 +111,7 @@ impl ApiError {
             | ApiError::NotPresence(_)
             | ApiError::InvalidUserId
             | ApiError::InvalidIdempotencyKey { .. }
+            | ApiError::InvalidChannelEncoding
             | ApiError::BadGzip(_) => StatusCode::BAD_REQUEST,
             ApiError::SegmentBody(body) if body.too_large() => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::SegmentBody(_) => StatusCode::BAD_REQUEST,
@@ -116,6 +127,8 @@ impl ApiError {
                 StatusCode::UNAUTHORIZED
             }
             ApiError::UnsupportedEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::ChannelAuth(_) => StatusCode::UNAUTHORIZED,
+            ApiError::History(error) => error.status(),
         }
     }
 }

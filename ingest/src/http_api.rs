@@ -17,6 +17,7 @@ use warp::Reply;
 
 use crate::apps::App;
 use crate::error::ApiError;
+use crate::history::HistoryQuery;
 use crate::idempotency::IdempotencyKey;
 use crate::offload::API_INLINE_MAX_BYTES;
 use crate::Gateway;
@@ -33,6 +34,8 @@ pub enum Endpoint {
     Channel(String),
     Users(String),
     TerminateConnections(String),
+    /// `GET /apps/{id}/channels/{name}/events`: the channel's history.
+    History(String),
 }
 
 /// One signed API request as it arrived.
@@ -186,6 +189,12 @@ async fn handle_inner(
                 .transpose()?
                 .unwrap_or_default();
             Ok(describe_checked(gateway, app, &name, &attributes)?)
+        }
+        Endpoint::History(name) => {
+            let name = crate::history::channel_from_path(&name)?;
+            validate_channel(&name)?;
+            let query = HistoryQuery::parse(param("after"), param("limit"))?;
+            Ok(gateway.history.answer(&app.id, &name, query).await?)
         }
         Endpoint::Users(name) => {
             let channel = validate_channel(&name)?;

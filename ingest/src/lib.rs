@@ -6,10 +6,12 @@
 
 pub mod apps;
 pub mod body;
+pub mod channel_auth;
 pub mod cluster_webhooks;
 pub mod console;
 pub mod error;
 pub mod forwarded;
+pub mod history;
 pub mod http_api;
 pub mod idempotency;
 pub mod offload;
@@ -35,6 +37,7 @@ use warp::Filter;
 
 pub use apps::{AnalyticsChannel, App, Apps, AppsError, Limits};
 pub use forwarded::{PeerAddr, TrustedProxy};
+pub use history::{History, HistoryConfig};
 pub use root::About;
 pub use webhooks::{WebhookConfig, Webhooks};
 
@@ -83,12 +86,22 @@ impl Default for GatewayConfig {
     }
 }
 
+/// Where the gateway sends what it accepts and asks what it answers: the confirmed publisher,
+/// webhooks, and the history (Postgres behind the storage fence).
+pub struct Backends {
+    pub publisher: Publisher,
+    pub webhooks: webhooks::Webhooks,
+    pub history: History,
+}
+
 /// Everything a request or session needs, shared.
 pub struct Gateway {
     pub apps: Apps,
     pub config: GatewayConfig,
     pub publisher: Publisher,
     pub registry: Arc<Registry>,
+    /// Channels' events from Postgres.
+    pub history: History,
     /// Idempotency keys this node published and had confirmed.
     pub recent_keys: idempotency::RecentKeys,
     /// This node's id: the first half of every socket id it hands out.
@@ -106,15 +119,20 @@ impl Gateway {
     pub fn new(
         apps: Apps,
         config: GatewayConfig,
-        publisher: Publisher,
+        backends: Backends,
         registry: Arc<Registry>,
-        webhooks: webhooks::Webhooks,
         node: u32,
         shutdown: CancellationToken,
     ) -> Gateway {
+        let Backends {
+            publisher,
+            webhooks,
+            history,
+        } = backends;
         websocket::register_track_metrics();
         Gateway {
             apps,
+            history,
             recent_keys: idempotency::RecentKeys::new(
                 config.idempotency_cache_entries,
                 config.idempotency_window,
@@ -139,7 +157,7 @@ fn with_gateway(
 }
 
 /// The raw query string, empty when there is none.
-fn raw_query() -> impl Filter<Extract = (String,), Error = Infallible> + Clone {
+pub(crate) fn raw_query() -> impl Filter<Extract = (String,), Error = Infallible> + Clone {
     warp::query::raw().or(warp::any().map(String::new)).unify()
 }
 
@@ -253,6 +271,11 @@ pub fn routes(
         .map(|app: String, name: String| (Some(app), http_api::Endpoint::Users(name)))
         .and(api("GET"))
         .and(no_body());
+    let history = warp::path!("apps" / String / "channels" / String / "events")
+        .and(warp::get())
+        .map(|app: String, name: String| (Some(app), http_api::Endpoint::History(name)))
+        .and(api("GET"))
+        .and(no_body());
     let api_routes = trigger
         .or(batch)
         .unify()
@@ -263,6 +286,8 @@ pub fn routes(
         .or(channel)
         .unify()
         .or(users)
+        .unify()
+        .or(history)
         .unify()
         .and(with_gateway(gateway.clone()))
         .then(
@@ -286,7 +311,9 @@ pub fn routes(
     websocket
         .or(api_routes)
         .unify()
-        .or(segment::routes(gateway))
+        .or(segment::routes(gateway.clone()))
+        .unify()
+        .or(history::browser_route(gateway))
         .unify()
         .or(about)
         .unify()

@@ -4,7 +4,6 @@
 //! activity timer and applies them to the registry; the writer drains the socket's bounded
 //! outbound queue into the socket and sends the close frame when the [`CloseSignal`] fires.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,12 +13,9 @@ use dispatcher::{AppOptions, ConnectError, Frame, Record, SocketHandle, Subscrib
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use governor::clock::DefaultClock;
-use protocol::channel::DEBUG_CHANNEL;
 use protocol::frame::{self, ClientMessage};
 use protocol::presence::{Member, SignedInUser, SigninError};
-use protocol::signature::{
-    channel_string_to_sign, debug_console_secret, signin_string_to_sign, verify_client_auth,
-};
+use protocol::signature::{signin_string_to_sign, verify_client_auth};
 use protocol::webhook::{EventType, WebhookEvent};
 use protocol::{Channel, ChannelKind, SocketId};
 use tokio::sync::mpsc;
@@ -271,14 +267,6 @@ enum Refusal {
     },
 }
 
-fn auth_error(error: impl ToString) -> Refusal {
-    Refusal::Subscription {
-        kind: "AuthError",
-        error: error.to_string(),
-        status: 401,
-    }
-}
-
 struct Session {
     gateway: Arc<Gateway>,
     app: Arc<App>,
@@ -467,57 +455,20 @@ impl Session {
         auth: Option<&str>,
         channel_data: Option<&str>,
     ) -> Result<Option<Member>, Refusal> {
-        let socket_id = &self.handle.socket_id;
-        // Only the dashboard signs for its console's channel, with a secret of its own.
-        let secret = match channel.name {
-            DEBUG_CHANNEL => Cow::Owned(debug_console_secret(&self.app.secret)),
-            _ => Cow::Borrowed(self.app.secret.as_str()),
-        };
-        let check = |signed: String| {
-            let auth = auth
-                .filter(|a| !a.is_empty())
-                .ok_or_else(|| auth_error("Missing auth for this channel"))?;
-            if verify_client_auth(&self.app.key, &secret, &signed, auth) {
-                Ok(())
-            } else {
-                Err(auth_error("Invalid signature for this socket and channel"))
-            }
-        };
-        match channel.kind {
-            ChannelKind::Public => Ok(None),
-            ChannelKind::Private | ChannelKind::PrivateEncrypted => {
-                // pusher-js's own suite sends `channel_data` on private channels too, signed
-                // over `socket_id:channel:channel_data`: either form is accepted then.
-                check(channel_string_to_sign(socket_id, channel.name, None))
-                    .or_else(|refused| match channel_data {
-                        Some(data) => {
-                            check(channel_string_to_sign(socket_id, channel.name, Some(data)))
-                        }
-                        None => Err(refused),
-                    })
-                    .map(|()| None)
-            }
-            ChannelKind::Presence => {
-                let data = channel_data.ok_or_else(|| auth_error("Missing channel_data"))?;
-                check(channel_string_to_sign(socket_id, channel.name, Some(data)))?;
-                Member::from_channel_data(Some(data))
-                    .map(Some)
-                    .map_err(auth_error)
-            }
-            ChannelKind::ServerToUser => {
-                let expected = self
-                    .user
-                    .as_ref()
-                    .map(|u| format!("#server-to-user-{}", u.id));
-                if expected.as_deref() == Some(channel.name) {
-                    Ok(None)
-                } else {
-                    Err(auth_error(
-                        "Sign in as this user to subscribe to this channel",
-                    ))
-                }
-            }
-        }
+        let signed_in = self.user.as_ref().map(|user| user.id.as_str());
+        crate::channel_auth::authorize(
+            &self.app,
+            channel,
+            &self.handle.socket_id,
+            auth,
+            channel_data,
+            signed_in,
+        )
+        .map_err(|error| Refusal::Subscription {
+            kind: "AuthError",
+            error: error.to_string(),
+            status: 401,
+        })
     }
 
     fn sign_in(&mut self, auth: &str, user_data: &str) {

@@ -119,6 +119,9 @@ fn config_text() -> impl Strategy<Value = String> {
             "secret",
             "enabled",
             "client_events_per_second",
+            "track_batches_per_second",
+            "window_hours",
+            "max_events",
             "unknown",
         ][..],
     );
@@ -130,6 +133,7 @@ fn config_text() -> impl Strategy<Value = String> {
             "[worker]",
             "[[apps]]",
             "[apps.limits]",
+            "[history]",
         ][..],
     );
     prop_oneof![
@@ -284,6 +288,7 @@ fn valid_config() -> impl Strategy<Value = Config> {
                 publisher,
                 worker,
                 webhooks: WebhooksSection::default(),
+                history: HistorySection::default(),
                 // Any admin_bind: a password keeps a non-loopback one valid.
                 admin: AdminSection {
                     password: Some("generated".into()),

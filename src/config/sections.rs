@@ -241,3 +241,32 @@ impl Default for WebhooksSection {
         }
     }
 }
+
+/// The recovery window of history (`GET …/channels/{name}/events`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistorySection {
+    /// How far back a history request's `after` may be (410 beyond).
+    pub window_hours: u32,
+    /// Most events of a channel after a history request's `after` (410 beyond).
+    pub max_events: u32,
+}
+
+impl HistorySection {
+    pub fn history_config(&self) -> ingest::HistoryConfig {
+        ingest::HistoryConfig {
+            window: Duration::from_secs(u64::from(self.window_hours) * 3600),
+            max_events: self.max_events,
+        }
+    }
+}
+
+impl Default for HistorySection {
+    fn default() -> Self {
+        let h = ingest::HistoryConfig::default();
+        HistorySection {
+            window_hours: (h.window.as_secs() / 3600) as u32,
+            max_events: h.max_events,
+        }
+    }
+}

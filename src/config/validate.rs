@@ -109,6 +109,16 @@ impl Config {
                 self.worker.retention_days.is_none_or(|days| days >= 1),
                 "at least 1 (or unset to keep everything)",
             ),
+            (
+                "history.window_hours",
+                (1..=8760).contains(&self.history.window_hours),
+                "1 to 8760",
+            ),
+            (
+                "history.max_events",
+                (1..=1_000_000).contains(&self.history.max_events),
+                "1 to 1000000",
+            ),
         ];
         for &(field, ok, expected) in checks {
             if !ok {

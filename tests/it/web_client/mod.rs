@@ -2,13 +2,16 @@
 //! (`/switchboard/app/{key}`), analytics over the WebSocket (`switchboard:track`), history from
 //! Postgres behind the storage fence, and recovery after a cut.
 
+mod fence;
+mod history;
 mod opt_in;
+mod recovery;
 mod track;
 
 use serde_json::{json, Value};
 
 use crate::common::ws::{data, Client};
-use crate::common::{self, TestServer, KEY};
+use crate::common::{self, TestServer, APP_ID, KEY};
 
 /// The opt-in path's URL, with the query string pusher-js sends.
 pub fn opt_in_url(server: &TestServer) -> String {
@@ -85,4 +88,50 @@ pub async fn stored(server: &TestServer, message_ids: &[String]) -> i64 {
         .fetch_one(&mut server.db().await)
         .await
         .unwrap()
+}
+
+/// A signed `GET /apps/{APP_ID}/channels/{channel}/events` with `query` (`k=v&…`).
+pub async fn signed_history(server: &TestServer, channel: &str, query: &str) -> reqwest::Response {
+    server
+        .get_signed(&format!("/apps/{APP_ID}/channels/{channel}/events"), query)
+        .await
+}
+
+/// The browser's `GET /app/{key}/channels/{channel}/events?{query}` from `https://app.example`.
+pub async fn browser_history(
+    server: &TestServer,
+    key: &str,
+    channel: &str,
+    query: &str,
+) -> reqwest::Response {
+    reqwest::Client::new()
+        .get(server.url(&format!("/app/{key}/channels/{channel}/events?{query}")))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .expect("request reaches the server")
+}
+
+/// A 200 history page: its events and `next`.
+pub async fn page(response: reqwest::Response) -> (Vec<Value>, Option<String>) {
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    let events = body["events"].as_array().expect("events").clone();
+    (events, body["next"].as_str().map(str::to_owned))
+}
+
+/// Triggers `count` events named `name` on `channel`, `{"i":N}` each, ten per batch request.
+pub async fn trigger_numbered(server: &TestServer, channel: &str, name: &str, count: usize) {
+    let mut sent = 0;
+    while sent < count {
+        let batch: Vec<Value> = (sent..count.min(sent + 10))
+            .map(|i| json!({"channel": channel, "name": name, "data": format!(r#"{{"i":{i}}}"#)}))
+            .collect();
+        sent += batch.len();
+        let body = json!({ "batch": batch }).to_string();
+        let response = server
+            .post_signed(&format!("/apps/{APP_ID}/batch_events"), &body)
+            .await;
+        assert_eq!(response.status(), 200);
+    }
 }
