@@ -300,6 +300,41 @@ test('without a WebSocket (none connects, or the browser has none) the client se
   assert.equal(count, 100);
 });
 
+test('an app that takes no analytics over the WebSocket: the client sends them by POST /v1/batch', TIMEOUT, async (t) => {
+  const { databaseUrl, port } = await startOwnServer(t, {
+    apps: `
+[[apps]]
+id = "ws-track-off-id"
+key = "ws-track-off-key"
+secret = "ws-track-off-secret"
+
+[apps.limits]
+track_batches_per_second = 0
+`,
+  });
+  const site = await startSite(t);
+  const page = await openPage(t, browser, site, { port, key: 'ws-track-off-key' });
+  await waitState(page, 'connected');
+  const messageIds = await page.evaluate(() =>
+    Array.from({ length: 10 }, (_, n) => window.sb.track('Web Client Off', { n })),
+  );
+  await page.waitForFunction(() => window.sb.pending === 0, null, { timeout: 30_000 });
+  const nacks = await page.evaluate(() => window.log.nacks);
+  assert.ok(nacks.length > 0 && nacks.every((nack) => /track_batches_per_second = 0/.test(nack.reason)), JSON.stringify(nacks));
+  const ids = `'{${messageIds.join(',')}}'::text[]`;
+  let count = 0;
+  await waitUntil(
+    () => {
+      [count] = query(databaseUrl, `SELECT count(*) FROM events WHERE app_id = 'ws-track-off-id' AND message_id = ANY(${ids})`).map(Number);
+      return count >= 10;
+    },
+    30_000,
+    () => `${count} of 10 stored`,
+  );
+  assert.equal(count, 10);
+  assert.equal(await page.evaluate(() => window.sb.pusher.connection.state), 'connected', 'the WebSocket stays for subscriptions');
+});
+
 test('the history route refuses a private or presence channel without a valid signature', TIMEOUT, async () => {
   const sdk = serverClient();
   const privateChannel = uniqueChannel('private-history');

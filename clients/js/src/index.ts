@@ -75,6 +75,10 @@ interface RawFrame {
 
 const SAFE_NAME = /[^A-Za-z0-9_\-=@,.;]/g;
 
+/** In the reason of the gateway's nack when the app takes no analytics over the WebSocket
+ * (`limits.track_batches_per_second = 0`): the client then uses `/v1/batch`. */
+const WEBSOCKET_TRACK_OFF = 'track_batches_per_second = 0';
+
 function localStorageOrNull(): StorageLike | null {
   try {
     return globalThis.localStorage ?? null;
@@ -269,7 +273,11 @@ export class Switchboard {
       this.publisher.ack(strings(dataObject(frame.data).messageIds));
     } else if (event === 'switchboard:nack') {
       const { messageIds, reason, retry } = dataObject(frame.data);
-      this.publisher.nack(strings(messageIds), String(reason), retry === true);
+      if (String(reason).includes(WEBSOCKET_TRACK_OFF)) {
+        this.publisher.noWebSocket(strings(messageIds));
+      } else {
+        this.publisher.nack(strings(messageIds), String(reason), retry === true);
+      }
     } else if (event === 'pusher_internal:subscription_succeeded' && channel) {
       void this.feeds.get(channel)?.subscribed();
     } else if (channel && event && typeof frame.id === 'string' && !event.startsWith('pusher')) {

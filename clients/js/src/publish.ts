@@ -60,6 +60,8 @@ function invalidEvents(body: unknown): Map<number, string> {
 
 export class Publisher {
   private connected = false;
+  /** Analytics never go over the WebSocket again (none in this browser, or the app refuses). */
+  private httpOnly = false;
   private disconnectedAt: number;
   private readonly inFlight = new Set<Batch>();
   private readonly batchOf = new Map<string, Batch>();
@@ -98,13 +100,19 @@ export class Publisher {
       this.forget(ids);
       this.outbox.release(ids);
     }
-    this.connected = connected;
+    this.connected = connected && !this.httpOnly;
     if (!connected) this.disconnectedAt = this.now();
     this.schedule(0);
   }
 
-  /** There will be no WebSocket (the browser has none): use HTTP from now on. */
-  noWebSocket(): void {
+  /**
+   * Analytics cannot go over the WebSocket (the browser has none, or the gateway refuses them for
+   * this app): `POST /v1/batch` from now on. `refused` are events the WebSocket gave back.
+   */
+  noWebSocket(refused: string[] = []): void {
+    this.forget(refused);
+    this.outbox.release(refused);
+    this.httpOnly = true;
     this.connected = false;
     this.disconnectedAt = -Infinity;
     this.schedule(0);

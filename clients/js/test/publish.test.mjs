@@ -192,6 +192,24 @@ test('no WebSocket for httpFallbackMs: batches go by POST /v1/batch with the wri
   void publisher;
 });
 
+test('the WebSocket refusing analytics for good: HTTP at once and from then on, also after a reconnect', async () => {
+  const { publisher, outbox, sent, add } = setup();
+  publisher.connection(true);
+  add(3);
+  mock.timers.tick(100);
+  publisher.noWebSocket(ids(sent.frames[0]));
+  mock.timers.tick(0);
+  assert.equal(sent.posts.length, 1);
+  assert.deepEqual(ids(sent.posts[0].batch), ids(sent.frames[0]));
+  await settle();
+  assert.equal(outbox.size, 0);
+  publisher.connection(true);
+  add(1);
+  mock.timers.tick(100);
+  assert.equal(sent.frames.length, 1, 'no frame after the refusal');
+  assert.equal(sent.posts.length, 2);
+});
+
 test('HTTP 400 naming events: those are refused, the rest sent again; 503 and network errors are retried', async () => {
   let calls = 0;
   const { publisher, outbox, sent, errors, add } = setup({

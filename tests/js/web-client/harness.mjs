@@ -6,7 +6,9 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { createServer } from 'node:http';
 import { fileURLToPath } from 'node:url';
 
@@ -140,12 +142,16 @@ export async function waitReceived(page, channel, count, ms = 30_000) {
 /**
  * Starts a `switchboard serve` of the test's own: a database of its own (the server creates it;
  * its rows are the test's alone), its own AMQP prefix, and its RabbitMQ connection through a
- * proxy (`amqp`) the test can cut. `env` adds configuration. When the test ends the server is
- * stopped (killed if SIGTERM does not stop it), then the proxy closed (a server without its
- * broker cannot shut down cleanly) and the database dropped. Resolves with `{server, amqp,
- * databaseUrl, port}`.
+ * proxy (`amqp`) the test can cut. `env` adds configuration, `apps` TOML after tests/e2e.toml's.
+ * When the test ends the server is stopped (killed if SIGTERM does not stop it), then the proxy
+ * closed (a server without its broker cannot shut down cleanly) and the database dropped.
+ * Resolves with `{server, amqp, databaseUrl, port}`.
  */
-export async function startOwnServer(t, { env = {} } = {}) {
+export async function startOwnServer(t, { env = {}, apps: moreApps = '' } = {}) {
+  const directory = mkdtempSync(join(tmpdir(), 'switchboard-web-client-'));
+  const configFile = join(directory, 'switchboard.toml');
+  writeFileSync(configFile, `${readFileSync(config.serverConfig, 'utf8')}\n${moreApps}`);
+  t.after(() => rmSync(directory, { recursive: true, force: true }));
   const broker = new URL(config.amqpUrl);
   const amqp = await startProxy(null, { host: broker.hostname, port: Number(broker.port || 5672) });
   const viaProxy = new URL(config.amqpUrl);
@@ -175,6 +181,7 @@ export async function startOwnServer(t, { env = {} } = {}) {
     adminPort: await freePort(),
     amqpPrefix: `${config.amqpPrefix}wc${randomBytes(3).toString('hex')}`,
     env: { AMQP_URL: viaProxy.href, DATABASE_URL: database.href, ...env },
+    configFile,
   });
   return { server, amqp, databaseUrl: database.href, port };
 }
