@@ -33,8 +33,7 @@ export interface Gap {
 }
 
 export type HistoryAnswer =
-  | { ok: true; events: Frame[]; next: string | null }
-  | { ok: false; status: number; error: string };
+  { ok: true; events: Frame[]; next: string | null } | { ok: false; status: number; error: string };
 
 export interface FeedOptions {
   /** Fetches one page of the channel's history after `after` (the history route). */
@@ -152,8 +151,7 @@ export class Feed {
         if (generation !== this.generation) return true;
         continue;
       }
-      const reason =
-        answer.status === 0 ? answer.error : `HTTP ${answer.status}: ${answer.error}`;
+      const reason = answer.status === 0 ? answer.error : `HTTP ${answer.status}: ${answer.error}`;
       this.options.onGap({ channel: this.channel, lastId: this.lastId, reason });
       return false;
     }
@@ -164,7 +162,12 @@ export class Feed {
     if (this.lastId === null || frame.id > this.lastId) this.lastId = frame.id;
     const callbacks = this.callbacks.get(frame.event);
     if (!callbacks) return;
-    const delivery: Delivery = { id: frame.id, channel: this.channel, event: frame.event, replayed };
+    const delivery: Delivery = {
+      id: frame.id,
+      channel: this.channel,
+      event: frame.event,
+      replayed,
+    };
     if (frame.user_id) delivery.userId = frame.user_id;
     const data = parse(frame.data);
     for (const callback of callbacks) {

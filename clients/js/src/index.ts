@@ -96,7 +96,9 @@ function dataObject(data: unknown): Record<string, unknown> {
 }
 
 function strings(value: unknown): string[] {
-  return Array.isArray(value) ? value.filter((item): item is string => typeof item === 'string') : [];
+  return Array.isArray(value)
+    ? value.filter((item): item is string => typeof item === 'string')
+    : [];
 }
 
 export class Switchboard {
@@ -114,8 +116,10 @@ export class Switchboard {
   constructor(private readonly options: SwitchboardOptions) {
     const { key, host, port, forceTLS = false } = options;
     this.base = `${forceTLS ? 'https' : 'http'}://${host}:${port}`;
-    this.report = options.onError ?? ((error: SwitchboardError) => console.warn('switchboard:', error));
-    const storage = options.outbox?.storage === undefined ? localStorageOrNull() : options.outbox.storage;
+    this.report =
+      options.onError ?? ((error: SwitchboardError) => console.warn('switchboard:', error));
+    const storage =
+      options.outbox?.storage === undefined ? localStorageOrNull() : options.outbox.storage;
     this.identity = new Identity(storage, `switchboard:${key}:`);
     this.outbox = new Outbox(
       storage,
@@ -159,7 +163,8 @@ export class Switchboard {
               this.auths.set(channelName, { socketId, auth });
               callback(null, auth);
             },
-            (error: unknown) => callback(error instanceof Error ? error : new Error(String(error)), null),
+            (error: unknown) =>
+              callback(error instanceof Error ? error : new Error(String(error)), null),
           );
         },
       },
@@ -288,7 +293,10 @@ export class Switchboard {
     }
   }
 
-  private async authorize(request: { socketId: string; channelName: string }): Promise<ChannelAuth> {
+  private async authorize(request: {
+    socketId: string;
+    channelName: string;
+  }): Promise<ChannelAuth> {
     if (this.options.authorize) return this.options.authorize(request);
     const endpoint = this.options.authEndpoint ?? '/pusher/auth';
     const response = await fetch(endpoint, {
@@ -307,15 +315,18 @@ export class Switchboard {
     if (captured && captured.socketId === this.pusher.connection.socket_id) {
       query.set('socket_id', captured.socketId);
       query.set('auth', captured.auth.auth);
-      if (captured.auth.channel_data !== undefined) query.set('channel_data', captured.auth.channel_data);
+      if (captured.auth.channel_data !== undefined)
+        query.set('channel_data', captured.auth.channel_data);
     }
     const name = channel.replace(SAFE_NAME, encodeURIComponent);
     const url = `${this.base}/app/${encodeURIComponent(this.options.key)}/channels/${name}/events?${query}`;
     try {
       const response = await fetch(url);
-      const body = (await response.json().catch(() => null)) as
-        | { events?: Frame[]; next?: string | null; error?: string }
-        | null;
+      const body = (await response.json().catch(() => null)) as {
+        events?: Frame[];
+        next?: string | null;
+        error?: string;
+      } | null;
       if (response.ok && Array.isArray(body?.events)) {
         return { ok: true, events: body.events, next: body.next ?? null };
       }

@@ -40,7 +40,9 @@ function setup({ stored = [], pageSize = 1000, answers = [], now = T0, gate = ()
     now: () => now,
     sleep: () => new Promise((resolve) => waiting.push(resolve)),
   });
-  feed.on('e', (data, delivery) => received.push([data.n, delivery.replayed, delivery.id === id(data.n)]));
+  feed.on('e', (data, delivery) =>
+    received.push([data.n, delivery.replayed, delivery.id === id(data.n)]),
+  );
   return { feed, requests, gaps, received, waiting };
 }
 
@@ -52,7 +54,10 @@ test('the first subscription fetches nothing; live events are delivered once eac
   feed.live(frame(2));
   feed.live(frame(3, 'other'));
   assert.deepEqual(requests, []);
-  assert.deepEqual(received, [[1, false, true], [2, false, true]]);
+  assert.deepEqual(received, [
+    [1, false, true],
+    [2, false, true],
+  ]);
 });
 
 test('a re-subscription fetches from a little before the last id, pages through, drops what was delivered, then the live events held meanwhile', async () => {
@@ -77,7 +82,7 @@ test('a re-subscription fetches from a little before the last id, pages through,
   assert.deepEqual(received.at(-1), [31, false, true]);
 });
 
-test('before any event was seen, recovery starts from the first subscription\'s time', async () => {
+test("before any event was seen, recovery starts from the first subscription's time", async () => {
   const { feed, requests } = setup({ now: T0 + 60_000 });
   await feed.subscribed();
   await feed.subscribed();
@@ -96,14 +101,23 @@ test('410 beyond the window: onGap with the last id and the reason, then live ag
   assert.deepEqual(gaps, [
     { channel: 'orders', lastId: id(1), reason: 'HTTP 410: after is beyond the recovery window' },
   ]);
-  assert.deepEqual(received.map(([n]) => n), [1, 900]);
+  assert.deepEqual(
+    received.map(([n]) => n),
+    [1, 900],
+  );
   feed.live(frame(901));
-  assert.deepEqual(received.map(([n]) => n), [1, 900, 901]);
+  assert.deepEqual(
+    received.map(([n]) => n),
+    [1, 900, 901],
+  );
 });
 
 test('503 and network failures are retried with a backoff; after maxAttempts the gap is reported', async () => {
   const unavailable = { ok: false, status: 503, error: 'history is not available yet' };
-  const retried = setup({ stored: [frame(2)], answers: [unavailable, { ok: false, status: 0, error: 'TypeError: Failed to fetch' }] });
+  const retried = setup({
+    stored: [frame(2)],
+    answers: [unavailable, { ok: false, status: 0, error: 'TypeError: Failed to fetch' }],
+  });
   await retried.feed.subscribed();
   retried.feed.live(frame(1));
   const recovering = retried.feed.subscribed();
@@ -113,7 +127,10 @@ test('503 and network failures are retried with a backoff; after maxAttempts the
   }
   await recovering;
   assert.equal(retried.requests.length, 3);
-  assert.deepEqual(retried.received.map(([n]) => n), [1, 2]);
+  assert.deepEqual(
+    retried.received.map(([n]) => n),
+    [1, 2],
+  );
   assert.deepEqual(retried.gaps, []);
 
   const failing = setup({ answers: [unavailable, unavailable, unavailable] });
@@ -142,7 +159,10 @@ test('a newer subscription takes over from a recovery in progress', async () => 
   await newer;
   release();
   await old;
-  assert.deepEqual(received.map(([n]) => n), Array.from({ length: 10 }, (_, i) => i + 1));
+  assert.deepEqual(
+    received.map(([n]) => n),
+    Array.from({ length: 10 }, (_, i) => i + 1),
+  );
 });
 
 test('live events beyond the buffer during recovery: another round of history fetches them, in order', async () => {
@@ -160,7 +180,10 @@ test('live events beyond the buffer during recovery: another round of history fe
   for (let n = 11; n <= 160; n++) feed.live(frame(n));
   await recovering;
   assert.equal(requests.length, 2);
-  assert.deepEqual(received.map(([n]) => n), Array.from({ length: 170 }, (_, i) => i + 1));
+  assert.deepEqual(
+    received.map(([n]) => n),
+    Array.from({ length: 170 }, (_, i) => i + 1),
+  );
 });
 
 test('a callback that throws does not stop the others; its error is thrown from a timer', (t) => {
@@ -173,7 +196,10 @@ test('a callback that throws does not stop the others; its error is thrown from 
   const after = [];
   feed.on('e', (data) => after.push(data.n));
   feed.live(frame(1));
-  assert.deepEqual(received.map(([n]) => n), [1]);
+  assert.deepEqual(
+    received.map(([n]) => n),
+    [1],
+  );
   assert.deepEqual(after, [1]);
   assert.throws(() => mock.timers.tick(0), /app bug/);
 });

@@ -29,7 +29,7 @@ test('events survive a reload in the order they were made, each one storage item
   assert.equal(reloaded.size, 2);
 });
 
-test('two tabs on one storage keep both tabs\' events', () => {
+test("two tabs on one storage keep both tabs' events", () => {
   const storage = new MemoryStorage();
   const tabA = new Outbox(storage, PREFIX, 10, errorLog().report);
   const tabB = new Outbox(storage, PREFIX, 10, errorLog().report);
@@ -39,7 +39,10 @@ test('two tabs on one storage keep both tabs\' events', () => {
   tabB.add(b);
   const reloaded = new Outbox(storage, PREFIX, 10, errorLog().report);
   reloaded.load();
-  assert.deepEqual(new Set(reloaded.all().map((entry) => entry.event.messageId)), new Set([a.messageId, b.messageId]));
+  assert.deepEqual(
+    new Set(reloaded.all().map((entry) => entry.event.messageId)),
+    new Set([a.messageId, b.messageId]),
+  );
 });
 
 test('full: the oldest event is dropped and reported', () => {
@@ -69,7 +72,10 @@ test('an event over 32 KB is refused and reported, never queued', () => {
   const big = trackEvent({ text: 'x'.repeat(32 * 1024) });
   assert.equal(outbox.add(big), false);
   assert.equal(outbox.size, 0);
-  assert.deepEqual(errors.map((error) => [error.kind, error.messageIds]), [['dropped', [big.messageId]]]);
+  assert.deepEqual(
+    errors.map((error) => [error.kind, error.messageIds]),
+    [['dropped', [big.messageId]]],
+  );
   // One just under the limit fits (its JSON is the properties plus the rest of the event).
   const overhead = JSON.stringify(trackEvent({ text: '' })).length;
   assert.equal(outbox.add(trackEvent({ text: 'y'.repeat(32 * 1024 - overhead) })), true);

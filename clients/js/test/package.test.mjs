@@ -15,7 +15,9 @@ test('context.library names this package and its version', () => {
 
 test('the README states the bundle size the build measured (within 10 %)', () => {
   const measured = JSON.parse(read('../dist/size.json'));
-  const stated = read('../README.md').match(/\*\*Size: ([\d,]+) bytes minified, ([\d,]+) bytes gzipped\*\*/);
+  const stated = read('../README.md').match(
+    /\*\*Size: ([\d,]+) bytes minified, ([\d,]+) bytes gzipped\*\*/,
+  );
   assert.ok(stated, 'README.md has a "**Size: N bytes minified, M bytes gzipped**" line');
   const [minified, gzipped] = stated.slice(1).map((text) => Number(text.replaceAll(',', '')));
   for (const [what, claimed, actual] of [

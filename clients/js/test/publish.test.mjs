@@ -43,7 +43,9 @@ function setup({ options = {}, answer = () => ({ status: 200, body: { success: t
       return true;
     },
   };
-  const publisher = new Publisher(outbox, transport, { ...OPTIONS, ...options }, report, () => Date.now());
+  const publisher = new Publisher(outbox, transport, { ...OPTIONS, ...options }, report, () =>
+    Date.now(),
+  );
   const add = (n) => {
     const events = Array.from({ length: n }, (_, i) => trackEvent({ i }));
     for (const event of events) {
@@ -74,7 +76,10 @@ test('a batch goes within the batch delay, at once when full, each copy with sen
   // A full batch goes at once, with what else is queued by then.
   add(45);
   mock.timers.tick(0);
-  assert.deepEqual(sent.frames.slice(1).map((frame) => frame.length), [20, 20, 5]);
+  assert.deepEqual(
+    sent.frames.slice(1).map((frame) => frame.length),
+    [20, 20, 5],
+  );
 });
 
 test('acked events leave the outbox; refused ones are reported and leave; retry:true ones go again with the same messageId after a backoff in which nothing is sent', () => {
@@ -86,7 +91,10 @@ test('acked events leave the outbox; refused ones are reported and leave; retry:
   publisher.ack(ids(batch.slice(0, 2)));
   publisher.nack([events[2].messageId], 'event name is too long', false);
   publisher.nack([events[3].messageId], 'RabbitMQ is unavailable', true);
-  assert.deepEqual(outbox.all().map((entry) => entry.event.messageId), [events[3].messageId]);
+  assert.deepEqual(
+    outbox.all().map((entry) => entry.event.messageId),
+    [events[3].messageId],
+  );
   assert.equal(storage.length, 1);
   assert.deepEqual(errors, [
     { kind: 'rejected', message: 'event name is too long', messageIds: [events[2].messageId] },
@@ -96,7 +104,11 @@ test('acked events leave the outbox; refused ones are reported and leave; retry:
   assert.equal(sent.frames.length, 1, 'nothing before the backoff (0.25 to 0.5 s)');
   mock.timers.tick(300);
   assert.equal(sent.frames.length, 2);
-  assert.deepEqual(ids(sent.frames[1]), [events[3].messageId, later[0].messageId], 'together, in order');
+  assert.deepEqual(
+    ids(sent.frames[1]),
+    [events[3].messageId, later[0].messageId],
+    'together, in order',
+  );
   assert.equal(sent.frames[1][0].timestamp, events[3].timestamp, 'the same event, sent again');
 });
 
@@ -215,7 +227,14 @@ test('HTTP 400 naming events: those are refused, the rest sent again; 503 and ne
   const { publisher, outbox, sent, errors, add } = setup({
     answer: () => {
       calls += 1;
-      if (calls === 1) return { status: 400, body: { error: 'invalid', errors: [{ index: 1, reason: 'userId or anonymousId is required' }] } };
+      if (calls === 1)
+        return {
+          status: 400,
+          body: {
+            error: 'invalid',
+            errors: [{ index: 1, reason: 'userId or anonymousId is required' }],
+          },
+        };
       if (calls === 2) return { status: 503, body: { error: 'RabbitMQ is unavailable' } };
       if (calls === 3) return { status: 0, body: null };
       return { status: 200, body: { success: true } };
@@ -226,7 +245,11 @@ test('HTTP 400 naming events: those are refused, the rest sent again; 503 and ne
   mock.timers.tick(100);
   await settle();
   assert.deepEqual(errors, [
-    { kind: 'rejected', message: 'userId or anonymousId is required', messageIds: [events[1].messageId] },
+    {
+      kind: 'rejected',
+      message: 'userId or anonymousId is required',
+      messageIds: [events[1].messageId],
+    },
   ]);
   mock.timers.tick(0);
   assert.deepEqual(ids(sent.posts[1].batch), [events[0].messageId, events[2].messageId]);
@@ -242,7 +265,9 @@ test('HTTP 400 naming events: those are refused, the rest sent again; 503 and ne
 });
 
 test('HTTP 401 (unknown key) is reported and the events are kept', async () => {
-  const { publisher, outbox, errors, add } = setup({ answer: () => ({ status: 401, body: { error: 'unknown write key' } }) });
+  const { publisher, outbox, errors, add } = setup({
+    answer: () => ({ status: 401, body: { error: 'unknown write key' } }),
+  });
   publisher.noWebSocket();
   add(1);
   mock.timers.tick(100);
@@ -262,7 +287,10 @@ test('pagehide: everything unacknowledged goes by sendBeacon in chunks of at mos
     outbox.add(trackEvent({ big }));
   }
   publisher.pagehide();
-  assert.deepEqual(sent.beacons.map((body) => body.batch.length), [5, 2]);
+  assert.deepEqual(
+    sent.beacons.map((body) => body.batch.length),
+    [5, 2],
+  );
   assert.ok(sent.beacons.every((body) => body.writeKey === 'app-key'));
   assert.ok(sent.beacons.every((body) => JSON.stringify(body).length <= 60_100));
   assert.ok(sent.beacons.flatMap((body) => body.batch).every((event) => event.sentAt));

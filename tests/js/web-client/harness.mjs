@@ -112,11 +112,9 @@ export async function load(page, url = page.url()) {
 
 /** Waits until the page's pusher-js connection is in `state`. */
 export async function waitState(page, state, ms = 20_000) {
-  await page.waitForFunction(
-    (wanted) => window.sb.pusher.connection.state === wanted,
-    state,
-    { timeout: ms },
-  );
+  await page.waitForFunction((wanted) => window.sb.pusher.connection.state === wanted, state, {
+    timeout: ms,
+  });
 }
 
 /** What the page's client delivered on `channel`: `[{data, id, replayed}]` in order. */
