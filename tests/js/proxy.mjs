@@ -61,6 +61,6 @@ export async function startProxy(t, { host = '127.0.0.1', port }) {
       await new Promise((resolve) => server.close(resolve));
     },
   };
-  t?.after(() => proxy.close());
+  t?.after(() => proxy.close(), { timeout: 30_000 });
   return proxy;
 }

@@ -18,6 +18,9 @@ import { startProxy } from '../proxy.mjs';
 const here = (path) => fileURLToPath(new URL(path, import.meta.url));
 const CLIENT = here('../../../clients/js/');
 
+/** Cleanups fail (and say so) rather than hang the suite. */
+const CLEANUP = { timeout: 30_000 };
+
 const FILES = {
   '/': ['page.html', 'text/html'],
   '/page.mjs': ['page.mjs', 'text/javascript'],
@@ -27,9 +30,10 @@ const FILES = {
 
 /** Runs `sql` with psql against `databaseUrl`; returns the unaligned rows. */
 export function query(databaseUrl, sql) {
-  return execFileSync('psql', [databaseUrl, '-v', 'ON_ERROR_STOP=1', '-tAc', sql], {
+  return execFileSync('psql', ['-w', databaseUrl, '-v', 'ON_ERROR_STOP=1', '-tAc', sql], {
     encoding: 'utf8',
     stdio: ['ignore', 'pipe', 'pipe'],
+    timeout: 20_000,
   })
     .split('\n')
     .filter((line) => line !== '');
@@ -81,7 +85,14 @@ export async function startSite(t, { app = apps.dev } = {}) {
     response.end(readFileSync(file.startsWith('/') ? file : here(file)));
   });
   await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
-  t.after(() => new Promise((resolve) => server.close(resolve)));
+  t.after(
+    () =>
+      new Promise((resolve) => {
+        server.close(resolve);
+        server.closeAllConnections(); // the browser's keep-alive connections
+      }),
+    CLEANUP,
+  );
   return { origin: `http://127.0.0.1:${server.address().port}`, authCalls };
 }
 
@@ -93,7 +104,7 @@ export async function startSite(t, { app = apps.dev } = {}) {
  */
 export async function openPage(t, browser, site, options, { withoutWebSocket = false } = {}) {
   const context = await browser.newContext();
-  t.after(() => context.close());
+  t.after(() => context.close(), CLEANUP);
   const page = await context.newPage();
   if (withoutWebSocket) await page.addInitScript(() => delete window.WebSocket);
   const uncaught = [];
@@ -149,7 +160,7 @@ export async function startOwnServer(t, { env = {}, apps: moreApps = '' } = {}) 
   const directory = mkdtempSync(join(tmpdir(), 'switchboard-web-client-'));
   const configFile = join(directory, 'switchboard.toml');
   writeFileSync(configFile, `${readFileSync(config.serverConfig, 'utf8')}\n${moreApps}`);
-  t.after(() => rmSync(directory, { recursive: true, force: true }));
+  t.after(() => rmSync(directory, { recursive: true, force: true }), CLEANUP);
   const broker = new URL(config.amqpUrl);
   const amqp = await startProxy(null, { host: broker.hostname, port: Number(broker.port || 5672) });
   const viaProxy = new URL(config.amqpUrl);
@@ -173,7 +184,7 @@ export async function startOwnServer(t, { env = {}, apps: moreApps = '' } = {}) 
     }
     await amqp.close();
     query(admin.href, `DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`);
-  });
+  }, CLEANUP);
   server = await startServer(null, {
     port,
     adminPort: await freePort(),
