@@ -62,6 +62,7 @@ export class Publisher {
   private connected = false;
   /** Analytics never go over the WebSocket again (none in this browser, or the app refuses). */
   private httpOnly = false;
+  private stopped = false;
   private disconnectedAt: number;
   private readonly inFlight = new Set<Batch>();
   private readonly batchOf = new Map<string, Batch>();
@@ -172,8 +173,9 @@ export class Publisher {
     send();
   }
 
-  /** Stops the timers (the outbox keeps what it holds). */
+  /** Stops sending for good (the outbox keeps what it holds, for the next page). */
   stop(): void {
+    this.stopped = true;
     clearTimeout(this.timer);
     this.timerDue = Infinity;
     for (const batch of this.inFlight) clearTimeout(batch.timer);
@@ -267,7 +269,7 @@ export class Publisher {
 
   private schedule(delayMs: number): void {
     const due = this.now() + Math.max(0, delayMs);
-    if (due >= this.timerDue) return;
+    if (this.stopped || due >= this.timerDue) return;
     clearTimeout(this.timer);
     this.timerDue = due;
     this.timer = setTimeout(() => this.flush(), Math.max(0, delayMs));

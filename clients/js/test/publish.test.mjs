@@ -316,3 +316,16 @@ test('backoff doubles from 0.5 s to 30 s, with jitter', () => {
     assert.ok(late >= 15_000 && late <= 30_000, `${late}`);
   }
 });
+
+test('stopped: nothing is sent any more, whatever happens next; the outbox keeps the events', () => {
+  const { publisher, outbox, sent, add } = setup();
+  publisher.connection(true);
+  add(2);
+  publisher.stop();
+  publisher.connection(false);
+  add(1);
+  publisher.queued();
+  mock.timers.tick(60_000);
+  assert.equal(sent.frames.length + sent.posts.length, 0);
+  assert.equal(outbox.size, 3);
+});
