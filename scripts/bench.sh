@@ -44,7 +44,8 @@ amqp_url=amqp://guest:guest@127.0.0.1:5672/$vhost
 mkdir -p target/bench
 results=target/bench/$(date -u +%Y%m%dT%H%M%SZ).txt
 server_log=$(mktemp -t switchboard-bench.XXXXXX.log)
-# The default app, plus two for the webhook scenarios, identical but for the webhook: `hooked`
+# The default app (its track rate limit raised for ws-track), plus two for the webhook
+# scenarios, identical but for the webhook: `hooked`
 # sends client_event and cache_miss to the receiver of webhook-delivery (port $hook_port); the
 # fan-out of webhook-cost on public channels produces neither.
 server_config=$(mktemp -t switchboard-bench.XXXXXX.toml)
@@ -54,6 +55,8 @@ id = "app-id"
 key = "app-key"
 secret = "app-secret"
 client_events = true
+[apps.limits]
+track_batches_per_second = 100000
 
 [[apps]]
 id = "fanout-plain"
@@ -137,7 +140,8 @@ bench() {
     --server-pid "$server_pid" "$@"
 }
 
-# name, then the scenario's arguments. Scaled for a 2-core machine: the whole set takes ~5 min.
+# name, then the scenario's arguments. Scaled for a 2-core machine: the whole set takes ~5 min,
+# plus history-query's load of 10 million rows (several minutes; it needs no server).
 standard=(
   "connections|connections --connections 10000 --channels 100"
   "fanout-target|fanout --subscribers 5000 --channels 10 --rate 100 --duration 20"
@@ -146,6 +150,10 @@ standard=(
   "ingest-batch|ingest --mode batch --events 300000 --concurrency 32 --duration 30 --database-url $database_url --baseline-amqp-url $amqp_url"
   "ingest-segment|ingest --mode segment --events 100000 --concurrency 32 --duration 20 --database-url $database_url"
   "ingest-trigger|ingest --mode trigger --events 60000 --concurrency 32 --duration 20 --database-url $database_url"
+  "ws-track|ws-track --events 100000 --concurrency 32 --duration 20 --database-url $database_url"
+  "ingest-segment-100|ingest --mode segment --batch-events 100 --events 300000 --concurrency 32 --duration 20 --database-url $database_url"
+  "ws-track-100|ws-track --batch-events 100 --events 300000 --concurrency 32 --duration 20 --database-url $database_url"
+  "history-query|history-query --rows 10000000 --channels 1000 --days 7 --queries 1000 --database-url $database_url"
   "client-events|client-events --channels 100 --members 10 --rate 2 --duration 15"
   "segment-memory-attack|segment-memory --shape attack --concurrency 16 --requests 100"
   "segment-memory-context|segment-memory --shape context --concurrency 16 --requests 100"

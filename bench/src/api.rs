@@ -81,11 +81,14 @@ pub fn batch_body(events: Vec<Event<'_>>) -> Vec<u8> {
     json!({ "batch": batch }).to_string().into()
 }
 
-/// Why a request was not accepted: an HTTP status other than 200, or the transport.
+/// Why a request was not accepted: an HTTP status other than 200, the transport, or (over the
+/// WebSocket) a nack.
 #[derive(Debug)]
 pub enum Refused {
     Status(u16),
     Transport(String),
+    /// A `switchboard:nack`, with its reason.
+    Nack(String),
 }
 
 impl Refused {
@@ -93,6 +96,7 @@ impl Refused {
         match self {
             Refused::Status(status) => format!("HTTP {status}"),
             Refused::Transport(error) => format!("transport: {error}"),
+            Refused::Nack(reason) => format!("nack: {reason}"),
         }
     }
 }

@@ -187,7 +187,7 @@ pub fn copy_row(envelope: &Envelope) -> String {
     )
 }
 
-const COPY_EVENTS: &str = "COPY events (id, app_id, source, channel, name, data, user_id, \
+pub const COPY_EVENTS: &str = "COPY events (id, app_id, source, channel, name, data, user_id, \
     socket_id, occurred_at, received_at) FROM STDIN";
 
 pub struct CopyResult {
@@ -238,6 +238,12 @@ pub async fn copy(
         })
     }
     .await;
+    drop_scratch(database_url, &name).await?;
+    measured
+}
+
+/// Drops scratch database `name` on the server of `database_url`.
+pub async fn drop_scratch(database_url: &str, name: &str) -> anyhow::Result<()> {
     let mut admin = PgConnection::connect(&with_database(database_url, "postgres")?)
         .await
         .context("connecting to drop the scratch database")?;
@@ -245,7 +251,7 @@ pub async fn copy(
         .execute(&mut admin)
         .await
         .with_context(|| format!("dropping scratch database {name}"))?;
-    measured
+    Ok(())
 }
 
 #[cfg(test)]

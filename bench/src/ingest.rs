@@ -1,8 +1,10 @@
 //! `ingest`: events through the signed HTTP API (`events` one at a time, or `batch_events` of
-//! 10) or the Segment API (`/v1/batch` of 10 `track` calls) as fast as possible with K concurrent
-//! keep-alive requests; accepted events/s, then the time until the last accepted event is in
-//! Postgres `events`, and a check that every accepted event is stored exactly once. Then the
-//! baselines, with the batching the server just used.
+//! 10) or the Segment API (`/v1/batch` of N `track` calls) as fast as possible with K concurrent
+//! keep-alive requests; `ws-track`: the same Segment batches as `switchboard:track` frames on K
+//! WebSocket connections, each with one batch awaiting its ack at a time. Accepted events/s,
+//! then the time until the last accepted event is in Postgres `events`, and a check that every
+//! accepted event is stored exactly once. Then the baselines, with the batching the server just
+//! used.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,7 +22,7 @@ use crate::baseline::{self, Shape};
 use crate::payload::{self, now_us};
 use crate::procfs::CpuUsed;
 use crate::stats::{rate, thousands, Latency, Report, SeqSet, Tally};
-use crate::{procfs, run_tag, Target};
+use crate::{procfs, run_tag, ws, Target};
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
@@ -28,15 +30,19 @@ pub enum Mode {
     Trigger,
     /// `POST /apps/{id}/batch_events`, 10 events per request.
     Batch,
-    /// Segment `POST /v1/batch`, 10 `track` calls per request.
+    /// Segment `POST /v1/batch`, `--batch-events` `track` calls per request.
     Segment,
+    /// The same batches as `switchboard:track` frames over WebSockets (the `ws-track` scenario).
+    #[value(skip)]
+    WsTrack,
 }
 
 impl Mode {
-    fn events_per_request(self) -> u64 {
+    fn events_per_request(self, batch_events: u64) -> u64 {
         match self {
             Mode::Trigger => 1,
-            Mode::Batch | Mode::Segment => 10,
+            Mode::Batch => 10,
+            Mode::Segment | Mode::WsTrack => batch_events.max(1),
         }
     }
 
@@ -44,7 +50,7 @@ impl Mode {
     fn stored_seq(self) -> &'static str {
         match self {
             Mode::Trigger | Mode::Batch => "(data->'sb'->>0)::bigint",
-            Mode::Segment => "(data->'properties'->'sb'->>0)::bigint",
+            Mode::Segment | Mode::WsTrack => "(data->'properties'->'sb'->>0)::bigint",
         }
     }
 }
@@ -53,12 +59,23 @@ impl Mode {
 pub struct IngestArgs {
     #[arg(long, value_enum, default_value = "batch")]
     mode: Mode,
+    #[command(flatten)]
+    load: LoadArgs,
+}
+
+/// What `ingest` and `ws-track` send, and how the result is checked.
+#[derive(Args)]
+pub struct LoadArgs {
     /// Events to send (fewer when --duration runs out first).
     #[arg(long, default_value_t = 200_000)]
     events: u64,
-    /// Requests in flight at once, each on its own keep-alive connection.
+    /// Requests (or track frames) in flight at once, each on its own keep-alive connection
+    /// (or WebSocket).
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
+    /// Segment events per `/v1/batch` request or `switchboard:track` frame.
+    #[arg(long, default_value_t = 10)]
+    batch_events: u64,
     /// Most seconds of sending.
     #[arg(long, default_value_t = 60)]
     duration: u64,
@@ -89,6 +106,15 @@ fn channel_of(seq: u64) -> String {
 }
 
 pub async fn run(target: &Target, args: IngestArgs) -> anyhow::Result<Report> {
+    run_mode(target, args.mode, args.load).await
+}
+
+/// `ws-track`: the Segment scenario over `switchboard:track`.
+pub async fn ws_track(target: &Target, args: LoadArgs) -> anyhow::Result<Report> {
+    run_mode(target, Mode::WsTrack, args).await
+}
+
+async fn run_mode(target: &Target, mode: Mode, args: LoadArgs) -> anyhow::Result<Report> {
     let name = format!("ingest-{}", run_tag());
     let api = Arc::new(Api::new(target, args.concurrency)?);
     let keep_alive = requests_on_one_connection(
@@ -103,7 +129,7 @@ pub async fn run(target: &Target, args: IngestArgs) -> anyhow::Result<Report> {
         .connect(&args.database_url)
         .await
         .context("connecting to the server's database")?;
-    let per_request = args.mode.events_per_request();
+    let per_request = mode.events_per_request(args.batch_events);
 
     let metrics_before = target.metrics().await?;
     let meter = target.cpu_meter()?;
@@ -123,11 +149,16 @@ pub async fn run(target: &Target, args: IngestArgs) -> anyhow::Result<Report> {
                 failures.clone(),
                 name.clone(),
             );
-            let (mode, events, payload_bytes) = (args.mode, args.events, args.payload_bytes);
+            let (events, payload_bytes) = (args.events, args.payload_bytes);
+            let (ws_addr, key) = (target.ws_addr, target.key.clone());
             tokio::spawn(async move {
                 let mut me = Sender {
                     accepted: Vec::new(),
                     latencies: Vec::new(),
+                };
+                let mut socket = match mode {
+                    Mode::WsTrack => Some(ws::connect(ws_addr, &key, None).await?.0),
+                    Mode::Trigger | Mode::Batch | Mode::Segment => None,
                 };
                 loop {
                     let first = next.fetch_add(per_request, Ordering::Relaxed);
@@ -156,6 +187,11 @@ pub async fn run(target: &Target, args: IngestArgs) -> anyhow::Result<Report> {
                             let body = segment_batch_body(events.collect());
                             api.post_segment_batch(body).await
                         }
+                        Mode::WsTrack => {
+                            let body = segment_batch_body(events.collect());
+                            let socket = socket.as_mut().expect("connected above");
+                            ws::track(socket, &body, seqs.clone().count()).await
+                        }
                     };
                     let done = now_us();
                     me.latencies
@@ -168,14 +204,14 @@ pub async fn run(target: &Target, args: IngestArgs) -> anyhow::Result<Report> {
                         Err(refused) => failures.add(refused.kind(), seqs.count() as u64),
                     }
                 }
-                me
+                anyhow::Ok(me)
             })
         })
         .collect();
     let mut accepted = SeqSet::with_capacity(args.events);
     let mut latencies = Vec::new();
     for sender in senders {
-        let s = sender.await?;
+        let s = sender.await??;
         s.accepted.into_iter().for_each(|seq| {
             accepted.insert(seq);
         });
@@ -203,7 +239,7 @@ pub async fn run(target: &Target, args: IngestArgs) -> anyhow::Result<Report> {
     // Exactly once: every accepted sequence number in exactly one row, nothing else.
     let rows: Vec<(i64, i64)> = sqlx::query_as(&format!(
         "SELECT {}, count(*) FROM events WHERE app_id = $1 AND name = $2 GROUP BY 1",
-        args.mode.stored_seq()
+        mode.stored_seq()
     ))
     .bind(&target.app_id)
     .bind(&name)
@@ -234,15 +270,24 @@ pub async fn run(target: &Target, args: IngestArgs) -> anyhow::Result<Report> {
 
     let accepted_rate = accepted_count as f64 / accept_seconds;
     let persisted_rate = accepted_count as f64 / persist_seconds;
-    let mut report = Report::new(format!(
-        "ingest: {} with {} concurrent keep-alive requests",
-        match args.mode {
-            Mode::Trigger => "events (1 per request)",
-            Mode::Batch => "batch_events of 10",
-            Mode::Segment => "Segment /v1/batch of 10 track calls",
-        },
-        args.concurrency
-    ));
+    let mut report = Report::new(match mode {
+        Mode::Trigger => format!(
+            "ingest: events (1 per request) with {} concurrent keep-alive requests",
+            args.concurrency
+        ),
+        Mode::Batch => format!(
+            "ingest: batch_events of 10 with {} concurrent keep-alive requests",
+            args.concurrency
+        ),
+        Mode::Segment => format!(
+            "ingest: Segment /v1/batch of {per_request} track calls with {} concurrent keep-alive requests",
+            args.concurrency
+        ),
+        Mode::WsTrack => format!(
+            "ws-track: switchboard:track frames of {per_request} track calls on {} WebSockets, one awaiting its ack on each",
+            args.concurrency
+        ),
+    });
     report.row(
         "HTTP keep-alive",
         if keep_alive == 5 {

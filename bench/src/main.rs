@@ -8,6 +8,7 @@ mod chaos;
 mod client_events;
 mod connections;
 mod fanout;
+mod history_query;
 mod ingest;
 mod payload;
 mod procfs;
@@ -69,6 +70,11 @@ enum Scenario {
     /// Events through the HTTP API as fast as possible, until they are all in Postgres; then the
     /// RabbitMQ and COPY baselines.
     Ingest(ingest::IngestArgs),
+    /// The Segment batches of `ingest --mode segment` as `switchboard:track` frames over K
+    /// WebSockets, until they are all in Postgres (exactly once).
+    WsTrack(ingest::LoadArgs),
+    /// Recovery queries (history) against a scratch database filled with millions of rows.
+    HistoryQuery(history_query::HistoryQueryArgs),
     /// Connections on presence channels exchanging client events.
     ClientEvents(client_events::ClientEventsArgs),
     /// Server memory per Segment request (as a multiple of its body) and WebSocket ping round
@@ -182,17 +188,21 @@ fn main() -> ExitCode {
     let outcome = runtime.block_on(async {
         let report = match cli.scenario {
             Scenario::Chaos(args) => chaos::run(args).await?,
+            Scenario::HistoryQuery(args) => history_query::run(args).await?,
             scenario => {
                 let target = Target::new(cli.target)?;
                 match scenario {
                     Scenario::Fanout(args) => fanout::run(&target, args).await?,
                     Scenario::Connections(args) => connections::run(&target, args).await?,
                     Scenario::Ingest(args) => ingest::run(&target, args).await?,
+                    Scenario::WsTrack(args) => ingest::ws_track(&target, args).await?,
                     Scenario::ClientEvents(args) => client_events::run(&target, args).await?,
                     Scenario::SegmentMemory(args) => segment_memory::run(&target, args).await?,
                     Scenario::WebhookDelivery(args) => webhooks::delivery(&target, args).await?,
                     Scenario::WebhookCost(args) => webhooks::cost(&target, args).await?,
-                    Scenario::Chaos(_) => unreachable!("handled above"),
+                    Scenario::Chaos(_) | Scenario::HistoryQuery(_) => {
+                        unreachable!("handled above")
+                    }
                 }
             }
         };

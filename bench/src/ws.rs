@@ -12,6 +12,8 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use crate::api::Refused;
+
 pub type Ws = WebSocketStream<TcpStream>;
 
 /// How long connecting, or subscribing, may take.
@@ -102,6 +104,40 @@ pub async fn connect(
     tokio::time::timeout(STEP_TIMEOUT, steps)
         .await
         .context("connecting timed out")?
+}
+
+/// Sends a Segment batch `body` (`{"batch":[…]}` of `events` events) as one `switchboard:track`
+/// frame and waits for its answer: every event acked, or why not.
+pub async fn track(ws: &mut Ws, body: &[u8], events: usize) -> Result<(), Refused> {
+    let body = std::str::from_utf8(body).map_err(|e| Refused::Transport(e.to_string()))?;
+    let frame = format!(r#"{{"event":"switchboard:track","data":{body}}}"#);
+    ws.send(Message::text(frame))
+        .await
+        .map_err(|e| Refused::Transport(e.to_string()))?;
+    loop {
+        let text = tokio::time::timeout(STEP_TIMEOUT, next_text(ws))
+            .await
+            .map_err(|_| Refused::Transport("no answer within 30 s".into()))?
+            .map_err(|e| Refused::Transport(e.to_string()))?;
+        let Some((event, _, data)) = frame_event(&text) else {
+            continue;
+        };
+        match event.as_str() {
+            "switchboard:ack" => {
+                let acked = data["messageIds"].as_array().map_or(0, Vec::len);
+                return if acked == events {
+                    Ok(())
+                } else {
+                    Err(Refused::Nack(format!("{acked} of {events} acked")))
+                };
+            }
+            "switchboard:nack" => {
+                let reason = data["reason"].as_str().unwrap_or("no reason").to_owned();
+                return Err(Refused::Nack(reason));
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Subscribes and waits for `pusher_internal:subscription_succeeded` of that channel.

@@ -1,11 +1,12 @@
 //! A WebSocket text frame from a client, through everything the session parses of it:
 //! `ClientMessage::parse`, then the channel name, presence `channel_data` and sign-in
-//! `user_data` it carries.
+//! `user_data` it carries, and a `switchboard:track` batch's per-event verdicts.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use protocol::frame::ClientMessage;
 use protocol::presence::{Member, SignedInUser};
+use protocol::segment::{readable_message_ids, Edge, Endpoint, Request};
 use protocol::Channel;
 use serde_json::value::RawValue;
 
@@ -34,6 +35,25 @@ fuzz_target!(|data: &[u8]| {
         Ok(ClientMessage::Unsubscribe { channel }) => {
             let _ = Channel::parse(&channel);
         }
+        Ok(ClientMessage::Track { body }) => match Request::parse(Endpoint::Batch, body.as_bytes()) {
+            Ok(request) => {
+                let edge = Edge {
+                    received_at: "2024-05-06T07:08:09.123456789Z".parse().unwrap(),
+                    ip: None,
+                    user_agent: None,
+                    live_channel: Some("private-analytics"),
+                };
+                for verdict in request.verdicts("app", &edge) {
+                    if let Ok(envelope) = verdict.outcome {
+                        assert_eq!(envelope.received_at, edge.received_at);
+                    }
+                    assert!(verdict.message_id.is_none_or(|id| !id.is_empty()));
+                }
+            }
+            Err(_) => {
+                let _ = readable_message_ids(body.as_bytes());
+            }
+        },
         Ok(ClientMessage::Ping | ClientMessage::Pong | ClientMessage::Other { .. }) => {}
         Err(error) => assert!(!error.to_string().is_empty()),
     }

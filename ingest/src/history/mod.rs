@@ -175,56 +175,81 @@ impl History {
         })
     }
 
-    /// The page `query` asks for of `channel` (already authorized):
-    /// `{"events": [{id, event, data, user_id, received_at}], "next": id | null}`.
+    /// The page `query` asks for of `channel` (already authorized), once the storage fence is
+    /// passed: `{"events": [{id, event, data, user_id, received_at}], "next": id | null}`.
     pub async fn answer(
         &self,
         app_id: &str,
         channel: &str,
         query: HistoryQuery,
     ) -> Result<Value, HistoryError> {
-        let window_start = Utc::now()
-            - chrono::Duration::from_std(self.config.window).unwrap_or(chrono::TimeDelta::MAX);
-        let since = match query.after.map(|after| id_time(&after)) {
-            Some(Some(time)) if time < window_start => {
-                return Err(HistoryError::TooOld {
-                    hours: self.config.window.as_secs() / 3600,
-                })
-            }
-            Some(Some(time)) => time - RECEIVED_BEFORE_ID,
-            Some(None) => return Err(HistoryError::BadCursor),
-            None => window_start,
-        };
+        // Beyond the window by age: refused before waiting for the fence.
+        query.since(&self.config, Utc::now())?;
         self.fence.wait().await?;
-        let max_events = i64::from(self.config.max_events);
-        let after = match query.after {
-            Some(after) => after,
-            // From the start of the window: its time, or its newest `max_events` events.
-            None => store::before_newest(&self.pool, app_id, channel, since, max_events)
-                .await
-                .map_err(HistoryError::Database)?
-                .unwrap_or(Uuid::nil()),
-        };
-        let limit = i64::from(query.limit);
-        let rows = store::page(&self.pool, app_id, channel, after, since, limit)
+        read(&self.pool, &self.config, app_id, channel, query).await
+    }
+}
+
+impl HistoryQuery {
+    /// The earliest `received_at` an answer can have: the window's start, or (a minute before)
+    /// the time of `after` — which is refused when it is older than the window.
+    fn since(
+        &self,
+        config: &HistoryConfig,
+        now: DateTime<Utc>,
+    ) -> Result<DateTime<Utc>, HistoryError> {
+        let window_start = chrono::Duration::from_std(config.window)
+            .ok()
+            .and_then(|window| now.checked_sub_signed(window))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        match self.after.map(|after| id_time(&after)) {
+            Some(Some(time)) if time < window_start => Err(HistoryError::TooOld {
+                hours: config.window.as_secs() / 3600,
+            }),
+            Some(Some(time)) => Ok(time - RECEIVED_BEFORE_ID),
+            Some(None) => Err(HistoryError::BadCursor),
+            None => Ok(window_start),
+        }
+    }
+}
+
+/// Reads the page `query` asks for of `channel` from `pool`, as [`History::answer`] does once
+/// the storage fence is passed (and as `switchboard-bench history-query` times it).
+pub async fn read(
+    pool: &PgPool,
+    config: &HistoryConfig,
+    app_id: &str,
+    channel: &str,
+    query: HistoryQuery,
+) -> Result<Value, HistoryError> {
+    let since = query.since(config, Utc::now())?;
+    let max_events = i64::from(config.max_events);
+    let after = match query.after {
+        Some(after) => after,
+        // From the start of the window: its time, or its newest `max_events` events.
+        None => store::before_newest(pool, app_id, channel, since, max_events)
+            .await
+            .map_err(HistoryError::Database)?
+            .unwrap_or(Uuid::nil()),
+    };
+    let limit = i64::from(query.limit);
+    let rows = store::page(pool, app_id, channel, after, since, limit)
+        .await
+        .map_err(HistoryError::Database)?;
+    let full = rows.len() as i64 == limit;
+    if query.after.is_some() && (full || rows.len() as i64 > max_events) {
+        let following = store::count_after(pool, app_id, channel, after, since, max_events + 1)
             .await
             .map_err(HistoryError::Database)?;
-        let full = rows.len() as i64 == limit;
-        if query.after.is_some() && (full || rows.len() as i64 > max_events) {
-            let following =
-                store::count_after(&self.pool, app_id, channel, after, since, max_events + 1)
-                    .await
-                    .map_err(HistoryError::Database)?;
-            if following > max_events {
-                return Err(HistoryError::TooMany {
-                    max: self.config.max_events,
-                });
-            }
+        if following > max_events {
+            return Err(HistoryError::TooMany {
+                max: config.max_events,
+            });
         }
-        let next = rows.last().filter(|_| full).map(|row| row.id.to_string());
-        let events: Vec<Value> = rows.into_iter().map(event_json).collect();
-        Ok(json!({ "events": events, "next": next }))
     }
+    let next = rows.last().filter(|_| full).map(|row| row.id.to_string());
+    let events: Vec<Value> = rows.into_iter().map(event_json).collect();
+    Ok(json!({ "events": events, "next": next }))
 }
 
 /// One event as history answers it: `data` is what a live frame carries, the stored JSON value
