@@ -270,23 +270,18 @@ async fn run_mode(target: &Target, mode: Mode, args: LoadArgs) -> anyhow::Result
 
     let accepted_rate = accepted_count as f64 / accept_seconds;
     let persisted_rate = accepted_count as f64 / persist_seconds;
+    let k = args.concurrency;
+    let sent = match mode {
+        Mode::Trigger => "ingest: events (1 per request)".to_owned(),
+        Mode::Batch => "ingest: batch_events of 10".to_owned(),
+        Mode::Segment => format!("ingest: Segment /v1/batch of {per_request} track calls"),
+        Mode::WsTrack => format!("ws-track: switchboard:track frames of {per_request} track calls"),
+    };
     let mut report = Report::new(match mode {
-        Mode::Trigger => format!(
-            "ingest: events (1 per request) with {} concurrent keep-alive requests",
-            args.concurrency
-        ),
-        Mode::Batch => format!(
-            "ingest: batch_events of 10 with {} concurrent keep-alive requests",
-            args.concurrency
-        ),
-        Mode::Segment => format!(
-            "ingest: Segment /v1/batch of {per_request} track calls with {} concurrent keep-alive requests",
-            args.concurrency
-        ),
-        Mode::WsTrack => format!(
-            "ws-track: switchboard:track frames of {per_request} track calls on {} WebSockets, one awaiting its ack on each",
-            args.concurrency
-        ),
+        Mode::WsTrack => format!("{sent} on {k} WebSockets, one awaiting its ack on each"),
+        Mode::Trigger | Mode::Batch | Mode::Segment => {
+            format!("{sent} with {k} concurrent keep-alive requests")
+        }
     });
     report.row(
         "HTTP keep-alive",

@@ -122,7 +122,7 @@ impl EnvelopeIds {
         }
     }
 
-    pub fn next(&mut self) -> Uuid {
+    pub fn next_id(&mut self) -> Uuid {
         Uuid::new_v7(Timestamp::from_unix(&self.context, self.secs, self.nanos))
     }
 }
@@ -226,7 +226,7 @@ mod tests {
             .unwrap()
             .with_timezone(&Utc);
         let mut ids = EnvelopeIds::at(received_at);
-        let made: Vec<Uuid> = (0..1000).map(|_| ids.next()).collect();
+        let made: Vec<Uuid> = (0..1000).map(|_| ids.next_id()).collect();
         assert!(made.windows(2).all(|pair| pair[0] < pair[1]), "in order");
         assert!(made
             .iter()

@@ -10,7 +10,9 @@ use serde_json::json;
 use switchboard::config::Config;
 use switchboard::Role;
 
-use crate::common::{amqp_url_via, broker_proxy, test_config, TestServer, AMQP, KEY, SECRET};
+use crate::common::{
+    amqp_url_via, broker_proxy, gateway_and_worker, test_config, TestServer, AMQP, KEY, SECRET,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -143,16 +145,7 @@ async fn webhook_events_made_while_the_broker_is_away_are_delivered_after() {
         &mut config,
         vec![WebhookConfig::new(&receiver.url("/hooks"))],
     );
-    config.amqp_url = amqp_url_via(&proxy);
-    let gateway = TestServer::start_config(Role::Gateway, config.clone()).await;
-    let worker = TestServer::start_config(
-        Role::Worker,
-        Config {
-            amqp_url: AMQP.into(),
-            ..config
-        },
-    )
-    .await;
+    let (gateway, worker) = gateway_and_worker(config, &proxy).await;
     let mut client = gateway.connect().await;
     let before = unique("cache-before");
     client.subscribe(&before).await;

@@ -158,7 +158,7 @@ impl Request<'_> {
                 event.name(),
                 raw.get().to_owned(),
             );
-            (envelope.id, envelope.received_at) = (ids.next(), edge.received_at);
+            (envelope.id, envelope.received_at) = (ids.next_id(), edge.received_at);
             envelope.user_id.clone_from(&event.user_id);
             let sent_id = event.message_id.clone();
             let message_id = sent_id.clone().unwrap_or_else(|| envelope.id.to_string());

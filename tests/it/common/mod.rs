@@ -34,6 +34,22 @@ pub fn amqp_url_via(proxy: &Proxy) -> String {
     format!("amqp://guest:guest@{}/%2f", proxy.addr())
 }
 
+/// A gateway whose broker connection goes through `proxy`, and a worker connected directly (so
+/// that events reach the table while the gateway's link is cut or held), both with `config`.
+pub async fn gateway_and_worker(mut config: Config, proxy: &Proxy) -> (TestServer, TestServer) {
+    config.amqp_url = amqp_url_via(proxy);
+    let gateway = TestServer::start_config(Role::Gateway, config.clone()).await;
+    let worker = TestServer::start_config(
+        Role::Worker,
+        Config {
+            amqp_url: AMQP.into(),
+            ..config
+        },
+    )
+    .await;
+    (gateway, worker)
+}
+
 pub fn random_suffix() -> String {
     format!("{:016x}", rand::random::<u64>())
 }

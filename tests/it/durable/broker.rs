@@ -5,13 +5,11 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use switchboard::config::Config;
-use switchboard::Role;
 
 use faults::Proxy;
 
 use super::{post, ready_status, trigger_until_accepted};
-use crate::common::{amqp_url_via, broker_proxy, test_config, TestServer, AMQP};
+use crate::common::{self, amqp_url_via, broker_proxy, test_config, TestServer};
 
 #[tokio::test]
 async fn a_silent_broker_means_503_and_unready_within_a_second() {
@@ -58,22 +56,11 @@ async fn a_silent_broker_means_503_and_unready_within_a_second() {
     server.cleanup().await;
 }
 
-/// A gateway whose broker connection goes through `proxy`, and a worker connected directly,
-/// so that events reach the table while the gateway waits for their confirm.
+/// A gateway behind `proxy` and a worker, the gateway's confirms awaited `confirm_timeout_ms`.
 async fn gateway_and_worker(proxy: &Proxy, confirm_timeout_ms: u64) -> (TestServer, TestServer) {
     let mut config = test_config();
-    config.amqp_url = amqp_url_via(proxy);
     config.publisher.confirm_timeout_ms = confirm_timeout_ms;
-    let gateway = TestServer::start_config(Role::Gateway, config.clone()).await;
-    let worker = TestServer::start_config(
-        Role::Worker,
-        Config {
-            amqp_url: AMQP.into(),
-            ..config
-        },
-    )
-    .await;
-    (gateway, worker)
+    common::gateway_and_worker(config, proxy).await
 }
 
 async fn stored_named(server: &TestServer, name: &str, expected: i64) -> i64 {

@@ -4,11 +4,9 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use switchboard::config::Config;
-use switchboard::Role;
 
 use super::{connect_opted_in, next_answer, send_batch, stored, track_event, Answer};
-use crate::common::{amqp_url_via, broker_proxy, test_config, TestServer, AMQP, KEY};
+use crate::common::{broker_proxy, gateway_and_worker, test_config, TestServer, KEY};
 
 fn ids(prefix: &str, count: usize) -> Vec<String> {
     (0..count).map(|i| format!("{prefix}-{i}")).collect()
@@ -264,24 +262,14 @@ async fn malformed_frames_are_nacked_whole_and_the_connection_stays() {
     server.cleanup().await;
 }
 
-/// A gateway reaching RabbitMQ through `proxy`, and a worker connected directly.
+/// A gateway behind `proxy` and a worker, the gateway's confirms awaited `confirm_timeout_ms`.
 async fn gateway_behind(
     proxy: &faults::Proxy,
     confirm_timeout_ms: u64,
 ) -> (TestServer, TestServer) {
     let mut config = test_config();
-    config.amqp_url = amqp_url_via(proxy);
     config.publisher.confirm_timeout_ms = confirm_timeout_ms;
-    let gateway = TestServer::start_config(Role::Gateway, config.clone()).await;
-    let worker = TestServer::start_config(
-        Role::Worker,
-        Config {
-            amqp_url: AMQP.into(),
-            ..config
-        },
-    )
-    .await;
-    (gateway, worker)
+    gateway_and_worker(config, proxy).await
 }
 
 #[tokio::test]
