@@ -1,7 +1,7 @@
 # Developer and CI entry points. `make test` is what CI runs (via .ci/run).
 CARGO ?= cargo
 
-.PHONY: all services run migrate test lint fmt fmt-check clippy unit e2e bench chaos chaos-short fuzz cluster-test
+.PHONY: all services run migrate test lint fmt fmt-check clippy unit client-js e2e bench chaos chaos-short fuzz cluster-test
 
 all: test
 
@@ -18,6 +18,7 @@ test: services
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace
+	bash scripts/client-js.sh
 	bash scripts/e2e.sh
 	bash scripts/chaos.sh --short
 	$(MAKE) cluster-test
@@ -43,6 +44,10 @@ clippy:
 
 unit: services
 	$(CARGO) test --workspace
+
+# The web client (clients/js): build (prints its size) and unit tests; its browser tests are in e2e.
+client-js:
+	bash scripts/client-js.sh
 
 e2e: services
 	bash scripts/e2e.sh

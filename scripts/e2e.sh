@@ -6,13 +6,16 @@
 # tests/js (pusher-js, Laravel Echo and the npm `pusher` SDK, node's built-in test runner; one suite
 # starts a second server with TLS, whose CA this script makes for the run with openssl; the
 # dashboard's suite drives Debian's headless `chromium`, installed here when missing, with
-# playwright-core and leaves a screenshot of each view in target/dashboard-screenshots/). Then
+# playwright-core and leaves a screenshot of each view in target/dashboard-screenshots/; the web
+# client's suite, tests/js/web-client.test.mjs, loads clients/js's bundle, built here by
+# scripts/client-js.sh, into Chromium and starts servers of its own). Then
 # it stops the server (it must exit 0 on SIGTERM within 10 s) and removes the database and the
 # vhost. Expects PostgreSQL and RabbitMQ to be up (scripts/ensure-services.sh).
 #
 # Usage: scripts/e2e.sh [TEST_FILE...]   (no argument: every suite; else only the given
 # tests/js/*.test.mjs and tests/python/test_*.py files). E2E_SKIP_BUILD=1 uses the binary already
-# in target/debug instead of running `cargo build`; E2E_SERVER_BIN=PATH tests that binary instead.
+# in target/debug instead of running `cargo build`; E2E_SERVER_BIN=PATH tests that binary instead;
+# E2E_TEST_PATTERN=REGEX runs only the JS tests whose names match (node's --test-name-pattern).
 # shellcheck disable=SC2317 # stop_server and cleanup run from the EXIT trap
 set -euo pipefail
 
@@ -190,6 +193,9 @@ log "switchboard is ready"
 
 bash scripts/ensure-services.sh chromium
 
+# tests/js/web-client.test.mjs loads the built web client (clients/js/dist) into Chromium.
+bash scripts/client-js.sh build
+
 installed=tests/js/node_modules/.package-lock.json
 if [[ ! -f tests/js/package-lock.json ]]; then
   (cd tests/js && npm install --no-audit --no-fund)
@@ -278,7 +284,9 @@ if ((${#js_tests[@]})); then
   log "tests/js (pusher-js, Laravel Echo, npm pusher SDK): ${js_tests[*]}"
   # --test-force-exit: pusher-js's WebSocket library leaves a 30 s close timer behind when it
   # closes a socket the server already closed (4001-4099), which would keep each file alive.
+  pattern=()
+  [[ -z ${E2E_TEST_PATTERN:-} ]] || pattern=(--test-name-pattern="$E2E_TEST_PATTERN")
   env "${test_env[@]}" NODE_EXTRA_CA_CERTS="$tls_dir/ca.crt" \
-    node --test --test-force-exit "${js_tests[@]}" || status=$?
+    node --test --test-force-exit "${pattern[@]}" "${js_tests[@]}" || status=$?
 fi
 exit "$status"

@@ -434,9 +434,12 @@ export async function freePort() {
  * once `/ready` answers 200. The returned handle's `stop()` sends SIGTERM and resolves with the
  * exit `{code, signal}`; when a test context is given, a server still running when the test ends
  * is killed. `env` adds configuration variables; `adminTls` makes `/ready` be asked over https
- * (trusted through NODE_EXTRA_CA_CERTS).
+ * (trusted through NODE_EXTRA_CA_CERTS); `configFile` replaces tests/e2e.toml.
  */
-export async function startServer(t, { port, adminPort, amqpPrefix, env: extra = {}, adminTls = false }) {
+export async function startServer(
+  t,
+  { port, adminPort, amqpPrefix, env: extra = {}, adminTls = false, configFile = config.serverConfig },
+) {
   // `switchboard` reads every SWITCHBOARD_* variable as config: pass on none of the tests' own.
   const env = Object.fromEntries(
     Object.entries(process.env).filter(([name]) => !name.startsWith('SWITCHBOARD_')),
@@ -450,7 +453,7 @@ export async function startServer(t, { port, adminPort, amqpPrefix, env: extra =
     RUST_LOG: 'info',
     ...extra,
   });
-  const child = spawn(config.serverBin, ['serve', '--config', config.serverConfig], {
+  const child = spawn(config.serverBin, ['serve', '--config', configFile], {
     env,
     stdio: ['ignore', 'pipe', 'pipe'],
   });
