@@ -20,8 +20,14 @@ const WAIT: Duration = Duration::from_secs(30);
 /// queue stays bound to those shards: while the broker is away, a subscription to a channel of a
 /// shard not bound yet is refused (503) rather than risk missing its events.
 async fn bind_shards(client: &mut crate::common::ws::Client, channels: &[String]) {
+    let mut shards = std::collections::HashSet::new();
     for channel in channels {
         let shard = bus::shard_of(crate::common::APP_ID, channel);
+        // Two channels of one shard share a twin: subscribing to it again would be a no-op,
+        // which Pusher does not answer.
+        if !shards.insert(shard) {
+            continue;
+        }
         let twin = (0..)
             .map(|i| format!("shard-twin-{i}"))
             .find(|name| bus::shard_of(crate::common::APP_ID, name) == shard)
