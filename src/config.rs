@@ -238,6 +238,7 @@ impl Config {
             activity_timeout: Duration::from_secs(g.activity_timeout_secs),
             pong_timeout: Duration::from_secs(g.pong_timeout_secs),
             socket_queue_len: g.socket_queue_len,
+            socket_max_lag: Duration::from_millis(g.socket_max_lag_ms),
             max_frame_bytes: g.max_frame_bytes,
             max_body_bytes: g.max_body_bytes,
             cache_ttl: Duration::from_secs(g.cache_ttl_secs),

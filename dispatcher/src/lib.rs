@@ -25,7 +25,7 @@ pub use registry::{
     AppOptions, CachedEvent, ConnectError, Occupancy, Peak, Registry, RegistryConfig,
     SubscribeError, CLOSE_TERMINATED, TRANSITIONS_CAPACITY,
 };
-pub use socket::{CloseSignal, Frame, SocketHandle};
+pub use socket::{CloseSignal, Frame, Outbound, Queued, SocketHandle};
 pub use transition::Transition;
 
 /// Pusher close code for "reconnect at once" (4200–4299): the server cannot rule out that this

@@ -345,7 +345,7 @@ async fn serve(
                     metrics::counter!("switchboard_live_dropped_events_total")
                         .increment(envelopes.len() as u64);
                     for envelope in &envelopes {
-                        registry.close_channel(&envelope.app_id, &envelope.channel, crate::CLOSE_SLOW_CONSUMER);
+                        registry.close_channel(&envelope.app_id, &envelope.channel);
                     }
                 }
             }

@@ -50,6 +50,9 @@ pub struct GatewayConfig {
     pub pong_timeout: Duration,
     /// Frames queued per socket before it is closed as a slow consumer (4100).
     pub socket_queue_len: usize,
+    /// How long a socket's oldest unwritten frame may wait before the socket is closed as a
+    /// slow consumer (4100).
+    pub socket_max_lag: Duration,
     /// Largest WebSocket frame/message accepted from a client.
     pub max_frame_bytes: usize,
     /// Largest HTTP request body.
@@ -74,6 +77,7 @@ impl Default for GatewayConfig {
             activity_timeout: Duration::from_secs(120),
             pong_timeout: Duration::from_secs(30),
             socket_queue_len: 1024,
+            socket_max_lag: Duration::from_secs(5),
             max_frame_bytes: 64 * 1024,
             max_body_bytes: 256 * 1024,
             cache_ttl: Duration::from_secs(30 * 60),

@@ -1,15 +1,14 @@
 //! Pusher v7 WebSocket sessions (PROTOCOL.md §1).
 //!
 //! A session is two tasks: the reader (this module's [`run`]) parses client frames, keeps the
-//! activity timer and applies them to the registry; the writer drains the socket's bounded
-//! outbound queue into the socket and sends the close frame when the [`CloseSignal`] fires.
+//! activity timer and applies them to the registry; the writer ([`writer`]) drains the socket's
+//! bounded outbound queue into the socket and sends the close frame.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
-use dispatcher::{AppOptions, ConnectError, Frame, Record, SocketHandle, SubscribeError};
+use dispatcher::{AppOptions, ConnectError, Record, SocketHandle, SubscribeError};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use governor::clock::DefaultClock;
@@ -19,7 +18,6 @@ use protocol::presence::{Member, SignedInUser, SigninError};
 use protocol::signature::{signin_string_to_sign, verify_client_auth};
 use protocol::webhook::{EventType, WebhookEvent};
 use protocol::{Channel, ChannelKind, SocketId};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, Instrument};
 use warp::ws::{Message, WebSocket};
@@ -30,6 +28,7 @@ use crate::Gateway;
 mod client_event;
 mod rate;
 mod track;
+mod writer;
 
 use rate::RateLimit;
 use track::Track;
@@ -55,9 +54,6 @@ pub mod code {
 
 /// Protocol versions served: pusher-js speaks 7; 5 and 6 differ only in ways we don't rely on.
 const PROTOCOLS: std::ops::RangeInclusive<u32> = 5..=7;
-
-/// How long one frame may take to write before the socket counts as dead.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Longest client event name, in characters.
 const MAX_EVENT_NAME_LEN: usize = 200;
@@ -144,7 +140,13 @@ pub async fn run(gateway: Arc<Gateway>, handshake: Handshake, socket: WebSocket)
             .debug(&app.id, || Record::ConnectionOpened {
                 socket_id: socket_id.clone(),
             });
-        let writer = tokio::spawn(write_loop(sink, outbound, handle.clone()).in_current_span());
+        let writer = writer::write_loop(
+            sink,
+            outbound,
+            handle.clone(),
+            gateway.config.socket_max_lag,
+        );
+        let writer = tokio::spawn(writer.in_current_span());
         handle.send(
             frame::encode_connection_established(
                 &socket_id,
@@ -187,74 +189,6 @@ pub async fn run(gateway: Arc<Gateway>, handshake: Handshake, socket: WebSocket)
     }
     .instrument(span)
     .await;
-}
-
-async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut outbound: mpsc::Receiver<Frame>,
-    handle: SocketHandle,
-) {
-    let closed = handle.close_signal().closed();
-    tokio::pin!(closed);
-    loop {
-        tokio::select! {
-            biased;
-            code = &mut closed => {
-                // What was queued before the close (an error explaining it, say) goes first,
-                // except to a slow consumer, whose queue is what it could not take.
-                if code != dispatcher::CLOSE_SLOW_CONSUMER {
-                    let _ = write_queued(&mut sink, &mut outbound, None).await;
-                }
-                let reason = close_reason(code);
-                let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::close_with(code, reason))).await;
-                break;
-            }
-            frame = outbound.recv() => {
-                let Some(frame) = frame else { break };
-                if !write_queued(&mut sink, &mut outbound, Some(frame)).await {
-                    handle.close_signal().close(code::NORMAL);
-                    break;
-                }
-            }
-        }
-    }
-}
-
-/// Most frames written with one flush (one system call) when a socket has a backlog.
-const WRITE_BATCH: usize = 64;
-
-/// Writes `first` and whatever else is already queued (up to [`WRITE_BATCH`]) with one flush,
-/// within [`WRITE_TIMEOUT`]. Returns false if the socket failed or timed out.
-async fn write_queued(
-    sink: &mut SplitSink<WebSocket, Message>,
-    outbound: &mut mpsc::Receiver<Frame>,
-    first: Option<Frame>,
-) -> bool {
-    let write = async {
-        let mut written = 0;
-        let mut next = first.or_else(|| outbound.try_recv().ok());
-        while let Some(frame) = next {
-            sink.feed(Message::text(frame.as_ref())).await?;
-            written += 1;
-            next = if written < WRITE_BATCH {
-                outbound.try_recv().ok()
-            } else {
-                None
-            };
-        }
-        sink.flush().await
-    };
-    matches!(tokio::time::timeout(WRITE_TIMEOUT, write).await, Ok(Ok(())))
-}
-
-fn close_reason(code: u16) -> &'static str {
-    match code {
-        dispatcher::CLOSE_SLOW_CONSUMER => "Slow consumer: too many undelivered messages",
-        code::UNAUTHORIZED => "Unauthorized",
-        code::SHUTTING_DOWN => "Server shutting down",
-        code::PONG_TIMEOUT => "Pong reply not received",
-        _ => "",
-    }
 }
 
 /// The shards a subscription to `channel` needs bound: its own; every one for the debug

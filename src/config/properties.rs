@@ -97,6 +97,7 @@ fn config_text() -> impl Strategy<Value = String> {
             "activity_timeout_secs",
             "pong_timeout_secs",
             "socket_queue_len",
+            "socket_max_lag_ms",
             "max_frame_bytes",
             "max_body_bytes",
             "cache_ttl_secs",

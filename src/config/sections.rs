@@ -29,6 +29,9 @@ pub struct GatewaySection {
     pub activity_timeout_secs: u64,
     pub pong_timeout_secs: u64,
     pub socket_queue_len: usize,
+    /// Milliseconds a socket's oldest unwritten frame may wait before the socket is closed as
+    /// a slow consumer (4100).
+    pub socket_max_lag_ms: u64,
     pub max_frame_bytes: usize,
     pub max_body_bytes: u64,
     /// Seconds a cache channel keeps its last event (Pusher: at most 30 min).
@@ -119,6 +122,7 @@ impl Default for GatewaySection {
             activity_timeout_secs: g.activity_timeout.as_secs(),
             pong_timeout_secs: g.pong_timeout.as_secs(),
             socket_queue_len: g.socket_queue_len,
+            socket_max_lag_ms: g.socket_max_lag.as_millis() as u64,
             max_frame_bytes: g.max_frame_bytes,
             max_body_bytes: g.max_body_bytes,
             cache_ttl_secs: g.cache_ttl.as_secs(),

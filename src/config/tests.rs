@@ -154,6 +154,10 @@ fn rejects_bad_values() {
             |c: &mut Config| c.gateway.max_channels_per_connection = 0,
             "gateway.max_channels_per_connection",
         ),
+        (
+            |c: &mut Config| c.gateway.socket_max_lag_ms = 99,
+            "gateway.socket_max_lag_ms",
+        ),
     ] {
         let mut config = Config::default();
         adjust(&mut config);

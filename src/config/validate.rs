@@ -49,6 +49,11 @@ impl Config {
                 "at least 1",
             ),
             (
+                "gateway.socket_max_lag_ms",
+                (100..=600_000).contains(&g.socket_max_lag_ms),
+                "100 to 600000",
+            ),
+            (
                 "gateway.max_frame_bytes",
                 g.max_frame_bytes >= 1024,
                 "at least 1024",

@@ -425,6 +425,55 @@ async fn slow_consumer_is_closed_with_4100_and_others_are_unaffected() {
     server.cleanup().await;
 }
 
+/// A reader that stops reading is found by the age of its oldest unwritten frame, long before
+/// its queue (made too large to fill here) is full; the others on the channel get everything.
+#[tokio::test]
+async fn a_reader_that_stops_is_closed_with_4100_by_the_lag_bound() {
+    let server = TestServer::start_with(|c| {
+        c.gateway.socket_queue_len = 100_000;
+        c.gateway.socket_max_lag_ms = 300;
+    })
+    .await;
+    let mut stopped = server.connect().await;
+    stopped.subscribe("firehose").await;
+    let mut reader = server.connect().await;
+    reader.subscribe("firehose").await;
+    let counting = tokio::spawn(async move {
+        let mut seen = 0;
+        loop {
+            let event = reader.next_app_event().await;
+            match event["event"].as_str() {
+                Some("last") => return seen,
+                _ => seen += 1,
+            }
+        }
+    });
+    let event = json!({"name":"ev","channel":"firehose","data":"x".repeat(10 * 1024)});
+    let batch = json!({ "batch": vec![event; 10] }).to_string();
+    let path = format!("/apps/{APP_ID}/batch_events");
+    let mut sent = 0;
+    // The stopped reader's kernel buffers fill (megabytes on loopback), then its writes block;
+    // once it is closed the channel has the reader alone.
+    while subscriptions(&server, "firehose").await == 2 {
+        assert!(sent < 20_000, "no slow consumer found after {sent} events");
+        assert_eq!(server.post_signed(&path, &batch).await.status(), 200);
+        sent += 10;
+    }
+    assert_eq!(server.trigger("firehose", "last", "x").await.status(), 200);
+    assert_eq!(counting.await.unwrap(), sent);
+    assert_eq!(stopped.closed().await, Some(4100));
+    server.cleanup().await;
+}
+
+/// A channel's subscriptions, from the HTTP API.
+async fn subscriptions(server: &TestServer, channel: &str) -> u64 {
+    let path = format!("/apps/{APP_ID}/channels/{channel}");
+    let response = server.get_signed(&path, "info=subscription_count").await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    body["subscription_count"].as_u64().expect("a count")
+}
+
 #[tokio::test]
 async fn admin_endpoints_report_health_readiness_and_metrics() {
     let server = TestServer::start().await;

@@ -7,6 +7,7 @@
 mod debug;
 mod fan_out;
 mod local;
+mod query;
 mod state;
 mod sync;
 #[cfg(test)]
@@ -30,6 +31,7 @@ use crate::debug::Record;
 use crate::interest::Interest;
 use crate::{Frame, SocketHandle, Transition};
 use local::{LocalMember, Subscriber};
+pub use query::{Occupancy, Peak};
 use state::{State, COUNT_THROTTLE};
 
 /// Pusher close code for connections closed by `terminate_connections`.
@@ -70,22 +72,6 @@ pub enum SubscribeError {
     PresenceFull { max: usize },
     #[error("too many channels on this connection (at most {max})")]
     TooManyChannels { max: usize },
-}
-
-/// A count (an app's connections, its subscriptions) now and at its highest since the
-/// previous look.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Peak {
-    pub now: usize,
-    pub peak: usize,
-}
-
-/// A channel's occupancy across the cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Occupancy {
-    pub subscriptions: usize,
-    /// Unique presence members (0 for other channel types).
-    pub users: usize,
 }
 
 /// The last event of a cache channel.
@@ -189,44 +175,6 @@ impl Registry {
             }
         }
         Ok(())
-    }
-
-    /// Connections of an app across the cluster.
-    pub fn connections(&self, app_id: &str) -> usize {
-        self.state.read().connections(app_id)
-    }
-
-    /// An app's connections across the cluster now, and the most there were since the previous
-    /// call — at its end, or at any local connect in between: a true peak, not a sample.
-    pub fn connection_peak(&self, app_id: &str) -> Peak {
-        let mut state = self.state.write();
-        let now = state.connections(app_id);
-        let peak = state.peaks.remove(app_id).unwrap_or(0).max(now);
-        // The next window starts at the count now.
-        if now > 0 {
-            state.peaks.insert(app_id.to_owned(), now);
-        }
-        Peak { now, peak }
-    }
-
-    /// An app's subscriptions on this node now, and the most there were since the previous
-    /// call (never less than now).
-    pub fn subscription_peak(&self, app_id: &str) -> Peak {
-        let mut state = self.state.write();
-        let now = state
-            .local
-            .apps
-            .get(app_id)
-            .map_or(0, |app| app.subscriptions);
-        let peak = state
-            .subscription_peaks
-            .remove(app_id)
-            .unwrap_or(0)
-            .max(now);
-        if now > 0 {
-            state.subscription_peaks.insert(app_id.to_owned(), now);
-        }
-        Peak { now, peak }
     }
 
     /// Forgets a connection: leaves its channels (with the notifications that follow), signs it
@@ -515,17 +463,17 @@ impl Registry {
         }
     }
 
-    /// Closes every local subscriber of a channel with `code`; returns how many.
-    pub fn close_channel(&self, app_id: &str, channel: &str, code: u16) -> usize {
+    /// Closes every local subscriber of a channel as a slow consumer (4100, counted): its node
+    /// lost one of the channel's events. Returns how many.
+    pub fn close_channel(&self, app_id: &str, channel: &str) -> usize {
         let state = self.state.read();
         let Some(subscribers) = state.local.channel(app_id, channel).map(|c| &c.subscribers) else {
             return 0;
         };
         for subscriber in subscribers.values() {
-            if !subscriber.handle.close_signal().is_closed() {
-                metrics::counter!("switchboard_slow_consumers_closed_total").increment(1);
-            }
-            subscriber.handle.close_signal().close(code);
+            subscriber
+                .handle
+                .close_slow("the node's live queue dropped an event of its channel");
         }
         subscribers.len()
     }
@@ -586,54 +534,6 @@ impl Registry {
     /// Asks every node (this one included, through the bus) to run a control message.
     pub fn broadcast(&self, message: Control) -> bool {
         self.outbox.try_send(message).is_ok()
-    }
-
-    pub fn occupancy(&self, app_id: &str, channel: &str) -> Occupancy {
-        let state = self.state.read();
-        Occupancy {
-            subscriptions: state.subscriptions(app_id, channel),
-            users: state.members(app_id, channel).len(),
-        }
-    }
-
-    pub fn members(&self, app_id: &str, channel: &str) -> Vec<Member> {
-        self.state.read().members(app_id, channel)
-    }
-
-    /// Occupied channels of an app across the cluster whose name starts with `prefix`.
-    pub fn occupied(&self, app_id: &str, prefix: &str) -> Vec<(String, Occupancy)> {
-        let state = self.state.read();
-        let mut names: HashSet<&str> = state.cluster.channels(app_id).collect();
-        if let Some(app) = state.local.apps.get(app_id) {
-            names.extend(
-                app.channels
-                    .iter()
-                    .filter(|(_, c)| !c.subscribers.is_empty())
-                    .map(|(n, _)| n.as_str()),
-            );
-        }
-        let mut occupied: Vec<(String, Occupancy)> = names
-            .into_iter()
-            .filter(|name| name.starts_with(prefix))
-            .map(|name| {
-                let occupancy = Occupancy {
-                    subscriptions: state.subscriptions(app_id, name),
-                    users: state.members(app_id, name).len(),
-                };
-                (name.to_owned(), occupancy)
-            })
-            .collect();
-        occupied.sort_by(|a, b| a.0.cmp(&b.0));
-        occupied
-    }
-
-    /// The cached last event of a cache channel, if it has not expired.
-    pub fn cached(&self, app_id: &str, channel: &str) -> Option<CachedEvent> {
-        self.state
-            .read()
-            .local
-            .channel(app_id, channel)
-            .and_then(|c| c.cached(Instant::now()))
     }
 
     /// Forgets the cached events that have expired, and the channels only they kept.

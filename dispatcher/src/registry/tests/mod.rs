@@ -9,7 +9,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::CLOSE_SLOW_CONSUMER;
+use crate::Outbound;
 
 const APP: &str = "app";
 
@@ -32,21 +32,21 @@ fn options() -> AppOptions {
     }
 }
 
-fn socket(registry: &Registry, id: &str) -> (SocketHandle, mpsc::Receiver<Frame>) {
+fn socket(registry: &Registry, id: &str) -> (SocketHandle, Outbound) {
     let (handle, rx) = SocketHandle::new(id, 64);
     registry.connect(APP, options(), &handle).unwrap();
     (handle, rx)
 }
 
-fn drain(rx: &mut mpsc::Receiver<Frame>) -> Vec<Value> {
+fn drain(rx: &mut Outbound) -> Vec<Value> {
     let mut frames = Vec::new();
-    while let Ok(frame) = rx.try_recv() {
-        frames.push(serde_json::from_str(&frame).unwrap());
+    while let Some(queued) = rx.try_recv() {
+        frames.push(serde_json::from_str(&queued.frame).unwrap());
     }
     frames
 }
 
-fn events(rx: &mut mpsc::Receiver<Frame>) -> Vec<String> {
+fn events(rx: &mut Outbound) -> Vec<String> {
     drain(rx)
         .iter()
         .map(|f| f["event"].as_str().unwrap().to_owned())
