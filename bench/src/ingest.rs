@@ -422,7 +422,7 @@ async fn run_mode(target: &Target, mode: Mode, args: LoadArgs) -> anyhow::Result
             batch: (persist_batch.round() as usize).max(1),
             payload_bytes: args.payload_bytes,
         };
-        let copy = baseline::copy(&args.database_url, target.broker_pid, events, copy_shape)
+        let copy = baseline::copy(&args.database_url, events, copy_shape)
             .await
             .context("COPY baseline")?;
         let copy_rate = copy.rows as f64 / copy.seconds;

@@ -188,7 +188,7 @@ impl Target {
     }
 
     pub fn cpu_meter(&self) -> anyhow::Result<procfs::CpuMeter> {
-        procfs::CpuMeter::new(self.server_pids.clone(), self.broker_pid)
+        procfs::CpuMeter::new(self.server_pids.clone(), Some(self.broker_pid))
     }
 }
 
