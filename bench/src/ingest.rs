@@ -398,7 +398,7 @@ async fn run_mode(target: &Target, mode: Mode, args: LoadArgs) -> anyhow::Result
         };
         let amqp = baseline::amqp(
             amqp_url,
-            target.broker_pid,
+            target.broker_pid()?,
             events,
             amqp_shape,
             args.baseline_in_flight,
