@@ -65,8 +65,8 @@ struct TargetArgs {
     #[arg(long, global = true, default_value_t = 5672)]
     amqp_port: u16,
     /// The server under test is another Pusher server, not Switchboard (e.g. sockudo): its
-    /// metrics are not read, no RabbitMQ CPU is counted, --server-pid is required. Runs fanout
-    /// and connections only.
+    /// metrics are not read, no RabbitMQ CPU is counted, --server-pid is required. Runs fanout,
+    /// connections and ingest --mode trigger|batch only.
     #[arg(long, global = true)]
     peer: bool,
 }
@@ -111,9 +111,9 @@ impl Cli {
         anyhow::ensure!(
             matches!(
                 self.scenario,
-                Scenario::Fanout(_) | Scenario::Connections(_)
+                Scenario::Fanout(_) | Scenario::Connections(_) | Scenario::Ingest(_)
             ),
-            "--peer runs only fanout and connections"
+            "--peer runs only fanout, connections and ingest (--mode trigger or batch)"
         );
         anyhow::ensure!(
             !self.target.server_pids.is_empty(),
@@ -325,12 +325,12 @@ mod tests {
 
     #[test]
     fn peer_runs_only_the_pusher_scenarios() {
-        for scenario in ["fanout", "connections"] {
+        for scenario in ["fanout", "connections", "ingest"] {
             assert!(cli(&["--peer", "--server-pid", "7", scenario])
                 .check_peer()
                 .is_ok());
         }
-        for scenario in ["client-events", "segment-memory"] {
+        for scenario in ["ws-track", "client-events", "segment-memory"] {
             let error = cli(&["--peer", "--server-pid", "7", scenario])
                 .check_peer()
                 .unwrap_err();
