@@ -72,7 +72,7 @@ pub async fn amqp(
         let bodies: Vec<Vec<u8>> = (0..8)
             .map(|k| encode_batch(&envelopes(shape, k * shape.batch as u64)))
             .collect();
-        let meter = CpuMeter::new(Vec::new(), broker_pid)?;
+        let meter = CpuMeter::new(Vec::new(), Some(broker_pid))?;
         let cpu_before = meter.sample()?;
         let exchange = topology.events_exchange();
         let permits = Arc::new(Semaphore::new(in_flight));
@@ -198,13 +198,7 @@ pub struct CopyResult {
 
 /// COPYs `total` rows into `events` of a fresh scratch database on the server of `database_url`,
 /// one transaction per `shape.batch` rows, one after the other (as the single worker writes).
-/// `broker_pid` is RabbitMQ's process (measured alongside, unused here).
-pub async fn copy(
-    database_url: &str,
-    broker_pid: u32,
-    total: u64,
-    shape: Shape,
-) -> anyhow::Result<CopyResult> {
+pub async fn copy(database_url: &str, total: u64, shape: Shape) -> anyhow::Result<CopyResult> {
     let name = format!("switchboard_benchbase_{}", crate::run_tag());
     let scratch = with_database(database_url, &name)?;
     let measured = async {
@@ -218,7 +212,7 @@ pub async fn copy(
             })
             .collect();
         // The pool's backend exists now: Postgres CPU is measured from here.
-        let meter = CpuMeter::new(Vec::new(), broker_pid)?;
+        let meter = CpuMeter::new(Vec::new(), None)?;
         let cpu_before = meter.sample()?;
         let started = Instant::now();
         for batch in &batches {

@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::stats::{rate, thousands, Report};
 use crate::ws::{self, Subscription, Ws};
-use crate::{run_tag, Target};
+use crate::{run_tag, Target, PEER_NA};
 
 #[derive(Args)]
 pub struct ConnectionsArgs {
@@ -52,12 +52,20 @@ async fn ping(mut ws: Ws) -> (Ws, bool) {
     (ws, ok)
 }
 
+/// Switchboard's count of open connections; none against a peer server (`--peer`).
+async fn connections_gauge(target: &Target) -> anyhow::Result<Option<f64>> {
+    Ok(target
+        .switchboard_metrics()
+        .await?
+        .map(|text| crate::procfs::metric(&text, "switchboard_connections").unwrap_or(0.0)))
+}
+
 pub async fn run(target: &Target, args: ConnectionsArgs) -> anyhow::Result<Report> {
     anyhow::ensure!(args.channels > 0, "need at least one channel");
     let tag = run_tag();
     let own_before = crate::procfs::rss_kib(std::process::id())?;
     let rss_before = target.server_rss_kib()?;
-    let gauge_before = target.metric("switchboard_connections").await?;
+    let gauge_before = connections_gauge(target).await?;
     let (sockets, took) = ws::open_many(
         target,
         args.connections,
@@ -72,7 +80,7 @@ pub async fn run(target: &Target, args: ConnectionsArgs) -> anyhow::Result<Repor
     tokio::time::sleep(Duration::from_secs(args.settle)).await;
     let rss_open = target.server_rss_kib()?;
     let own_open = crate::procfs::rss_kib(std::process::id())?;
-    let gauge_open = target.metric("switchboard_connections").await?;
+    let gauge_open = connections_gauge(target).await?;
 
     let mut pings = JoinSet::new();
     for (ws, _) in sockets {
@@ -88,7 +96,7 @@ pub async fn run(target: &Target, args: ConnectionsArgs) -> anyhow::Result<Repor
     drop(alive);
     tokio::time::sleep(Duration::from_secs(args.settle + 1)).await;
     let rss_closed = target.server_rss_kib()?;
-    let gauge_closed = target.metric("switchboard_connections").await?;
+    let gauge_closed = connections_gauge(target).await?;
 
     let n = args.connections as f64;
     let sources = ws::source_address(args.connections - 1, args.connections, args.per_source)
@@ -108,7 +116,12 @@ pub async fn run(target: &Target, args: ConnectionsArgs) -> anyhow::Result<Repor
     );
     report.row(
         "server connections gauge",
-        format!("{gauge_before} before, {gauge_open} open, {gauge_closed} after closing"),
+        match (gauge_before, gauge_open, gauge_closed) {
+            (Some(before), Some(open), Some(closed)) => {
+                format!("{before} before, {open} open, {closed} after closing")
+            }
+            _ => PEER_NA.to_owned(),
+        },
     );
     report.row(
         "server RSS before / open / after closing",

@@ -1,7 +1,8 @@
 //! `fanout`: N subscribers over C channels; events triggered over the signed HTTP API at a rate
 //! (or as fast as possible), each carrying its sequence number and send time. Every subscriber
 //! records what it receives: deliveries/s, publish→receive latency, lost and duplicated
-//! deliveries, and who was closed by the server; server + RabbitMQ CPU per delivery.
+//! deliveries, and who was closed by the server; server + RabbitMQ CPU per delivery (the
+//! server's alone with `--peer`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use crate::payload::{self, now_us};
 use crate::procfs::CpuUsed;
 use crate::stats::{rate, thousands, Latency, Report, Tally};
 use crate::ws::{self, Subscription, Ws};
-use crate::{run_tag, Target};
+use crate::{run_tag, Target, PEER_NA};
 
 #[derive(Args)]
 pub struct FanoutArgs {
@@ -165,7 +166,7 @@ async fn receive(
 pub struct Outcome {
     pub delivered_per_second: f64,
     pub latency: Latency,
-    /// Switchboard + RabbitMQ CPU per delivery, µs.
+    /// Server + RabbitMQ CPU per delivery, µs.
     pub cpu_per_delivery_us: f64,
 }
 
@@ -217,7 +218,7 @@ pub async fn measure(target: &Target, args: &FanoutArgs) -> anyhow::Result<(Repo
     };
     // Late publishers stop this long after the planned end: the report shows what was not sent.
     let send_deadline = Instant::now() + Duration::from_secs(args.duration + 10);
-    let metrics_before = target.metrics().await?;
+    let metrics_before = target.switchboard_metrics().await?;
     let meter = target.cpu_meter()?;
     let cpu_before = meter.sample()?;
     let t0 = now_us();
@@ -299,11 +300,7 @@ pub async fn measure(target: &Target, args: &FanoutArgs) -> anyhow::Result<(Repo
         wrong_channel += s.wrong_channel;
         latencies.extend(s.received.latencies);
     }
-    let metrics_after = target.metrics().await?;
-    let delta = |name: &str| {
-        crate::procfs::metric(&metrics_after, name).unwrap_or(0.0)
-            - crate::procfs::metric(&metrics_before, name).unwrap_or(0.0)
-    };
+    let metrics_after = target.switchboard_metrics().await?;
     let window = last_us.saturating_sub(t0) as f64 / 1e6;
     let sent: u64 = accepted.iter().sum::<u64>() + failures.total();
 
@@ -352,21 +349,34 @@ pub async fn measure(target: &Target, args: &FanoutArgs) -> anyhow::Result<(Repo
     report.row("publish→receive latency", latency);
     report.row(
         "server: deliveries_total Δ / slow consumers closed Δ",
-        format!(
-            "{} / {}",
-            thousands(delta("switchboard_deliveries_total") as u64),
-            delta("switchboard_slow_consumers_closed_total")
-        ),
+        match (metrics_before, metrics_after) {
+            (Some(before), Some(after)) => {
+                let delta = |name: &str| {
+                    crate::procfs::metric(&after, name).unwrap_or(0.0)
+                        - crate::procfs::metric(&before, name).unwrap_or(0.0)
+                };
+                format!(
+                    "{} / {}",
+                    thousands(delta("switchboard_deliveries_total") as u64),
+                    delta("switchboard_slow_consumers_closed_total")
+                )
+            }
+            _ => PEER_NA.to_owned(),
+        },
     );
     report.row(CpuUsed::LABEL, cpu);
     report.row(
         "server CPU per delivery",
-        format!(
-            "{:.2} µs (switchboard {:.2} + RabbitMQ {:.2})",
-            cpu.us_per(unique),
-            cpu.server * 1e6 / unique.max(1) as f64,
-            cpu.broker * 1e6 / unique.max(1) as f64
-        ),
+        if target.peer {
+            format!("{:.2} µs (server only, no broker)", cpu.us_per(unique))
+        } else {
+            format!(
+                "{:.2} µs (switchboard {:.2} + RabbitMQ {:.2})",
+                cpu.us_per(unique),
+                cpu.server * 1e6 / unique.max(1) as f64,
+                cpu.broker * 1e6 / unique.max(1) as f64
+            )
+        },
     );
     let outcome = Outcome {
         delivered_per_second: unique as f64 / window.max(1e-9),

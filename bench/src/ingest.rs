@@ -4,15 +4,15 @@
 //! WebSocket connections, each with one batch awaiting its ack at a time. Accepted events/s,
 //! then the time until the last accepted event is in Postgres `events`, and a check that every
 //! accepted event is stored exactly once. Then the baselines, with the batching the server just
-//! used.
+//! used. Against a peer server (`--peer`, persisting nothing) only what was accepted is measured.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{ensure, Context};
 use clap::{Args, ValueEnum};
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgPool, PgPoolOptions};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -24,7 +24,7 @@ use crate::payload::{self, now_us};
 use crate::procfs::CpuUsed;
 use crate::stats::{rate, thousands, Latency, Report, SeqSet, Tally};
 use crate::windows::{self, Windows};
-use crate::{procfs, run_tag, ws, Target};
+use crate::{procfs, run_tag, ws, Target, PEER_NA};
 
 /// The worker's count of stored events (after each commit).
 const PERSISTED_METRIC: &str = "switchboard_persisted_events_total";
@@ -86,9 +86,9 @@ pub struct LoadArgs {
     duration: u64,
     #[arg(long, default_value_t = 100)]
     payload_bytes: usize,
-    /// The server's database, read to verify what was persisted.
+    /// The server's database, read to verify what was persisted (required unless --peer).
     #[arg(long, env = "DATABASE_URL")]
-    database_url: String,
+    database_url: Option<String>,
     /// Most seconds to wait for the last event to be persisted.
     #[arg(long, default_value_t = 120)]
     persist_timeout: u64,
@@ -106,6 +106,145 @@ pub struct LoadArgs {
     /// Also report accepted vs persisted events per window of this many seconds (0: off).
     #[arg(long, default_value_t = 0)]
     window_secs: u64,
+}
+
+impl LoadArgs {
+    /// The server's database: required against Switchboard; none against a peer server
+    /// (`--peer`), which persists nothing, so that only acceptance is measured there.
+    fn database_url(&self, mode: Mode, peer: bool) -> anyhow::Result<Option<&str>> {
+        if !peer {
+            return self
+                .database_url
+                .as_deref()
+                .context("--database-url (or DATABASE_URL) is required unless --peer")
+                .map(Some);
+        }
+        ensure!(
+            matches!(mode, Mode::Trigger | Mode::Batch),
+            "--peer runs ingest only with --mode trigger or batch"
+        );
+        ensure!(
+            self.baseline_amqp_url.is_none(),
+            "--baseline-amqp-url needs Switchboard's batching and database: not with --peer"
+        );
+        ensure!(
+            self.window_secs == 0,
+            "--window-secs compares accepted with persisted events: not with --peer"
+        );
+        Ok(None)
+    }
+}
+
+/// Switchboard's side of a run, read before the load: its database and its metrics.
+struct Durable<'a> {
+    database_url: &'a str,
+    pool: PgPool,
+    metrics_before: String,
+}
+
+/// When the last accepted event was in Postgres.
+#[derive(Clone, Copy)]
+struct Persisted {
+    /// Rows found (all accepted ones unless the wait timed out).
+    stored: i64,
+    /// From the first request.
+    seconds: f64,
+}
+
+/// What Switchboard stored (each accepted event exactly once?) and how it batched.
+struct Audit {
+    persisted: Persisted,
+    present: u64,
+    duplicates: u64,
+    unexpected: u64,
+    /// Mean envelopes per AMQP message.
+    publish_batch: f64,
+    /// Mean envelopes per INSERT.
+    persist_batch: f64,
+}
+
+impl Durable<'_> {
+    /// Until the last accepted event is in Postgres (at most `timeout`): the server's count of
+    /// stored events says when (cheap to poll); the table is counted once a second, in case the
+    /// counter cannot.
+    async fn wait_persisted(
+        &self,
+        target: &Target,
+        name: &str,
+        accepted: u64,
+        timeout: Duration,
+        started: Instant,
+    ) -> anyhow::Result<Persisted> {
+        let count_query = "SELECT count(*) FROM events WHERE app_id = $1 AND name = $2";
+        let persisted_before =
+            procfs::metric(&self.metrics_before, PERSISTED_METRIC).unwrap_or(0.0);
+        let mut stored: i64 = 0;
+        let deadline = Instant::now() + timeout;
+        for poll in 1u64.. {
+            if (stored as u64) >= accepted || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let counted = target.metric(PERSISTED_METRIC).await? - persisted_before;
+            if counted >= accepted as f64 || poll % 50 == 0 {
+                stored = sqlx::query_scalar(count_query)
+                    .bind(&target.app_id)
+                    .bind(name)
+                    .fetch_one(&self.pool)
+                    .await?;
+            }
+        }
+        Ok(Persisted {
+            stored,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Exactly once: every accepted sequence number in exactly one row, nothing else; then the
+    /// server's mean batch sizes during the run.
+    async fn audit(
+        &self,
+        target: &Target,
+        mode: Mode,
+        name: &str,
+        accepted: &SeqSet,
+        persisted: Persisted,
+    ) -> anyhow::Result<Audit> {
+        let rows: Vec<(i64, i64)> = sqlx::query_as(&format!(
+            "SELECT {}, count(*) FROM events WHERE app_id = $1 AND name = $2 GROUP BY 1",
+            mode.stored_seq()
+        ))
+        .bind(&target.app_id)
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?;
+        let (mut duplicates, mut unexpected, mut present) = (0u64, 0u64, 0u64);
+        for &(seq, count) in &rows {
+            duplicates += (count as u64).saturating_sub(1);
+            if accepted.contains(seq as u64) {
+                present += 1;
+            } else {
+                unexpected += 1;
+            }
+        }
+        let metrics_after = target.metrics().await?;
+        let mean = |name: &str| {
+            let delta = |suffix: &str| {
+                let metric = format!("{name}_{suffix}");
+                procfs::metric(&metrics_after, &metric).unwrap_or(0.0)
+                    - procfs::metric(&self.metrics_before, &metric).unwrap_or(0.0)
+            };
+            delta("sum") / delta("count").max(1.0)
+        };
+        Ok(Audit {
+            persisted,
+            present,
+            duplicates,
+            unexpected,
+            publish_batch: mean("switchboard_publish_batch_envelopes"),
+            persist_batch: mean("switchboard_persist_batch_envelopes"),
+        })
+    }
 }
 
 struct Sender {
@@ -127,6 +266,7 @@ pub async fn ws_track(target: &Target, args: LoadArgs) -> anyhow::Result<Report>
 }
 
 async fn run_mode(target: &Target, mode: Mode, args: LoadArgs) -> anyhow::Result<Report> {
+    let database_url = args.database_url(mode, target.peer)?;
     let name = format!("ingest-{}", run_tag());
     let api = Arc::new(Api::new(target, args.concurrency)?);
     let keep_alive = requests_on_one_connection(
@@ -136,14 +276,20 @@ async fn run_mode(target: &Target, mode: Mode, args: LoadArgs) -> anyhow::Result
         5,
     )
     .await?;
-    let pool = PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&args.database_url)
-        .await
-        .context("connecting to the server's database")?;
     let per_request = mode.events_per_request(args.batch_events);
 
-    let metrics_before = target.metrics().await?;
+    let durable = match database_url {
+        Some(database_url) => Some(Durable {
+            database_url,
+            pool: PgPoolOptions::new()
+                .max_connections(2)
+                .connect(database_url)
+                .await
+                .context("connecting to the server's database")?,
+            metrics_before: target.metrics().await?,
+        }),
+        None => None,
+    };
     let meter = target.cpu_meter()?;
     let cpu_before = meter.sample()?;
     let started = Instant::now();
@@ -248,69 +394,29 @@ async fn run_mode(target: &Target, mode: Mode, args: LoadArgs) -> anyhow::Result
     let accept_seconds = (last_ok_us.load(Ordering::Relaxed) - t0) as f64 / 1e6;
     let accepted_count = accepted.len();
 
-    // Until the last accepted event is in Postgres: the server's count of stored events says
-    // when (cheap to poll); the table is counted once a second, in case the counter cannot.
-    let count_query = "SELECT count(*) FROM events WHERE app_id = $1 AND name = $2";
-    let persisted_before = procfs::metric(&metrics_before, PERSISTED_METRIC).unwrap_or(0.0);
-    let mut stored: i64 = 0;
-    let persist_deadline = Instant::now() + Duration::from_secs(args.persist_timeout);
-    for poll in 1u64.. {
-        if (stored as u64) >= accepted_count || Instant::now() >= persist_deadline {
-            break;
+    let persisted = match &durable {
+        Some(durable) => {
+            let timeout = Duration::from_secs(args.persist_timeout);
+            let persisted = durable.wait_persisted(target, &name, accepted_count, timeout, started);
+            Some(persisted.await?)
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let counted = target.metric(PERSISTED_METRIC).await? - persisted_before;
-        if counted >= accepted_count as f64 || poll % 50 == 0 {
-            stored = sqlx::query_scalar(count_query)
-                .bind(&target.app_id)
-                .bind(&name)
-                .fetch_one(&pool)
-                .await?;
-        }
-    }
-    let persist_seconds = started.elapsed().as_secs_f64();
+        None => None,
+    };
     let cpu = meter.used(cpu_before, meter.sample()?);
     let _ = stop_windows.send(true);
     let windows = match windows {
         Some(sampler) => Some(Windows(sampler.await??)),
         None => None,
     };
-    let all_persisted = stored as u64 >= accepted_count;
-
-    // Exactly once: every accepted sequence number in exactly one row, nothing else.
-    let rows: Vec<(i64, i64)> = sqlx::query_as(&format!(
-        "SELECT {}, count(*) FROM events WHERE app_id = $1 AND name = $2 GROUP BY 1",
-        mode.stored_seq()
-    ))
-    .bind(&target.app_id)
-    .bind(&name)
-    .fetch_all(&pool)
-    .await?;
-    let (mut duplicates, mut unexpected, mut present) = (0u64, 0u64, 0u64);
-    for &(seq, count) in &rows {
-        duplicates += (count as u64).saturating_sub(1);
-        if accepted.contains(seq as u64) {
-            present += 1;
-        } else {
-            unexpected += 1;
-        }
-    }
-    let missing = accepted_count - present;
-
-    let metrics_after = target.metrics().await?;
-    let mean = |name: &str| {
-        let delta = |suffix: &str| {
-            let metric = format!("{name}_{suffix}");
-            procfs::metric(&metrics_after, &metric).unwrap_or(0.0)
-                - procfs::metric(&metrics_before, &metric).unwrap_or(0.0)
-        };
-        delta("sum") / delta("count").max(1.0)
+    let audit = match durable.as_ref().zip(persisted) {
+        Some((durable, persisted)) => Some(
+            durable
+                .audit(target, mode, &name, &accepted, persisted)
+                .await?,
+        ),
+        None => None,
     };
-    let publish_batch = mean("switchboard_publish_batch_envelopes");
-    let persist_batch = mean("switchboard_persist_batch_envelopes");
 
-    let accepted_rate = accepted_count as f64 / accept_seconds;
-    let persisted_rate = accepted_count as f64 / persist_seconds;
     let k = args.concurrency;
     let sent = match mode {
         Mode::Trigger => "ingest: events (1 per request)".to_owned(),
@@ -343,26 +449,39 @@ async fn run_mode(target: &Target, mode: Mode, args: LoadArgs) -> anyhow::Result
     report.row("request latency", Latency::of(latencies));
     report.row(
         "persisted (last accepted event in Postgres)",
-        if all_persisted {
-            format!(
-                "after {persist_seconds:.2} s: {}",
-                rate(accepted_count as f64, persist_seconds)
-            )
-        } else {
-            format!("NOT ALL: {stored} of {accepted_count} rows after {persist_seconds:.1} s")
-        },
+        audit.as_ref().map_or(PEER_NA.to_owned(), |audit| {
+            let Persisted { stored, seconds } = audit.persisted;
+            if stored as u64 >= accepted_count {
+                format!(
+                    "after {seconds:.2} s: {}",
+                    rate(accepted_count as f64, seconds)
+                )
+            } else {
+                format!("NOT ALL: {stored} of {accepted_count} rows after {seconds:.1} s")
+            }
+        }),
     );
     report.row(
         "stored exactly once",
-        format!(
-            "{} of {}; missing {missing}, duplicated {duplicates}, not accepted but stored {unexpected}",
-            thousands(present),
-            thousands(accepted_count)
-        ),
+        audit.as_ref().map_or(PEER_NA.to_owned(), |audit| {
+            format!(
+                "{} of {}; missing {}, duplicated {}, not accepted but stored {}",
+                thousands(audit.present),
+                thousands(accepted_count),
+                accepted_count - audit.present,
+                audit.duplicates,
+                audit.unexpected
+            )
+        }),
     );
     report.row(
         "server batching (mean)",
-        format!("{publish_batch:.1} envelopes per AMQP message, {persist_batch:.1} per INSERT"),
+        audit.as_ref().map_or(PEER_NA.to_owned(), |audit| {
+            format!(
+                "{:.1} envelopes per AMQP message, {:.1} per INSERT",
+                audit.publish_batch, audit.persist_batch
+            )
+        }),
     );
     if let Some(windows) = windows {
         report.row(
@@ -383,22 +502,31 @@ async fn run_mode(target: &Target, mode: Mode, args: LoadArgs) -> anyhow::Result
     report.row(CpuUsed::LABEL, cpu);
     report.row(
         "CPU per event",
-        format!(
-            "switchboard + RabbitMQ {:.1} µs, Postgres {:.1} µs",
-            cpu.us_per(accepted_count),
-            cpu.database * 1e6 / accepted_count.max(1) as f64
-        ),
+        if target.peer {
+            format!(
+                "server {:.1} µs (no broker, no database)",
+                cpu.us_per(accepted_count)
+            )
+        } else {
+            format!(
+                "switchboard + RabbitMQ {:.1} µs, Postgres {:.1} µs",
+                cpu.us_per(accepted_count),
+                cpu.database * 1e6 / accepted_count.max(1) as f64
+            )
+        },
     );
 
-    if let Some(amqp_url) = &args.baseline_amqp_url {
+    if let (Some(amqp_url), Some(durable), Some(audit)) =
+        (&args.baseline_amqp_url, &durable, &audit)
+    {
         let events = accepted_count.max(10_000);
         let amqp_shape = Shape {
-            batch: (publish_batch.round() as usize).max(1),
+            batch: (audit.publish_batch.round() as usize).max(1),
             payload_bytes: args.payload_bytes,
         };
         let amqp = baseline::amqp(
             amqp_url,
-            target.broker_pid,
+            target.broker_pid()?,
             events,
             amqp_shape,
             args.baseline_in_flight,
@@ -406,6 +534,7 @@ async fn run_mode(target: &Target, mode: Mode, args: LoadArgs) -> anyhow::Result
         )
         .await
         .context("RabbitMQ baseline")?;
+        let accepted_rate = accepted_count as f64 / accept_seconds;
         let amqp_rate = amqp.envelopes as f64 / amqp.seconds;
         report.row(
             "baseline: RabbitMQ confirms (lapin)",
@@ -419,12 +548,13 @@ async fn run_mode(target: &Target, mode: Mode, args: LoadArgs) -> anyhow::Result
             ),
         );
         let copy_shape = Shape {
-            batch: (persist_batch.round() as usize).max(1),
+            batch: (audit.persist_batch.round() as usize).max(1),
             payload_bytes: args.payload_bytes,
         };
-        let copy = baseline::copy(&args.database_url, target.broker_pid, events, copy_shape)
+        let copy = baseline::copy(durable.database_url, events, copy_shape)
             .await
             .context("COPY baseline")?;
+        let persisted_rate = accepted_count as f64 / audit.persisted.seconds;
         let copy_rate = copy.rows as f64 / copy.seconds;
         report.row(
             "baseline: Postgres COPY into events",
@@ -445,4 +575,66 @@ async fn run_mode(target: &Target, mode: Mode, args: LoadArgs) -> anyhow::Result
         );
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Command {
+        #[command(flatten)]
+        ingest: IngestArgs,
+    }
+
+    /// `ingest` arguments, without a database unless they name one (whatever DATABASE_URL says).
+    fn ingest(args: &[&str]) -> IngestArgs {
+        let mut ingest =
+            Command::try_parse_from(std::iter::once("ingest").chain(args.iter().copied()))
+                .unwrap()
+                .ingest;
+        if !args.contains(&"--database-url") {
+            ingest.load.database_url = None;
+        }
+        ingest
+    }
+
+    fn database_url(args: &[&str], peer: bool) -> anyhow::Result<Option<String>> {
+        let ingest = ingest(args);
+        Ok(ingest
+            .load
+            .database_url(ingest.mode, peer)?
+            .map(str::to_owned))
+    }
+
+    #[test]
+    fn switchboard_needs_its_database() {
+        let error = database_url(&["--mode", "trigger"], false).unwrap_err();
+        assert!(error.to_string().contains("--database-url"), "{error}");
+        assert_eq!(
+            database_url(&["--database-url", "postgres://db/x"], false).unwrap(),
+            Some("postgres://db/x".to_owned())
+        );
+    }
+
+    #[test]
+    fn a_peer_is_measured_on_acceptance_only() {
+        for mode in ["trigger", "batch"] {
+            assert_eq!(database_url(&["--mode", mode], true).unwrap(), None);
+        }
+        // A database named anyway (DATABASE_URL in the environment) is not read.
+        assert_eq!(
+            database_url(&["--database-url", "postgres://db/x"], true).unwrap(),
+            None
+        );
+        for (args, refused) in [
+            (&["--mode", "segment"][..], "--mode"),
+            (&["--baseline-amqp-url", "amqp://mq"], "--baseline-amqp-url"),
+            (&["--window-secs", "5"], "--window-secs"),
+        ] {
+            let error = database_url(args, true).unwrap_err();
+            assert!(error.to_string().contains(refused), "{error}");
+        }
+    }
 }

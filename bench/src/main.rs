@@ -64,6 +64,11 @@ struct TargetArgs {
     broker_pid: Option<u32>,
     #[arg(long, global = true, default_value_t = 5672)]
     amqp_port: u16,
+    /// The server under test is another Pusher server, not Switchboard (e.g. sockudo): its
+    /// metrics are not read, no RabbitMQ CPU is counted, --server-pid is required. Runs fanout,
+    /// connections and ingest --mode trigger|batch only.
+    #[arg(long, global = true)]
+    peer: bool,
 }
 
 #[derive(Subcommand)]
@@ -96,6 +101,35 @@ enum Scenario {
     WebhookCost(webhooks::CostArgs),
 }
 
+impl Cli {
+    /// Refuses `--peer` where a Pusher server without Switchboard's admin port, metrics, broker
+    /// and database cannot be measured.
+    fn check_peer(&self) -> anyhow::Result<()> {
+        if !self.target.peer {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            matches!(
+                self.scenario,
+                Scenario::Fanout(_) | Scenario::Connections(_) | Scenario::Ingest(_)
+            ),
+            "--peer runs only fanout, connections and ingest (--mode trigger or batch)"
+        );
+        anyhow::ensure!(
+            !self.target.server_pids.is_empty(),
+            "--peer needs --server-pid: a peer server has no admin port to find its process by"
+        );
+        anyhow::ensure!(
+            self.target.broker_pid.is_none(),
+            "--peer counts no RabbitMQ CPU: leave out --broker-pid"
+        );
+        Ok(())
+    }
+}
+
+/// What a report shows for a figure only Switchboard's metrics, database or broker give.
+pub const PEER_NA: &str = "n/a (peer)";
+
 /// The server under test.
 #[derive(Clone)]
 pub struct Target {
@@ -108,7 +142,10 @@ pub struct Target {
     pub key: String,
     pub secret: String,
     pub server_pids: Vec<u32>,
-    pub broker_pid: u32,
+    /// RabbitMQ's process; none for a peer server.
+    broker_pid: Option<u32>,
+    /// Not Switchboard (`--peer`): its metrics are not read.
+    pub peer: bool,
     admin_client: reqwest::Client,
 }
 
@@ -143,10 +180,14 @@ impl Target {
         } else {
             args.server_pids
         };
-        let broker_pid = match args.broker_pid {
-            Some(pid) => pid,
-            None => procfs::pid_listening_on(args.amqp_port)
-                .context("finding RabbitMQ (or pass --broker-pid)")?,
+        let broker_pid = if args.peer {
+            None
+        } else {
+            Some(match args.broker_pid {
+                Some(pid) => pid,
+                None => procfs::pid_listening_on(args.amqp_port)
+                    .context("finding RabbitMQ (or pass --broker-pid)")?,
+            })
         };
         Ok(Target {
             http: args.http,
@@ -158,6 +199,7 @@ impl Target {
             secret: args.secret,
             server_pids,
             broker_pid,
+            peer: args.peer,
             admin_client: reqwest::Client::new(),
         })
     }
@@ -174,6 +216,15 @@ impl Target {
         Ok(response.error_for_status()?.text().await?)
     }
 
+    /// [`Target::metrics`], or none against a peer server (`--peer`): its metrics are not
+    /// Switchboard's.
+    pub async fn switchboard_metrics(&self) -> anyhow::Result<Option<String>> {
+        if self.peer {
+            return Ok(None);
+        }
+        self.metrics().await.map(Some)
+    }
+
     /// One metric (summed over its labels), 0 when the server has not recorded it yet.
     pub async fn metric(&self, name: &str) -> anyhow::Result<f64> {
         Ok(procfs::metric(&self.metrics().await?, name).unwrap_or(0.0))
@@ -185,6 +236,12 @@ impl Target {
             .iter()
             .map(|&pid| procfs::rss_kib(pid))
             .sum()
+    }
+
+    /// RabbitMQ's process, for the baselines (which `--peer` refuses).
+    pub fn broker_pid(&self) -> anyhow::Result<u32> {
+        self.broker_pid
+            .context("a peer server (--peer) has no RabbitMQ")
     }
 
     pub fn cpu_meter(&self) -> anyhow::Result<procfs::CpuMeter> {
@@ -201,6 +258,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");
     let outcome = runtime.block_on(async {
+        cli.check_peer()?;
         let report = match cli.scenario {
             Scenario::Chaos(args) => chaos::run(args).await?,
             Scenario::HistoryQuery(args) => history_query::run(args).await?,
@@ -244,6 +302,40 @@ mod tests {
         assert_eq!(host_port("http://127.0.0.1:6001"), Some("127.0.0.1:6001"));
         assert_eq!(host_port("http://127.0.0.1:6001/"), Some("127.0.0.1:6001"));
         assert_eq!(host_port("https://x"), None);
+    }
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("switchboard-bench").chain(args.iter().copied()))
+            .unwrap()
+    }
+
+    #[test]
+    fn peer_needs_the_server_pid_and_no_broker() {
+        assert!(cli(&["fanout"]).check_peer().is_ok());
+        assert!(cli(&["--peer", "--server-pid", "7", "fanout"])
+            .check_peer()
+            .is_ok());
+        let error = cli(&["--peer", "fanout"]).check_peer().unwrap_err();
+        assert!(error.to_string().contains("--server-pid"), "{error}");
+        let error = cli(&["fanout", "--peer", "--server-pid", "7", "--broker-pid", "8"])
+            .check_peer()
+            .unwrap_err();
+        assert!(error.to_string().contains("--broker-pid"), "{error}");
+    }
+
+    #[test]
+    fn peer_runs_only_the_pusher_scenarios() {
+        for scenario in ["fanout", "connections", "ingest"] {
+            assert!(cli(&["--peer", "--server-pid", "7", scenario])
+                .check_peer()
+                .is_ok());
+        }
+        for scenario in ["ws-track", "client-events", "segment-memory"] {
+            let error = cli(&["--peer", "--server-pid", "7", scenario])
+                .check_peer()
+                .unwrap_err();
+            assert!(error.to_string().contains("only fanout"), "{error}");
+        }
     }
 
     #[test]

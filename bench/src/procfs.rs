@@ -123,7 +123,8 @@ fn machine_ticks() -> anyhow::Result<(u64, u64)> {
     parse_machine_ticks(&stat).context("unexpected format of /proc/stat")
 }
 
-/// CPU time of the server process(es), RabbitMQ, Postgres and this tool, sampled together.
+/// CPU time of the server process(es), RabbitMQ (unless the server uses none), Postgres and this
+/// tool, sampled together.
 pub struct CpuMeter {
     server: Vec<u32>,
     broker: Vec<u32>,
@@ -167,9 +168,10 @@ impl fmt::Display for CpuUsed {
 
 impl CpuUsed {
     /// The label of the [`fmt::Display`] form.
-    pub const LABEL: &'static str = "CPU s: switchboard / RabbitMQ / Postgres / bench / others";
+    pub const LABEL: &'static str = "CPU s: server / RabbitMQ / Postgres / bench / others";
 
-    /// Server + broker CPU per unit of work, in microseconds.
+    /// Server + broker CPU per unit of work, in microseconds (the server's alone without a
+    /// broker).
     pub fn us_per(&self, units: u64) -> f64 {
         if units == 0 {
             return f64::NAN;
@@ -179,10 +181,10 @@ impl CpuUsed {
 }
 
 impl CpuMeter {
-    pub fn new(server: Vec<u32>, broker: u32) -> anyhow::Result<CpuMeter> {
+    pub fn new(server: Vec<u32>, broker: Option<u32>) -> anyhow::Result<CpuMeter> {
         Ok(CpuMeter {
             server,
-            broker: vec![broker],
+            broker: broker.into_iter().collect(),
             database: pids_named("postgres"),
             ticks_per_second: ticks_per_second()?,
         })

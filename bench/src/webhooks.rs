@@ -267,7 +267,7 @@ pub async fn delivery(target: &Target, args: DeliveryArgs) -> anyhow::Result<Rep
         };
         let amqp = baseline::amqp(
             url,
-            target.broker_pid,
+            target.broker_pid()?,
             unique.max(10_000),
             shape,
             args.baseline_in_flight,
