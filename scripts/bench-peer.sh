@@ -19,7 +19,8 @@ peer_dir=${PEER_DIR:-/work/peers/sockudo}
 peer_bin=${PEER_BIN:-$peer_dir/target/release/sockudo}
 [[ -x $peer_bin ]] || { log "no peer binary at $peer_bin (see BENCHMARKS.md)"; exit 1; }
 
-cargo build --release -p bench
+# The same packages as scripts/bench.sh builds, so both share one set of release artifacts.
+cargo build --release -p bench -p switchboard
 bench_bin=${CARGO_TARGET_DIR:-target}/release/switchboard-bench
 
 # 10,000 connections need as many descriptors on each side: take the hard limit.
