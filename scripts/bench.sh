@@ -152,6 +152,7 @@ standard=(
   "ingest-trigger|ingest --mode trigger --events 60000 --concurrency 32 --duration 20 --database-url $database_url"
   "ingest-trigger-1000|ingest --mode trigger --rate 1000 --events 20000 --concurrency 32 --duration 20 --database-url $database_url"
   "ingest-batch-60s|ingest --mode batch --events 3000000 --concurrency 32 --duration 60 --window-secs 5 --database-url $database_url"
+  "ingest-batch-30k-60s|ingest --mode batch --rate 3000 --events 1800000 --concurrency 32 --duration 60 --window-secs 5 --database-url $database_url"
   "ws-track|ws-track --events 100000 --concurrency 32 --duration 20 --database-url $database_url"
   "ingest-segment-100|ingest --mode segment --batch-events 100 --events 300000 --concurrency 32 --duration 20 --database-url $database_url"
   "ws-track-100|ws-track --batch-events 100 --events 300000 --concurrency 32 --duration 20 --database-url $database_url"
