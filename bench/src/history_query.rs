@@ -241,11 +241,12 @@ async fn plan(pool: &PgPool, spread: &Spread, rows: u64) -> anyhow::Result<Strin
     // Partition indexes are named `events_YYYYMMDD_<columns>_idx`: count scans per kind.
     let mut scans: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
     for line in &lines {
-        if let Some(index) = line
-            .split(" using ")
-            .nth(1)
-            .and_then(|rest| rest.split(' ').next())
-        {
+        // `Index Scan using IDX on …`, `Index Only Scan using IDX on …`, `Bitmap Index Scan on IDX`.
+        let named = line
+            .split_once(" using ")
+            .or_else(|| line.split_once("Bitmap Index Scan on "))
+            .and_then(|(_, rest)| rest.split_whitespace().next());
+        if let Some(index) = named {
             let kind = index.get("events_YYYYMMDD_".len()..).unwrap_or(index);
             *scans.entry(kind).or_default() += 1;
         }
