@@ -76,15 +76,26 @@ pub enum PublishError {
     /// No queue is bound to the exchange; other messages of the request may have been taken.
     #[error("RabbitMQ returned the message: no queue is bound")]
     Returned,
+    /// The queue to the publishing task was full (the gateway takes events faster than RabbitMQ
+    /// confirms them): nothing of the request was handed over; retry later.
+    #[error("the gateway's publish queue is full")]
+    Busy,
 }
 
 impl PublishError {
-    const ALL: [PublishError; 4] = [
+    const ALL: [PublishError; 5] = [
         PublishError::Unavailable,
         PublishError::Timeout,
         PublishError::Nacked,
         PublishError::Returned,
+        PublishError::Busy,
     ];
+
+    /// Counts a failure in `switchboard_publish_failures_total{reason}`.
+    fn count(self) {
+        metrics::counter!("switchboard_publish_failures_total", "reason" => self.label())
+            .increment(1);
+    }
 
     fn label(self) -> &'static str {
         match self {
@@ -92,6 +103,7 @@ impl PublishError {
             PublishError::Timeout => "timeout",
             PublishError::Nacked => "nacked",
             PublishError::Returned => "returned",
+            PublishError::Busy => "busy",
         }
     }
 }
@@ -138,12 +150,20 @@ impl Publisher {
     }
 
     /// Queues `envelopes` now, without waiting: calls made one after the other are published in
-    /// that order. Fails at once when the queue to the publishing task is full.
+    /// that order. Fails at once, with [`PublishError::Busy`] (counted), when the queue to the
+    /// publishing task is full.
     pub fn enqueue(&self, envelopes: Vec<Envelope>) -> Result<Pending, PublishError> {
         let (reply, answer) = oneshot::channel();
         self.tx
             .try_send(Request { envelopes, reply })
-            .map_err(|_| PublishError::Unavailable)?;
+            .map_err(|error| {
+                let refused = match error {
+                    mpsc::error::TrySendError::Full(_) => PublishError::Busy,
+                    mpsc::error::TrySendError::Closed(_) => PublishError::Unavailable,
+                };
+                refused.count();
+                refused
+            })?;
         Ok(Pending(answer))
     }
 
@@ -159,5 +179,39 @@ pub struct Pending(oneshot::Receiver<Result<(), PublishError>>);
 impl Pending {
     pub async fn confirmed(self) -> Result<(), PublishError> {
         self.0.await.unwrap_or(Err(PublishError::Unavailable))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope() -> Vec<Envelope> {
+        vec![Envelope::new(
+            "app",
+            protocol::Source::Api,
+            "c",
+            "e",
+            "{}".into(),
+        )]
+    }
+
+    #[test]
+    fn a_full_queue_is_busy_and_a_gone_task_unavailable() {
+        let (tx, rx) = mpsc::channel(1);
+        let publisher = Publisher {
+            tx,
+            connected: Arc::default(),
+        };
+        assert!(publisher.enqueue(envelope()).is_ok());
+        assert_eq!(
+            publisher.enqueue(envelope()).err(),
+            Some(PublishError::Busy)
+        );
+        drop(rx);
+        assert_eq!(
+            publisher.enqueue(envelope()).err(),
+            Some(PublishError::Unavailable)
+        );
     }
 }

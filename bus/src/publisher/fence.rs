@@ -96,6 +96,8 @@ impl FencePublisher {
             Err(PublishError::Unavailable | PublishError::Timeout) => link.mark_broken(),
             // The broker's answer on a working connection: a new channel declares again.
             Err(PublishError::Nacked | PublishError::Returned) => link.reopen(),
+            // Only `Publisher::enqueue` is refused for a full queue; the link is not at fault.
+            Err(PublishError::Busy) => {}
         }
         outcome
     }

@@ -490,8 +490,7 @@ impl Outbox {
             PublishError::Unavailable if caller.published => PublishError::Timeout,
             error => error,
         };
-        metrics::counter!("switchboard_publish_failures_total", "reason" => error.label())
-            .increment(1);
+        error.count();
         let _ = caller.reply.send(Err(error));
     }
 }
