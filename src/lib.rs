@@ -308,6 +308,7 @@ pub async fn start(
             max_message_bytes: config.publisher.max_message_bytes,
             max_in_flight: config.publisher.max_in_flight,
             group_commit_in_flight: config.publisher.group_commit_in_flight,
+            linger: Duration::from_millis(config.publisher.linger_ms),
             confirm_timeout: Duration::from_millis(config.publisher.confirm_timeout_ms),
         };
         // Only when some app has a webhook: otherwise webhooks cost nothing.

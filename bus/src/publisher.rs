@@ -55,6 +55,10 @@ pub struct PublisherConfig {
     /// Group commit: a message that is not full is published only while fewer than this many
     /// await their confirm; requests arriving meanwhile share the next message.
     pub group_commit_in_flight: usize,
+    /// Linger: a message that is not full waits until its oldest envelope has waited this long
+    /// (0: publish at once), so that light, spread-out traffic shares messages. Adds up to this
+    /// much to every answer; full messages never wait.
+    pub linger: Duration,
     /// How long a message may wait for its confirm, republishing included, before its callers
     /// are answered 503.
     pub confirm_timeout: Duration,

@@ -23,6 +23,7 @@ fn config(url: &str) -> PublisherConfig {
         max_message_bytes: 256 * 1024,
         max_in_flight: 16,
         group_commit_in_flight: 16,
+        linger: Duration::ZERO,
         confirm_timeout: Duration::from_secs(5),
     }
 }
@@ -488,4 +489,49 @@ async fn requests_arriving_during_a_confirm_share_the_next_message() {
         "no other message: {messages:?}"
     );
     drain(&config.topology, 0).await;
+}
+
+/// Linger: requests too far apart for group commit (nothing is in flight when each comes) share
+/// one message while its oldest envelope lingers, and are answered only after that; a full
+/// message does not linger.
+#[tokio::test]
+async fn a_lingering_message_gathers_requests_spread_out_in_time() {
+    const LINGER: Duration = Duration::from_secs(1);
+    let config = PublisherConfig {
+        linger: LINGER,
+        max_batch_envelopes: 10,
+        ..config(AMQP)
+    };
+    let tracker = TaskTracker::new();
+    let publisher = Publisher::spawn(config.clone(), &tracker);
+    connected(&publisher).await;
+
+    let start = tokio::time::Instant::now();
+    let mut spread = Vec::new();
+    for i in 0..3 {
+        spread.push(publisher.enqueue(vec![envelope(i)]).unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for pending in spread {
+        assert_eq!(pending.confirmed().await, Ok(()));
+    }
+    assert!(
+        start.elapsed() >= LINGER,
+        "answered after {:?}",
+        start.elapsed()
+    );
+    let start = tokio::time::Instant::now();
+    let full = publisher.enqueue((10..20).map(envelope).collect()).unwrap();
+    assert_eq!(full.confirmed().await, Ok(()));
+    assert!(
+        start.elapsed() < LINGER,
+        "a full message waited {:?}",
+        start.elapsed()
+    );
+
+    let (messages, envelopes) = drain(&config.topology, 13).await;
+    assert_eq!(messages, 2);
+    let data: Vec<String> = envelopes.into_iter().map(|e| e.data).collect();
+    let expected: Vec<String> = (0..3).chain(10..20).map(|i| i.to_string()).collect();
+    assert_eq!(data, expected);
 }

@@ -109,6 +109,7 @@ fn config_text() -> impl Strategy<Value = String> {
             "max_batch_envelopes",
             "max_in_flight",
             "group_commit_in_flight",
+            "linger_ms",
             "confirm_timeout_ms",
             "prefetch",
             "max_batch",

@@ -150,6 +150,9 @@ pub struct PublisherSection {
     pub max_in_flight: usize,
     /// Group commit: a message that is not full waits while this many are unconfirmed.
     pub group_commit_in_flight: usize,
+    /// Linger: a message that is not full waits until its oldest envelope has waited this many
+    /// milliseconds (0: at once).
+    pub linger_ms: u64,
     pub confirm_timeout_ms: u64,
 }
 
@@ -160,6 +163,7 @@ impl Default for PublisherSection {
             max_message_bytes: 256 * 1024,
             max_in_flight: 64,
             group_commit_in_flight: 2,
+            linger_ms: 0,
             confirm_timeout_ms: 5000,
         }
     }

@@ -158,6 +158,10 @@ fn rejects_bad_values() {
             |c: &mut Config| c.gateway.socket_max_lag_ms = 99,
             "gateway.socket_max_lag_ms",
         ),
+        (
+            |c: &mut Config| c.publisher.linger_ms = 1001,
+            "publisher.linger_ms",
+        ),
     ] {
         let mut config = Config::default();
         adjust(&mut config);

@@ -109,6 +109,11 @@ impl Config {
                 "at least 1",
             ),
             (
+                "publisher.linger_ms",
+                self.publisher.linger_ms <= 1000,
+                "0 to 1000",
+            ),
+            (
                 "worker.max_batch",
                 self.worker.max_batch > 0 && self.worker.prefetch > 0,
                 "at least 1 (and prefetch too)",

@@ -11,6 +11,10 @@
 //! in the outbox and share the next message, so concurrent small requests cost RabbitMQ one
 //! message per confirm round trip instead of one each; an idle publisher still publishes at once,
 //! and full messages go out up to `max_in_flight`.
+//!
+//! Linger (`linger`, 0 by default): a message that is not full also waits until its oldest
+//! envelope has waited that long, so that requests spread out in time — too far apart for group
+//! commit to gather them — share messages too, for up to that much latency.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
@@ -55,6 +59,7 @@ pub(super) async fn run(
             break;
         }
         let can_take = open && outbox.can_take();
+        let lingers = outbox.lingers_until();
         tokio::select! {
             biased;
             Some((seq, attempt, outcome)) = outbox.waits.next(), if !outbox.waits.is_empty() => {
@@ -65,6 +70,7 @@ pub(super) async fn run(
                 let link = links.borrow_and_update().clone();
                 outbox.switch_link(link).await;
             }
+            () = tokio::time::sleep_until(lingers.unwrap_or_else(far_future)), if lingers.is_some() => {}
             request = requests.recv(), if can_take => match request {
                 Some(request) => {
                     outbox.take(request);
@@ -79,6 +85,11 @@ pub(super) async fn run(
             },
         }
     }
+}
+
+/// A time no linger reaches (the select's sleep when nothing lingers, which it never polls).
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(3600)
 }
 
 /// The `BCC` header of a message carrying `parts`: each distinct shard key once.
@@ -114,6 +125,8 @@ struct Part {
     /// Where the envelope's channel is routed (its shard, or every node for a cache channel),
     /// for the message's `BCC` header.
     shard: u16,
+    /// When its request was taken, for the linger.
+    taken: Instant,
 }
 
 /// One AMQP message until its confirm.
@@ -204,6 +217,7 @@ impl Outbox {
                 published: false,
             },
         );
+        let taken = Instant::now();
         for envelope in &request.envelopes {
             let json = encode_envelope(envelope);
             self.part_bytes += json.len();
@@ -212,13 +226,24 @@ impl Outbox {
                 caller,
                 json,
                 shard,
+                taken,
             });
         }
     }
 
+    /// Until when the next message, not full, lingers: its oldest part's time plus `linger`,
+    /// while that is still to come; None when nothing lingers.
+    fn lingers_until(&self) -> Option<Instant> {
+        if self.has_full_message() {
+            return None;
+        }
+        let until = self.parts.front()?.taken + self.config.linger;
+        (until > Instant::now()).then_some(until)
+    }
+
     /// Publishes messages cut from the outbox while a link and in-flight room allow (a message
-    /// that would not be full waits while `group_commit_in_flight` are in flight); without a
-    /// link, every waiting part fails at once.
+    /// that would not be full waits while `group_commit_in_flight` are in flight, and while it
+    /// lingers); without a link, every waiting part fails at once.
     async fn publish_ready(&mut self) {
         while !self.parts.is_empty() {
             let Some(link) = self.link.clone() else {
@@ -231,6 +256,7 @@ impl Outbox {
             if self.in_flight.len() >= self.config.max_in_flight
                 || (self.in_flight.len() >= self.config.group_commit_in_flight
                     && !self.has_full_message())
+                || self.lingers_until().is_some()
             {
                 return;
             }
