@@ -162,6 +162,7 @@ standard=(
   "segment-memory-context|segment-memory --shape context --concurrency 16 --requests 100"
   "segment-memory-tiny|segment-memory --shape tiny --concurrency 16 --requests 100"
   "webhook-delivery|webhook-delivery --app-id hooked --key hooked-key --secret hooked-secret --receiver 127.0.0.1:$hook_port --channels 50 --rate 5000 --duration 15 --baseline-amqp-url $amqp_url"
+  "webhook-delivery-15k|webhook-delivery --app-id hooked --key hooked-key --secret hooked-secret --receiver 127.0.0.1:$hook_port --channels 50 --rate 15000 --duration 15 --baseline-amqp-url $amqp_url"
   "webhook-ceiling|webhook-delivery --app-id hooked --key hooked-key --secret hooked-secret --receiver 127.0.0.1:$hook_port --channels 50 --rate 0 --duration 15 --baseline-amqp-url $amqp_url"
   "webhook-cost|webhook-cost --app-id hooked --key hooked-key --secret hooked-secret --subscribers 1000 --channels 100 --rate 1000 --duration 15 --rounds 3"
   "segment-memory-large|segment-memory --shape large --concurrency 16 --requests 100"
