@@ -365,19 +365,24 @@ pub async fn measure(target: &Target, args: &FanoutArgs) -> anyhow::Result<(Repo
         },
     );
     report.row(CpuUsed::LABEL, cpu);
-    report.row(
-        "server CPU per delivery",
+    report.row("server CPU per delivery", {
+        let per = |seconds: f64| seconds * 1e6 / unique.max(1) as f64;
         if target.peer {
-            format!("{:.2} µs (server only, no broker)", cpu.us_per(unique))
+            format!(
+                "{:.2} µs (server only, no broker; {:.2} of it in user space)",
+                cpu.us_per(unique),
+                per(cpu.server_user)
+            )
         } else {
             format!(
-                "{:.2} µs (switchboard {:.2} + RabbitMQ {:.2})",
+                "{:.2} µs (switchboard {:.2}, {:.2} of it in user space, + RabbitMQ {:.2})",
                 cpu.us_per(unique),
-                cpu.server * 1e6 / unique.max(1) as f64,
-                cpu.broker * 1e6 / unique.max(1) as f64
+                per(cpu.server),
+                per(cpu.server_user),
+                per(cpu.broker)
             )
-        },
-    );
+        }
+    });
     let outcome = Outcome {
         delivered_per_second: unique as f64 / window.max(1e-9),
         latency,

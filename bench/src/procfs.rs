@@ -8,15 +8,15 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 
-/// utime + stime, in clock ticks, from the text of `/proc/PID/stat`.
-pub fn parse_stat_ticks(stat: &str) -> Option<u64> {
+/// The CPU time of a process in clock ticks: (utime, stime) from the text of `/proc/PID/stat`.
+pub fn parse_stat_ticks(stat: &str) -> Option<(u64, u64)> {
     // The command name (field 2) is in parentheses and may contain spaces: count from the last ')'.
     let after = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = after.split_whitespace().collect();
     // Field 3 (state) is fields[0]; utime is field 14, stime field 15.
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
+    Some((utime, stime))
 }
 
 /// `VmRSS` in KiB from the text of `/proc/PID/status`.
@@ -30,10 +30,16 @@ pub fn parse_vm_rss_kib(status: &str) -> Option<u64> {
         .ok()
 }
 
-pub fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+/// (utime, stime) of a process, in clock ticks.
+fn user_and_system_ticks(pid: u32) -> anyhow::Result<(u64, u64)> {
     let path = format!("/proc/{pid}/stat");
     let stat = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     parse_stat_ticks(&stat).with_context(|| format!("unexpected format of {path}"))
+}
+
+/// utime + stime of a process, in clock ticks.
+pub fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    user_and_system_ticks(pid).map(|(user, system)| user + system)
 }
 
 pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
@@ -135,6 +141,8 @@ pub struct CpuMeter {
 #[derive(Debug, Clone, Copy)]
 pub struct CpuSample {
     server: u64,
+    /// The part of `server` spent in user space.
+    server_user: u64,
     broker: u64,
     database: u64,
     own: u64,
@@ -146,6 +154,9 @@ pub struct CpuSample {
 #[derive(Debug, Clone, Copy)]
 pub struct CpuUsed {
     pub server: f64,
+    /// The part of `server` spent in user space (the rest is the kernel's: system calls, the
+    /// TCP stack).
+    pub server_user: f64,
     pub broker: f64,
     /// Postgres processes that lived through the whole measurement (backends that came and went
     /// in between are not counted).
@@ -193,6 +204,11 @@ impl CpuMeter {
     pub fn sample(&self) -> anyhow::Result<CpuSample> {
         let sum =
             |pids: &[u32]| -> anyhow::Result<u64> { pids.iter().map(|&pid| cpu_ticks(pid)).sum() };
+        let server_user = self
+            .server
+            .iter()
+            .map(|&pid| user_and_system_ticks(pid).map(|(user, _)| user))
+            .sum::<anyhow::Result<u64>>()?;
         // Postgres backends end with their connections: count those still there.
         let database = self
             .database
@@ -202,6 +218,7 @@ impl CpuMeter {
         let (machine_busy, machine_total) = machine_ticks()?;
         Ok(CpuSample {
             server: sum(&self.server)?,
+            server_user,
             broker: sum(&self.broker)?,
             database,
             own: cpu_ticks(std::process::id())?,
@@ -222,6 +239,7 @@ impl CpuMeter {
         let total = secs(from.machine_total, to.machine_total);
         CpuUsed {
             server,
+            server_user: secs(from.server_user, to.server_user),
             broker,
             database,
             own,
@@ -252,7 +270,7 @@ mod tests {
     #[test]
     fn stat_ticks_count_from_the_last_parenthesis() {
         let stat = "1234 (tokio (worker) 1) S 1 1234 1234 0 -1 4194560 1000 0 0 0 250 75 0 0 20 0 9 0 100 1000000 500 18446744073709551615";
-        assert_eq!(parse_stat_ticks(stat), Some(325));
+        assert_eq!(parse_stat_ticks(stat), Some((250, 75)));
         assert_eq!(parse_stat_ticks("garbage"), None);
         assert_eq!(parse_stat_ticks("1 (x) S 1 2"), None);
     }
