@@ -14,6 +14,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 log() { echo "bench-peer: $*" >&2; }
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 peer_dir=${PEER_DIR:-/work/peers/sockudo}
 peer_bin=${PEER_BIN:-$peer_dir/target/release/sockudo}
@@ -26,14 +28,7 @@ bench_bin=${CARGO_TARGET_DIR:-target}/release/switchboard-bench
 # 10,000 connections need as many descriptors on each side: take the hard limit.
 ulimit -n "$(ulimit -Hn)"
 
-read -r port metrics_port < <(python3 - <<'PY'
-import socket
-sockets = [socket.socket() for _ in range(2)]
-for s in sockets:
-    s.bind(("127.0.0.1", 0))
-print(*(s.getsockname()[1] for s in sockets))
-PY
-)
+read -r port metrics_port < <(free_ports 2)
 mkdir -p target/bench
 results=target/bench/peer-$(date -u +%Y%m%dT%H%M%SZ).txt
 peer_log=$(mktemp -t bench-peer.XXXXXX.log)
@@ -69,12 +64,7 @@ log "starting $peer_bin on 127.0.0.1:$port (metrics $metrics_port)"
 ) >"$peer_log" 2>&1 </dev/null &
 peer_pid=$!
 
-deadline=$((SECONDS + 60))
-until curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$port/up/app-id" 2>/dev/null; do
-  kill -0 "$peer_pid" 2>/dev/null || { log "the peer exited before becoming ready"; exit 1; }
-  ((SECONDS < deadline)) || { log "the peer does not serve app-id after 60 s"; exit 1; }
-  sleep 0.25
-done
+wait_ready "http://127.0.0.1:$port/up/app-id" "$peer_pid" "the peer"
 # Without it, sockudo keeps the configuration it had (config/config.toml): say so rather than
 # measure another configuration.
 if grep -q "explicit configuration load failed" "$peer_log"; then

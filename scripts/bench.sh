@@ -19,6 +19,8 @@ PG_HOST=127.0.0.1
 PG_PORT=5432
 
 log() { echo "bench: $*" >&2; }
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 cargo build --release -p bench -p switchboard
 server_bin=${CARGO_TARGET_DIR:-target}/release/switchboard
@@ -27,14 +29,7 @@ bench_bin=${CARGO_TARGET_DIR:-target}/release/switchboard-bench
 # 10,000 connections need as many descriptors on each side: take the hard limit (20,000 here).
 ulimit -n "$(ulimit -Hn)"
 
-read -r port admin_port hook_port < <(python3 - <<'PY'
-import socket
-sockets = [socket.socket() for _ in range(3)]
-for s in sockets:
-    s.bind(("127.0.0.1", 0))
-print(*(s.getsockname()[1] for s in sockets))
-PY
-)
+read -r port admin_port hook_port < <(free_ports 3)
 suffix=$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')
 database=switchboard_bench_$suffix
 database_url=postgres://postgres@$PG_HOST:$PG_PORT/$database
@@ -128,12 +123,7 @@ DATABASE_URL=$database_url \
   "$server_bin" --config "$server_config" "${BENCH_ROLE:-serve}" >"$server_log" 2>&1 </dev/null &
 server_pid=$!
 
-deadline=$((SECONDS + 60))
-until curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$admin_port/ready" 2>/dev/null; do
-  kill -0 "$server_pid" 2>/dev/null || { log "switchboard exited before becoming ready"; exit 1; }
-  ((SECONDS < deadline)) || { log "switchboard not ready after 60 s"; exit 1; }
-  sleep 0.25
-done
+wait_ready "http://127.0.0.1:$admin_port/ready" "$server_pid" switchboard
 
 bench() {
   "$bench_bin" --http "http://127.0.0.1:$port" --admin "http://127.0.0.1:$admin_port" \

@@ -25,6 +25,8 @@ PG_HOST=127.0.0.1
 PG_PORT=5432
 
 log() { echo "e2e: $*" >&2; }
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 if [[ -n ${E2E_SERVER_BIN:-} ]]; then
   server_bin=$(realpath "$E2E_SERVER_BIN")
@@ -32,14 +34,7 @@ else
   [[ ${E2E_SKIP_BUILD:-} == 1 ]] || cargo build --bin switchboard
   server_bin=$PWD/target/debug/switchboard
 fi
-read -r port admin_port hook_js_port hook_py_port < <(python3 - <<'EOF'
-import socket
-sockets = [socket.socket() for _ in range(4)]
-for s in sockets:
-    s.bind(("127.0.0.1", 0))
-print(*(s.getsockname()[1] for s in sockets))
-EOF
-)
+read -r port admin_port hook_js_port hook_py_port < <(free_ports 4)
 suffix=$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')
 database=switchboard_e2e_$suffix
 amqp_prefix=e2e$suffix
@@ -176,19 +171,7 @@ env "${inherited[@]}" \
   "$server_bin" serve --config "$server_config" >"$server_log" 2>&1 </dev/null &
 server_pid=$!
 
-ready_url=http://127.0.0.1:$admin_port/ready
-deadline=$((SECONDS + 60))
-until curl -fsS -o /dev/null --max-time 2 "$ready_url" 2>/dev/null; do
-  if ! kill -0 "$server_pid" 2>/dev/null; then
-    log "switchboard exited before becoming ready"
-    exit 1
-  fi
-  if ((SECONDS >= deadline)); then
-    log "switchboard not ready after 60 s ($ready_url)"
-    exit 1
-  fi
-  sleep 0.25
-done
+wait_ready "http://127.0.0.1:$admin_port/ready" "$server_pid" switchboard
 log "switchboard is ready"
 
 bash scripts/ensure-services.sh chromium
