@@ -238,9 +238,18 @@ async fn plan(pool: &PgPool, spread: &Spread, rows: u64) -> anyhow::Result<Strin
     .bind(row.received_at - Duration::minutes(1))
     .fetch_all(pool)
     .await?;
-    // Partition indexes are named `events_YYYYMMDD_<columns>_idx`: count scans per kind.
+    let execution = lines
+        .iter()
+        .find(|line| line.contains("Execution Time"))
+        .map_or("", |line| line.trim());
+    Ok(format!("index scans: {}; {execution}", index_scans(&lines)))
+}
+
+/// The indexes a plan's lines scan, counted per kind: partition indexes are named
+/// `events_YYYYMMDD_<columns>_idx`, so the kind is what follows the date.
+fn index_scans(lines: &[String]) -> String {
     let mut scans: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
-    for line in &lines {
+    for line in lines {
         // `Index Scan using IDX on …`, `Index Only Scan using IDX on …`, `Bitmap Index Scan on IDX`.
         let named = line
             .split_once(" using ")
@@ -252,9 +261,28 @@ async fn plan(pool: &PgPool, spread: &Spread, rows: u64) -> anyhow::Result<Strin
         }
     }
     let scans: Vec<String> = scans.iter().map(|(k, n)| format!("{n} × {k}")).collect();
-    let execution = lines
-        .iter()
-        .find(|line| line.contains("Execution Time"))
-        .map_or("", |line| line.trim());
-    Ok(format!("index scans: {}; {execution}", scans.join(", ")))
+    scans.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_scans_are_read_from_plain_only_and_bitmap_scans() {
+        let plan: Vec<String> = [
+            "Limit (actual rows=30 loops=1)",
+            "  ->  Index Scan using events_20261207_app_id_channel_id_received_at_idx on events_20261207 events_1",
+            "  ->  Index Only Scan using events_20261206_app_id_channel_id_received_at_idx on events_20261206 events_2",
+            "        ->  Bitmap Index Scan on events_20261205_app_id_channel_received_at_idx",
+            "Execution Time: 0.519 ms",
+        ]
+        .map(str::to_owned)
+        .into();
+        assert_eq!(
+            index_scans(&plan),
+            "2 × app_id_channel_id_received_at_idx, 1 × app_id_channel_received_at_idx"
+        );
+        assert_eq!(index_scans(&["Seq Scan on events_20261207".to_owned()]), "");
+    }
 }

@@ -204,11 +204,13 @@ impl CpuMeter {
     pub fn sample(&self) -> anyhow::Result<CpuSample> {
         let sum =
             |pids: &[u32]| -> anyhow::Result<u64> { pids.iter().map(|&pid| cpu_ticks(pid)).sum() };
-        let server_user = self
-            .server
-            .iter()
-            .map(|&pid| user_and_system_ticks(pid).map(|(user, _)| user))
-            .sum::<anyhow::Result<u64>>()?;
+        // One read of each server process's stat gives both its user and its total time.
+        let (mut server, mut server_user) = (0, 0);
+        for &pid in &self.server {
+            let (user, system) = user_and_system_ticks(pid)?;
+            server += user + system;
+            server_user += user;
+        }
         // Postgres backends end with their connections: count those still there.
         let database = self
             .database
@@ -217,7 +219,7 @@ impl CpuMeter {
             .sum();
         let (machine_busy, machine_total) = machine_ticks()?;
         Ok(CpuSample {
-            server: sum(&self.server)?,
+            server,
             server_user,
             broker: sum(&self.broker)?,
             database,

@@ -104,11 +104,13 @@ impl SocketHandle {
     /// Queues a frame without waiting. A full queue closes the socket with 4100; returns whether
     /// the frame was queued.
     pub fn send(&self, frame: Frame) -> bool {
-        let queued = Queued {
-            frame,
-            at: Instant::now(),
-        };
-        match self.tx.try_send(queued) {
+        self.send_at(frame, Instant::now())
+    }
+
+    /// [`SocketHandle::send`] with the time to stamp it with: a fan-out reads the clock once
+    /// per event, not once per socket.
+    pub fn send_at(&self, frame: Frame, at: Instant) -> bool {
+        match self.tx.try_send(Queued { frame, at }) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
                 self.close_slow("outbound queue full");
@@ -167,6 +169,8 @@ mod tests {
         let b = rx.try_recv().unwrap();
         assert_eq!((&*a.frame, a.at), ("a", before));
         assert_eq!(b.at - a.at, std::time::Duration::from_secs(3));
+        assert!(handle.send_at("c".into(), before));
+        assert_eq!(rx.try_recv().unwrap().at, before);
         assert!(rx.try_recv().is_none());
     }
 }

@@ -70,7 +70,8 @@ pub(super) async fn run(
                 let link = links.borrow_and_update().clone();
                 outbox.switch_link(link).await;
             }
-            () = tokio::time::sleep_until(lingers.unwrap_or_else(far_future)), if lingers.is_some() => {}
+            // Without a linger the branch is disabled and its sleep never polled.
+            () = tokio::time::sleep_until(lingers.unwrap_or_else(Instant::now)), if lingers.is_some() => {}
             request = requests.recv(), if can_take => match request {
                 Some(request) => {
                     outbox.take(request);
@@ -85,11 +86,6 @@ pub(super) async fn run(
             },
         }
     }
-}
-
-/// A time no linger reaches (the select's sleep when nothing lingers, which it never polls).
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(3600)
 }
 
 /// The `BCC` header of a message carrying `parts`: each distinct shard key once.
@@ -234,7 +230,7 @@ impl Outbox {
     /// Until when the next message, not full, lingers: its oldest part's time plus `linger`,
     /// while that is still to come; None when nothing lingers.
     fn lingers_until(&self) -> Option<Instant> {
-        if self.has_full_message() {
+        if self.config.linger.is_zero() || self.has_full_message() {
             return None;
         }
         let until = self.parts.front()?.taken + self.config.linger;

@@ -133,6 +133,7 @@ fn deliver(channel: &ChannelState, envelope: &Envelope) -> Delivery {
     let mut delivery = Delivery::default();
     let mut frames = Frames::new(envelope);
     let excluded = envelope.socket_id.as_deref();
+    let now = Instant::now();
     for (socket_id, subscriber) in &channel.subscribers {
         if Some(socket_id.as_ref()) == excluded {
             continue;
@@ -140,7 +141,7 @@ fn deliver(channel: &ChannelState, envelope: &Envelope) -> Delivery {
         let open = !subscriber.handle.close_signal().is_closed();
         if subscriber
             .handle
-            .send(frames.for_socket(&subscriber.handle))
+            .send_at(frames.for_socket(&subscriber.handle), now)
         {
             delivery.delivered += 1;
         } else if open && subscriber.handle.close_signal().is_closed() {

@@ -44,9 +44,10 @@ pub(super) struct ChannelState {
 
 impl ChannelState {
     pub fn send_all(&self, frame: &Frame, except: Option<&str>) {
+        let now = Instant::now();
         for (socket_id, subscriber) in &self.subscribers {
             if Some(socket_id.as_ref()) != except {
-                subscriber.handle.send(frame.clone());
+                subscriber.handle.send_at(frame.clone(), now);
             }
         }
     }
